@@ -1,0 +1,67 @@
+//! A sans-IO, byte-compatible implementation of the AWS Systems Manager Session Manager data
+//! channel: the protocol the `session-manager-plugin` client and the `amazon-ssm-agent` speak
+//! through the gateway.
+//!
+//! # Layers
+//!
+//! This release holds the wire layer. Everything in it is a pure function of its input: no
+//! sockets, no clock, no randomness. Callers pass in wall-clock milliseconds and random message
+//! ids, which is what lets the layers above run in virtual time and under a fuzzer.
+//!
+//! * [`Frame`] — the 120-byte-header binary frame that carries every message (SPEC §2).
+//!   [`Frame::decode`] never panics and names every rejection in [`DecodeError`];
+//!   [`Header::parse`] reads the fixed fields alone.
+//! * [`payload`] — typed payloads: acknowledgements, handshake, terminal size, flags, exit codes,
+//!   channel open/close. Their JSON is byte-identical to the Go peers' and decoded as leniently.
+//! * [`smux`] — smux v1 frames for multiplexed port forwarding, decoded incrementally from a
+//!   byte stream split anywhere.
+//!
+//! # Example: answer a received stream message
+//!
+//! ```
+//! use bytes::Bytes;
+//! use ssm_session::payload::{Acknowledge, JsonPayload};
+//! use ssm_session::{Frame, MessageType, PayloadType};
+//! use uuid::Uuid;
+//!
+//! # let received = Frame { message_type: MessageType::OutputStreamData, schema_version: 1,
+//! #     created_date: 1_700_000_000_000, sequence_number: 0, flags: Frame::FLAG_SYN,
+//! #     message_id: Uuid::from_u128(7), payload_type: PayloadType::Output,
+//! #     payload: Bytes::from_static(b"sh-5.2$ ") }.to_bytes()?;
+//! // `received` is one binary websocket message.
+//! let frame = Frame::decode(received)?;
+//! assert_eq!(frame.payload_type, PayloadType::Output);
+//!
+//! let ack = Frame {
+//!     message_type: MessageType::Acknowledge,
+//!     schema_version: 1,
+//!     created_date: 1_700_000_000_123, // wall clock, passed in
+//!     sequence_number: 0,
+//!     flags: Frame::FLAG_SYN | Frame::FLAG_FIN,
+//!     message_id: Uuid::from_u128(8), // random v4 in real use, passed in
+//!     payload_type: PayloadType::Unset,
+//!     payload: Acknowledge::for_frame(&frame).to_json().into(),
+//! };
+//! let reply: Bytes = ack.to_bytes()?; // send as one binary websocket message
+//! # assert_eq!(Frame::decode(reply)?.message_type, MessageType::Acknowledge);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
+
+mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
+pub mod payload;
+pub mod smux;
+
+/// Compiles the README's examples as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
+pub use frame::{
+    DecodeError, DecodeOptions, EncodeError, Frame, HEADER_LENGTH, HEADER_SIZE, Header,
+    MAX_MESSAGE_TYPE_LEN, MessageType, PayloadType, SCHEMA_VERSION, message_id_from_wire,
+    message_id_to_wire,
+};
