@@ -105,8 +105,10 @@ fn encode_line(line: &str) -> Result<String, String> {
     let payload = hex::decode(&input.payload).map_err(|e| format!("invalid payload hex: {e}"))?;
     let message_id =
         Uuid::parse_str(&input.message_id).map_err(|e| format!("invalid message_id: {e}"))?;
+    let message_type =
+        MessageType::try_from(input.message_type.as_str()).map_err(|e| e.to_string())?;
     let frame = Frame {
-        message_type: MessageType::from(input.message_type.as_str()),
+        message_type,
         schema_version: input.schema_version,
         created_date: input.created_date,
         sequence_number: input.sequence_number,

@@ -62,6 +62,6 @@ pub struct ReadmeDoctests;
 
 pub use frame::{
     DecodeError, DecodeOptions, EncodeError, Frame, HEADER_LENGTH, HEADER_SIZE, Header,
-    MAX_MESSAGE_TYPE_LEN, MessageType, PayloadType, SCHEMA_VERSION, message_id_from_wire,
-    message_id_to_wire,
+    MAX_MESSAGE_TYPE_LEN, MessageType, OtherMessageType, PayloadType, SCHEMA_VERSION,
+    message_id_from_wire, message_id_to_wire,
 };

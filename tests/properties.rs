@@ -16,7 +16,7 @@ fn message_type() -> impl Strategy<Value = MessageType> {
         Just(MessageType::Acknowledge),
         Just(MessageType::ChannelClosed),
         Just(MessageType::PausePublication),
-        "[a-z_]{1,32}".prop_map(|text| MessageType::from(text.as_str())),
+        "[a-z_]{1,32}".prop_map(|text| MessageType::try_from(text.as_str()).unwrap()),
     ]
 }
 
@@ -145,7 +145,12 @@ proptest! {
         let plain: serde_json::Value = serde_json::from_slice(&json).unwrap();
         prop_assert_eq!(plain["AcknowledgedMessageId"].as_str(), Some(text.as_str()));
         prop_assert!(!json.iter().any(|b| matches!(b, b'<' | b'>' | b'&')), "Go escapes <, >, &");
-        prop_assert_eq!(Acknowledge::from_json(&json).unwrap(), ack);
+        prop_assert_eq!(&Acknowledge::from_json(&json).unwrap(), &ack);
+        // Go matches keys in any case: the lenient path must agree with the exact one.
+        let folded = String::from_utf8(json.clone()).unwrap()
+            .replace("\"AcknowledgedMessageType\"", "\"acknowledgedmessagetype\"")
+            .replace("\"IsSequentialMessage\"", "\"ISSEQUENTIALMESSAGE\"");
+        prop_assert_eq!(Acknowledge::from_json(folded.as_bytes()).unwrap(), ack.clone());
 
         let size = TerminalSize { cols, rows };
         prop_assert_eq!(TerminalSize::from_json(&size.to_json()).unwrap(), size);

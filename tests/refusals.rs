@@ -37,28 +37,21 @@ fn encoder_refuses_frames_no_reference_peer_sends() {
         ),
         (
             Frame {
-                message_type: MessageType::from(""),
+                message_type: MessageType::try_from("").unwrap(),
                 ..frame()
             },
             EncodeError::EmptyMessageType,
         ),
         (
             Frame {
-                message_type: MessageType::from("x".repeat(33).as_str()),
-                ..frame()
-            },
-            EncodeError::MessageTypeTooLong { len: 33 },
-        ),
-        (
-            Frame {
-                message_type: MessageType::from(" ack"),
+                message_type: MessageType::try_from(" ack").unwrap(),
                 ..frame()
             },
             EncodeError::MessageTypeNotTrimmed,
         ),
         (
             Frame {
-                message_type: MessageType::from("ack\0"),
+                message_type: MessageType::try_from("ack\0").unwrap(),
                 ..frame()
             },
             EncodeError::MessageTypeNotTrimmed,
@@ -83,9 +76,13 @@ fn encoder_refuses_frames_no_reference_peer_sends() {
         assert_eq!(frame.encode(&mut out), Err(expected));
         assert!(out.is_empty(), "nothing is written on refusal");
     }
-    // Exactly 32 bytes still fits.
+    // The 32-byte field cannot hold more; exactly 32 bytes still fits.
+    assert_eq!(
+        MessageType::try_from("x".repeat(33).as_str()),
+        Err(EncodeError::MessageTypeTooLong { len: 33 })
+    );
     let longest = Frame {
-        message_type: MessageType::from("y".repeat(32).as_str()),
+        message_type: MessageType::try_from("y".repeat(32).as_str()).unwrap(),
         ..frame()
     };
     assert_eq!(Frame::decode(longest.to_bytes().unwrap()).unwrap(), longest);

@@ -77,14 +77,29 @@ impl<'de> Deserialize<'de> for Entries {
     }
 }
 
-/// Re-writes a JSON object the Go way for serde to finish: each key becomes the field it sets
-/// (the exact name if there is one, else the first name equal to it ignoring ASCII case), keys
-/// that set no field and `null` values are dropped, and the last of repeated keys wins.
-pub(crate) fn canonical_object<'de, D: Deserializer<'de>>(
+/// Parses a JSON object the Go way. The common case, every key spelled exactly once and no
+/// stray `null`, goes straight to serde (`strict` refuses anything else); otherwise the object is
+/// rewritten first: each key becomes the field it sets (the exact name if there is one, else the
+/// first name equal to it ignoring ASCII case), keys that set no field and `null` values are
+/// dropped, and the last of repeated keys wins. `T` must refuse unknown fields.
+pub(crate) fn parse_object<'de, D, T>(
     deserializer: D,
     fields: &[&'static str],
-) -> Result<String, D::Error> {
-    let Entries(entries) = Entries::deserialize(deserializer)?;
+) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: DeserializeOwned,
+{
+    let strict = serde_json::from_str::<T>;
+    use serde::de::Error as _;
+    let raw = <Box<RawValue>>::deserialize(deserializer)?;
+    // serde would also fill a struct from an array; Go accepts only objects.
+    if raw.get().starts_with('{')
+        && let Ok(value) = strict(raw.get())
+    {
+        return Ok(value);
+    }
+    let Entries(entries) = serde_json::from_str(raw.get()).map_err(D::Error::custom)?;
     let mut kept: Vec<(&'static str, Box<RawValue>)> = Vec::with_capacity(fields.len());
     for (key, raw) in entries {
         let Some(field) = resolve_key(fields, &key) else {
@@ -107,7 +122,7 @@ pub(crate) fn canonical_object<'de, D: Deserializer<'de>>(
         text.push_str(raw.get());
     }
     text.push('}');
-    Ok(text)
+    strict(&text).map_err(D::Error::custom)
 }
 
 fn resolve_key(fields: &[&'static str], key: &str) -> Option<&'static str> {
@@ -143,8 +158,8 @@ macro_rules! go_struct {
 
         impl<'de> serde::Deserialize<'de> for $name {
             fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-                use serde::de::Error as _;
                 #[derive(serde::Deserialize)]
+                #[serde(deny_unknown_fields)]
                 struct Canonical {
                     $(
                         $(#[$field_meta])*
@@ -152,8 +167,10 @@ macro_rules! go_struct {
                         $field: $ty,
                     )*
                 }
-                let text = $crate::payload::gojson::canonical_object(deserializer, &[$($key),*])?;
-                let canonical: Canonical = serde_json::from_str(&text).map_err(D::Error::custom)?;
+                let canonical: Canonical = $crate::payload::gojson::parse_object(
+                    deserializer,
+                    &[$($key),*],
+                )?;
                 Ok(Self { $($field: canonical.$field),* })
             }
         }
