@@ -49,11 +49,19 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod crypto;
+mod entropy;
 mod frame;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod kms;
 pub mod payload;
+pub mod session;
+pub mod sim;
 pub mod smux;
+pub mod version;
+
+pub use entropy::{Entropy, SeededEntropy, SystemEntropy};
 
 /// Compiles the README's examples as doctests.
 #[cfg(doctest)]

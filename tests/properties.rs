@@ -140,6 +140,7 @@ proptest! {
             acknowledged_message_id: text.clone(),
             acknowledged_message_sequence_number: number,
             is_sequential_message: number % 2 == 0,
+            is_cumulative: (number % 3 == 0).then_some(true),
         };
         let json = ack.to_json();
         let plain: serde_json::Value = serde_json::from_slice(&json).unwrap();

@@ -16,6 +16,10 @@ go_struct! {
         "AcknowledgedMessageSequenceNumber" => pub acknowledged_message_sequence_number: i64,
         /// Always `true` from the reference peers.
         "IsSequentialMessage" => pub is_sequential_message: bool,
+        /// Our extension, sent only once both ends negotiated it: `true` acknowledges every
+        /// message up to and including the sequence number. Absent from the Go peers' JSON.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        "IsCumulative" => pub is_cumulative: Option<bool>,
     }
 }
 
@@ -44,6 +48,7 @@ impl Acknowledge {
             acknowledged_message_id: frame.message_id.hyphenated().to_string(),
             acknowledged_message_sequence_number: frame.sequence_number,
             is_sequential_message: true,
+            is_cumulative: None,
         }
     }
 }

@@ -78,6 +78,8 @@ impl RequestedClientAction {
     pub const SESSION_TYPE: &str = "SessionType";
     /// Action type carrying [`KmsEncryptionRequest`] parameters.
     pub const KMS_ENCRYPTION: &str = "KMSEncryption";
+    /// Our own action, carrying [`Extensions`]; always sent last.
+    pub const EXTENSIONS: &str = "ssm-session:Extensions";
 
     /// A `SessionType` action.
     pub fn session_type(parameters: &SessionTypeRequest) -> Self {
@@ -87,6 +89,11 @@ impl RequestedClientAction {
     /// A `KMSEncryption` action.
     pub fn kms_encryption(parameters: &KmsEncryptionRequest) -> Self {
         Self::with_parameters(Self::KMS_ENCRYPTION, parameters)
+    }
+
+    /// Our `ssm-session:Extensions` action.
+    pub fn extensions(parameters: &Extensions) -> Self {
+        Self::with_parameters(Self::EXTENSIONS, parameters)
     }
 
     fn with_parameters<T: JsonPayload>(action_type: &str, parameters: &T) -> Self {
@@ -272,5 +279,20 @@ go_struct! {
         /// nonce ‖ ciphertext ‖ tag of the 64-byte challenge.
         #[serde(with = "crate::payload::gojson::base64_bytes")]
         "Challenge" => pub challenge: Vec<u8>,
+    }
+}
+
+go_struct! {
+    /// Parameters and result of our own handshake action,
+    /// [`RequestedClientAction::EXTENSIONS`]. The Go client answers it as unsupported, so only
+    /// two ends built from this crate ever enable what it offers.
+    #[derive(Debug, Clone, PartialEq, Eq, Default)]
+    pub struct Extensions {
+        /// Version of the extension set; 1.
+        "Version" => pub version: u32,
+        /// Largest plaintext chunk either end may put in one stream message.
+        "MaxPayloadSize" => pub max_payload_size: u32,
+        /// Whether in-order messages may be acknowledged cumulatively.
+        "CumulativeAck" => pub cumulative_ack: bool,
     }
 }

@@ -25,8 +25,8 @@ pub use control::{
     OpenDataChannelInput,
 };
 pub use handshake::{
-    ActionStatus, EncryptionChallenge, HandshakeComplete, HandshakeRequest, HandshakeResponse,
-    KmsEncryptionRequest, KmsEncryptionResult, ProcessedClientAction, RawJson,
+    ActionStatus, EncryptionChallenge, Extensions, HandshakeComplete, HandshakeRequest,
+    HandshakeResponse, KmsEncryptionRequest, KmsEncryptionResult, ProcessedClientAction, RawJson,
     RequestedClientAction, SessionTypeRequest,
 };
 pub use stream::{ExitCode, Flag, TerminalSize};
