@@ -100,3 +100,106 @@ fn decode_in_pieces(stream: &[u8], piece: usize) -> Decoded {
     }
     (frames, None)
 }
+
+/// Drives a client and an agent with arbitrary operations: real traffic between them mixed with
+/// arbitrary frames, time jumps, sends, transport changes and KMS answers. Nothing may panic,
+/// the send window must hold, and time-outs must never lie in the past after handling.
+pub fn session_ops(data: &[u8]) {
+    use std::time::{Duration, Instant};
+
+    use crate::SeededEntropy;
+    use crate::kms::LocalKms;
+    use crate::session::{AgentConfig, ClientConfig, Event, KeyRequest, Session};
+
+    let Some((&mode, mut ops)) = data.split_first() else {
+        return;
+    };
+    let start = Instant::now();
+    let mut now = start;
+    let wall = 1_700_000_000_000;
+    let mut client_config = ClientConfig::new("s-fuzz", "i-fuzz");
+    let mut agent_config = AgentConfig::new(
+        "s-fuzz",
+        "i-fuzz",
+        ["Standard_Stream", "Port", "NonInteractiveCommands"][usize::from(mode % 3)],
+    );
+    client_config.extensions = mode & 4 != 0;
+    agent_config.extensions = mode & 8 != 0;
+    if mode & 16 != 0 {
+        agent_config.kms_key_id = Some("alias/fuzz".into());
+    }
+    let max_in_flight = agent_config.limits.max_in_flight;
+    let mut sessions = [
+        Session::client(client_config, now, wall, Box::new(SeededEntropy::new(1))),
+        Session::agent(agent_config, now, wall, Box::new(SeededEntropy::new(2))),
+    ];
+    let kms = LocalKms::from_master_key([1; 32]);
+    let mut key_requests: Vec<(usize, KeyRequest)> = Vec::new();
+    while let Some((&op, rest)) = ops.split_first() {
+        ops = rest;
+        let side = usize::from(op & 1);
+        match op >> 1 {
+            // Real traffic from one side to the other.
+            0..=39 => {
+                if let Some(message) = sessions[side].poll_transmit() {
+                    sessions[1 - side].handle_message(now, wall, message);
+                }
+            }
+            // An arbitrary websocket message.
+            40..=49 => {
+                let len =
+                    usize::from(ops.first().copied().unwrap_or(0)).min(ops.len().saturating_sub(1));
+                let message =
+                    Bytes::copy_from_slice(&ops[1.min(ops.len())..1.min(ops.len()) + len]);
+                ops = &ops[(1 + len).min(ops.len())..];
+                sessions[side].handle_message(now, wall, message);
+            }
+            50..=69 => {
+                now += Duration::from_millis(u64::from(op) * 7);
+                for session in &mut sessions {
+                    session.handle_timeout(now);
+                }
+            }
+            70..=89 => {
+                let _ = sessions[side].send(now, &ops[..ops.len().min(3000)]);
+            }
+            90..=99 => sessions[side].transport_lost(now),
+            100..=109 => sessions[side].transport_restored(now),
+            110..=119 => {
+                if let Some(index) = key_requests.iter().position(|(s, _)| *s == side) {
+                    let (_, request) = key_requests.remove(index);
+                    match request {
+                        KeyRequest::GenerateDataKey { key_id, context } => {
+                            let key =
+                                kms.generate_data_key_with(&key_id, &context, [op; 64], [op; 12]);
+                            sessions[side].provide_data_key(now, key);
+                        }
+                        KeyRequest::Decrypt {
+                            key_id,
+                            ciphertext_blob,
+                            context,
+                        } => match kms.decrypt_now(&key_id, &ciphertext_blob, &context) {
+                            Ok(plaintext) => sessions[side].provide_plaintext_key(now, plaintext),
+                            Err(error) => sessions[side].key_failed(now, &error.to_string()),
+                        },
+                    }
+                }
+            }
+            _ => sessions[side].close(now),
+        }
+        for (side, session) in sessions.iter_mut().enumerate() {
+            assert!(
+                session.in_flight() <= max_in_flight,
+                "the send window holds"
+            );
+            while let Some(event) = session.poll_event() {
+                if let Event::KeyRequest(request) = event {
+                    key_requests.push((side, request));
+                }
+            }
+            if let Some(at) = session.poll_timeout() {
+                assert!(at >= start, "time-outs are never before the session began");
+            }
+        }
+    }
+}

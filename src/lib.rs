@@ -4,17 +4,36 @@
 //!
 //! # Layers
 //!
-//! This release holds the wire layer. Everything in it is a pure function of its input: no
-//! sockets, no clock, no randomness. Callers pass in wall-clock milliseconds and random message
-//! ids, which is what lets the layers above run in virtual time and under a fuzzer.
+//! Everything here is a pure function of its input: no sockets, no clock, no randomness inside.
+//! Callers pass in `Instant`s, wall-clock milliseconds and an [`Entropy`] source, which is what
+//! lets the tests run sessions in virtual time and the fuzzer drive the whole state machine.
 //!
+//! * [`session::Session`] — one data channel, client or agent role: sequence numbers,
+//!   acknowledgements, retransmission (RFC 6298), a bounded send window with back-pressure,
+//!   the handshake, KMS-style AES-256-GCM encryption, and our own negotiated extensions.
 //! * [`Frame`] — the 120-byte-header binary frame that carries every message (SPEC §2).
 //!   [`Frame::decode`] never panics and names every rejection in [`DecodeError`];
 //!   [`Header::parse`] reads the fixed fields alone.
-//! * [`payload`] — typed payloads: acknowledgements, handshake, terminal size, flags, exit codes,
-//!   channel open/close. Their JSON is byte-identical to the Go peers' and decoded as leniently.
-//! * [`smux`] — smux v1 frames for multiplexed port forwarding, decoded incrementally from a
-//!   byte stream split anywhere.
+//! * [`payload`] — typed payloads with JSON byte-identical to the Go peers', decoded as leniently.
+//! * [`crypto`], [`kms`] — the session cipher, and the [`kms::KeyProvider`] trait with the
+//!   embedded [`kms::LocalKms`]. The session never calls KMS itself: it asks through an event.
+//! * [`smux`] — smux v1 frames for multiplexed port forwarding.
+//! * [`sim`] — a client/agent pair over an emulated lossy network, in virtual time.
+//!
+//! # The run loop
+//!
+//! A [`session::Session`] is driven the same way by tests, the simulator and the socket
+//! adapters:
+//!
+//! 1. feed it what happened: [`session::Session::handle_message`] for each websocket message,
+//!    [`session::Session::handle_timeout`] when its deadline passes, and commands
+//!    ([`session::Session::send`], KMS answers, transport lost/restored, close);
+//! 2. after **every** such call, drain it: [`session::Session::poll_transmit`] until `None`
+//!    (send each as a binary websocket message), [`session::Session::poll_event`] until `None`
+//!    (deliver data, answer key requests), then arm a timer for
+//!    [`session::Session::poll_timeout`].
+//!
+//! Nothing happens between calls, so the same inputs always give the same outputs.
 //!
 //! # Example: answer a received stream message
 //!

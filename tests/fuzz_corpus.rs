@@ -25,6 +25,11 @@ fn payload_json_corpus() {
 }
 
 #[test]
+fn session_ops_corpus() {
+    run_corpus("session_ops", fuzzing::session_ops);
+}
+
+#[test]
 fn smux_stream_corpus() {
     run_corpus("smux_stream", fuzzing::smux_stream);
 }

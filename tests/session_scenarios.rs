@@ -7,8 +7,8 @@ use bytes::Bytes;
 use ssm_session::crypto::{Cipher, Direction};
 use ssm_session::kms::{CONTEXT_RANDOM_CHALLENGE, EncryptionContext, LocalKms};
 use ssm_session::payload::{
-    Acknowledge, ChannelClosed, EncryptionChallenge, ExitCode, HandshakeResponse, JsonPayload, KmsEncryptionResult,
-    RawJson, RequestedClientAction, TerminalSize,
+    Acknowledge, ChannelClosed, EncryptionChallenge, ExitCode, HandshakeResponse, JsonPayload,
+    KmsEncryptionResult, RawJson, RequestedClientAction, TerminalSize,
 };
 use ssm_session::session::{
     AgentConfig, ClientConfig, CloseReason, Event, KeyRequest, SendError, Session, SessionError,
@@ -61,14 +61,14 @@ impl Duo {
         std::iter::from_fn(|| self.agent.poll_transmit()).collect()
     }
 
-    fn to_client(&mut self, messages: &[Bytes]) {
+    fn deliver_to_client(&mut self, messages: &[Bytes]) {
         for message in messages {
             self.client.handle_message(self.now, WALL, message.clone());
         }
         self.collect();
     }
 
-    fn to_agent(&mut self, messages: &[Bytes]) {
+    fn deliver_to_agent(&mut self, messages: &[Bytes]) {
         for message in messages {
             self.agent.handle_message(self.now, WALL, message.clone());
         }
@@ -80,7 +80,9 @@ impl Duo {
         while let Some(event) = self.client.poll_event() {
             match event {
                 Event::KeyRequest(KeyRequest::GenerateDataKey { key_id, context }) => {
-                    let key = self.kms.generate_data_key_with(&key_id, &context, [0x42; 64], [3; 12]);
+                    let key = self
+                        .kms
+                        .generate_data_key_with(&key_id, &context, [0x42; 64], [3; 12]);
                     self.client.provide_data_key(self.now, key);
                 }
                 other => self.client_events.push(other),
@@ -88,12 +90,14 @@ impl Duo {
         }
         while let Some(event) = self.agent.poll_event() {
             match event {
-                Event::KeyRequest(KeyRequest::Decrypt { key_id, ciphertext_blob, context }) => {
-                    match self.kms.decrypt_now(&key_id, &ciphertext_blob, &context) {
-                        Ok(plaintext) => self.agent.provide_plaintext_key(self.now, plaintext),
-                        Err(error) => self.agent.key_failed(self.now, &error.to_string()),
-                    }
-                }
+                Event::KeyRequest(KeyRequest::Decrypt {
+                    key_id,
+                    ciphertext_blob,
+                    context,
+                }) => match self.kms.decrypt_now(&key_id, &ciphertext_blob, &context) {
+                    Ok(plaintext) => self.agent.provide_plaintext_key(self.now, plaintext),
+                    Err(error) => self.agent.key_failed(self.now, &error.to_string()),
+                },
                 other => self.agent_events.push(other),
             }
         }
@@ -107,8 +111,8 @@ impl Duo {
             if to_agent.is_empty() && to_client.is_empty() {
                 break;
             }
-            self.to_agent(&to_agent);
-            self.to_client(&to_client);
+            self.deliver_to_agent(&to_agent);
+            self.deliver_to_client(&to_client);
         }
     }
 
@@ -136,17 +140,26 @@ fn stream_bytes(events: &[Event]) -> Vec<u8> {
 }
 
 fn handshake_done(events: &[Event]) -> bool {
-    events.iter().any(|event| matches!(event, Event::HandshakeComplete(_)))
+    events
+        .iter()
+        .any(|event| matches!(event, Event::HandshakeComplete(_)))
 }
 
 fn ack_seq(message: &Bytes) -> i64 {
     let frame = decode(message);
     assert_eq!(frame.message_type, MessageType::Acknowledge);
-    Acknowledge::from_json(&frame.payload).unwrap().acknowledged_message_sequence_number
+    Acknowledge::from_json(&frame.payload)
+        .unwrap()
+        .acknowledged_message_sequence_number
 }
 
 /// A frame as a peer (or the gateway) would send it.
-fn crafted(message_type: MessageType, seq: i64, payload_type: PayloadType, payload: Vec<u8>) -> Bytes {
+fn crafted(
+    message_type: MessageType,
+    seq: i64,
+    payload_type: PayloadType,
+    payload: Vec<u8>,
+) -> Bytes {
     Frame {
         message_type,
         schema_version: 1,
@@ -165,89 +178,183 @@ fn crafted(message_type: MessageType, seq: i64, payload_type: PayloadType, paylo
 fn sequence_spaces_flags_and_ack_before_processing() {
     let mut duo = Duo::new(compat_client(), compat_agent("Port"));
     let agent_first = duo.agent_out();
-    let [state, request] = &agent_first[..] else { panic!("agent sends state then request") };
+    let [state, request] = &agent_first[..] else {
+        panic!("agent sends state then request")
+    };
     let state = decode(state);
-    assert_eq!((state.message_type, state.flags, state.sequence_number), (MessageType::AgentSessionState, 3, 0));
+    assert_eq!(
+        (state.message_type, state.flags, state.sequence_number),
+        (MessageType::AgentSessionState, 3, 0)
+    );
     let request = decode(request);
-    assert_eq!((request.sequence_number, request.flags, request.payload_type), (0, 1, PayloadType::HandshakeRequest));
+    assert_eq!(
+        (request.sequence_number, request.flags, request.payload_type),
+        (0, 1, PayloadType::HandshakeRequest)
+    );
 
-    duo.to_client(&agent_first);
+    duo.deliver_to_client(&agent_first);
     let client_first = duo.client_out();
-    let [ack, response] = &client_first[..] else { panic!("client acks, then answers") };
+    let [ack, response] = &client_first[..] else {
+        panic!("client acks, then answers")
+    };
     let ack_frame = decode(ack);
-    assert_eq!((ack_frame.flags, ack_frame.sequence_number, ack_frame.payload_type), (3, 0, PayloadType::Unset));
+    assert_eq!(
+        (
+            ack_frame.flags,
+            ack_frame.sequence_number,
+            ack_frame.payload_type
+        ),
+        (3, 0, PayloadType::Unset)
+    );
     assert_eq!(ack_seq(ack), 0);
     let response = decode(response);
-    assert_eq!((response.sequence_number, response.flags, response.payload_type), (0, 0, PayloadType::HandshakeResponse));
+    assert_eq!(
+        (
+            response.sequence_number,
+            response.flags,
+            response.payload_type
+        ),
+        (0, 0, PayloadType::HandshakeResponse)
+    );
 
-    duo.to_agent(&client_first);
+    duo.deliver_to_agent(&client_first);
     let agent_second = duo.agent_out();
     let frames: Vec<Frame> = agent_second.iter().map(decode).collect();
-    let ack = frames.iter().find(|f| f.message_type == MessageType::Acknowledge).unwrap();
-    assert_eq!(Acknowledge::from_json(&ack.payload).unwrap().acknowledged_message_sequence_number, 0);
-    let complete = frames.iter().find(|f| f.message_type == MessageType::OutputStreamData).unwrap();
-    assert_eq!((complete.sequence_number, complete.flags, complete.payload_type), (1, 0, PayloadType::HandshakeComplete));
-    duo.to_client(&agent_second);
+    let ack = frames
+        .iter()
+        .find(|f| f.message_type == MessageType::Acknowledge)
+        .unwrap();
+    assert_eq!(
+        Acknowledge::from_json(&ack.payload)
+            .unwrap()
+            .acknowledged_message_sequence_number,
+        0
+    );
+    let complete = frames
+        .iter()
+        .find(|f| f.message_type == MessageType::OutputStreamData)
+        .unwrap();
+    assert_eq!(
+        (
+            complete.sequence_number,
+            complete.flags,
+            complete.payload_type
+        ),
+        (1, 0, PayloadType::HandshakeComplete)
+    );
+    duo.deliver_to_client(&agent_second);
     duo.exchange();
     assert!(handshake_done(&duo.client_events) && handshake_done(&duo.agent_events));
 
     duo.client.send(duo.now, b"port bytes").unwrap();
     let data = decode(&duo.client_out()[0]);
-    assert_eq!((data.message_type, data.sequence_number), (MessageType::InputStreamData, 1), "client space continues");
+    assert_eq!(
+        (data.message_type, data.sequence_number),
+        (MessageType::InputStreamData, 1),
+        "client space continues"
+    );
 }
 
 #[test]
 fn legacy_shell_session_has_no_handshake() {
     let mut duo = Duo::new(compat_client(), compat_agent("Standard_Stream"));
-    assert!(handshake_done(&duo.agent_events) || { duo.collect(); handshake_done(&duo.agent_events) });
-    assert_eq!(duo.client.send(duo.now, b"x"), Err(SendError::NotReady), "client waits for the agent's first output");
+    assert!(
+        handshake_done(&duo.agent_events) || {
+            duo.collect();
+            handshake_done(&duo.agent_events)
+        }
+    );
+    assert_eq!(
+        duo.client.send(duo.now, b"x"),
+        Err(SendError::NotReady),
+        "client waits for the agent's first output"
+    );
     duo.agent.send(duo.now, b"sh-5.2$ ").unwrap();
     let out = duo.agent_out();
     let first = decode(out.last().unwrap());
-    assert_eq!((first.sequence_number, first.flags, first.payload_type), (0, 1, PayloadType::Output));
-    duo.to_client(&out);
-    let Some(Event::HandshakeComplete(info)) = duo.client_events.first() else { panic!("{:?}", duo.client_events) };
+    assert_eq!(
+        (first.sequence_number, first.flags, first.payload_type),
+        (0, 1, PayloadType::Output)
+    );
+    duo.deliver_to_client(&out);
+    let Some(Event::HandshakeComplete(info)) = duo.client_events.first() else {
+        panic!("{:?}", duo.client_events)
+    };
     assert!(info.legacy && info.session_type == "Standard_Stream" && info.peer_version.is_none());
     assert_eq!(stream_bytes(&duo.client_events), b"sh-5.2$ ");
 }
 
 #[test]
 fn a_client_without_extensions_answers_like_the_go_client() {
-    let mut duo = Duo::new(compat_client(), AgentConfig::new("s-1", "i-1", "Standard_Stream"));
+    let mut duo = Duo::new(
+        compat_client(),
+        AgentConfig::new("s-1", "i-1", "Standard_Stream"),
+    );
     let out = duo.agent_out();
-    duo.to_client(&out);
+    duo.deliver_to_client(&out);
     let out = duo.client_out();
     let response = HandshakeResponse::from_json(&decode(&out[1]).payload).unwrap();
     let extension = &response.processed_client_actions[1];
     assert_eq!(extension.action_type, RequestedClientAction::EXTENSIONS);
     assert_eq!(extension.action_status.0, 0, "Go's quirk: status 0 …");
-    assert_eq!(extension.action_result.as_ref().map(RawJson::get), Some("3"), "… and 3 in ActionResult");
-    duo.to_agent(&out);
+    assert_eq!(
+        extension.action_result.as_ref().map(RawJson::get),
+        Some("3"),
+        "… and 3 in ActionResult"
+    );
+    duo.deliver_to_agent(&out);
     duo.exchange();
-    assert!(handshake_done(&duo.agent_events), "the agent carries on without extensions");
+    assert!(
+        handshake_done(&duo.agent_events),
+        "the agent carries on without extensions"
+    );
     assert_eq!(duo.agent.max_payload(), 1024);
     duo.agent.send(duo.now, &[7; 3000]).unwrap();
-    assert_eq!(duo.agent_out().len(), 3, "1 KiB messages on the reference wire");
+    assert_eq!(
+        duo.agent_out().len(),
+        3,
+        "1 KiB messages on the reference wire"
+    );
 }
 
 #[test]
 fn negotiated_extensions_send_large_payloads_and_fewer_acks() {
-    let mut duo = Duo::new(ClientConfig::new("s-1", "i-1"), AgentConfig::new("s-1", "i-1", "Standard_Stream"));
+    let mut duo = Duo::new(
+        ClientConfig::new("s-1", "i-1"),
+        AgentConfig::new("s-1", "i-1", "Standard_Stream"),
+    );
     duo.exchange();
-    assert_eq!((duo.client.max_payload(), duo.agent.max_payload()), (65536, 65536));
+    assert_eq!(
+        (duo.client.max_payload(), duo.agent.max_payload()),
+        (65536, 65536)
+    );
     let data = vec![1u8; 40 * 65536];
     assert_eq!(duo.agent.send(duo.now, &data).unwrap(), data.len());
     let out = duo.agent_out();
     assert_eq!(out.len(), 40);
     let acks_before = duo.client.stats().acks_sent;
-    duo.to_client(&out);
+    duo.deliver_to_client(&out);
     duo.advance(Duration::from_millis(5));
     let acks = duo.client_out();
-    assert_eq!(acks.len() as u64, duo.client.stats().acks_sent - acks_before);
-    assert!(acks.len() <= 2, "{} acknowledgements for 40 messages", acks.len());
-    duo.to_agent(&acks);
-    assert_eq!(duo.agent.in_flight(), 0, "one cumulative ack releases everything up to it");
-    assert!(stream_bytes(&duo.client_events) == data, "received bytes differ");
+    assert_eq!(
+        acks.len() as u64,
+        duo.client.stats().acks_sent - acks_before
+    );
+    assert!(
+        acks.len() <= 2,
+        "{} acknowledgements for 40 messages",
+        acks.len()
+    );
+    duo.deliver_to_agent(&acks);
+    assert_eq!(
+        duo.agent.in_flight(),
+        0,
+        "one cumulative ack releases everything up to it"
+    );
+    assert!(
+        stream_bytes(&duo.client_events) == data,
+        "received bytes differ"
+    );
 }
 
 #[test]
@@ -256,10 +363,14 @@ fn duplicates_are_acknowledged_again_but_delivered_once() {
     duo.exchange();
     duo.agent.send(duo.now, b"once").unwrap();
     let out = duo.agent_out();
-    duo.to_client(&out);
-    duo.to_client(&out);
+    duo.deliver_to_client(&out);
+    duo.deliver_to_client(&out);
     let acks = duo.client_out();
-    assert_eq!(acks.len(), 2, "the duplicate is re-acknowledged (the Go client would not)");
+    assert_eq!(
+        acks.len(),
+        2,
+        "the duplicate is re-acknowledged (the Go client would not)"
+    );
     assert_eq!(ack_seq(&acks[0]), ack_seq(&acks[1]));
     assert_eq!(stream_bytes(&duo.client_events), b"once");
     assert_eq!(duo.client.stats().duplicates_received, 1);
@@ -273,10 +384,14 @@ fn early_messages_are_acknowledged_buffered_and_delivered_in_order() {
         duo.agent.send(duo.now, chunk).unwrap();
     }
     let out = duo.agent_out();
-    duo.to_client(&[out[2].clone(), out[1].clone()]);
-    assert_eq!(duo.client_out().len(), 2, "each early message is acknowledged at once");
+    duo.deliver_to_client(&[out[2].clone(), out[1].clone()]);
+    assert_eq!(
+        duo.client_out().len(),
+        2,
+        "each early message is acknowledged at once"
+    );
     assert!(stream_bytes(&duo.client_events).is_empty());
-    duo.to_client(&[out[0].clone()]);
+    duo.deliver_to_client(&[out[0].clone()]);
     assert_eq!(stream_bytes(&duo.client_events), b"abc");
 }
 
@@ -296,12 +411,16 @@ fn every_expired_message_is_retransmitted_with_identical_bytes_and_backs_off() {
     duo.advance(second - duo.now);
     assert_eq!(duo.agent_out().len(), 3);
     let third = duo.agent.poll_timeout().unwrap();
-    assert_eq!(second - first, 2 * (first - sent_at), "the timeout doubles per retransmission");
+    assert_eq!(
+        second - first,
+        2 * (first - sent_at),
+        "the timeout doubles per retransmission"
+    );
     assert_eq!(third - second, 4 * (first - sent_at));
     assert_eq!(duo.agent.stats().retransmits, 6);
-    duo.to_client(&originals);
+    duo.deliver_to_client(&originals);
     let out = duo.client_out();
-    duo.to_agent(&out);
+    duo.deliver_to_agent(&out);
     assert_eq!(duo.agent.in_flight(), 0);
     assert_eq!(duo.agent.poll_timeout(), None, "nothing left to retransmit");
 }
@@ -314,14 +433,21 @@ fn a_full_window_blocks_the_sender_without_dropping_anything() {
     duo.exchange();
     let data: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
     assert_eq!(duo.client.send(duo.now, &data), Ok(4 * 1024));
-    assert_eq!(duo.client.send(duo.now, &data[4096..]), Err(SendError::Blocked));
+    assert_eq!(
+        duo.client.send(duo.now, &data[4096..]),
+        Err(SendError::Blocked)
+    );
     let window = duo.client_out();
-    duo.to_agent(&window[..1]);
+    duo.deliver_to_agent(&window[..1]);
     let acks = duo.agent_out();
-    duo.to_client(&acks);
-    assert!(duo.client_events.iter().any(|e| matches!(e, Event::Writable)));
+    duo.deliver_to_client(&acks);
+    assert!(
+        duo.client_events
+            .iter()
+            .any(|e| matches!(e, Event::Writable))
+    );
     assert_eq!(duo.client.send(duo.now, &data[4096..]), Ok(1024));
-    duo.to_agent(&window[1..]);
+    duo.deliver_to_agent(&window[1..]);
     duo.exchange();
     let mut sent = 5 * 1024;
     while sent < data.len() {
@@ -337,15 +463,25 @@ fn a_full_window_blocks_the_sender_without_dropping_anything() {
 fn pause_publication_holds_messages_until_start_publication() {
     let mut duo = Duo::new(compat_client(), compat_agent("Port"));
     duo.exchange();
-    duo.to_agent(&[crafted(MessageType::PausePublication, 0, PayloadType::Unset, b"{}".to_vec())]);
+    duo.deliver_to_agent(&[crafted(
+        MessageType::PausePublication,
+        0,
+        PayloadType::Unset,
+        b"{}".to_vec(),
+    )]);
     duo.agent.send(duo.now, b"held").unwrap();
     assert!(duo.agent_out().is_empty(), "nothing is sent while paused");
     duo.advance(Duration::from_secs(5));
     assert!(duo.agent_out().is_empty(), "not even retransmissions");
-    duo.to_agent(&[crafted(MessageType::StartPublication, 0, PayloadType::Unset, b"{}".to_vec())]);
+    duo.deliver_to_agent(&[crafted(
+        MessageType::StartPublication,
+        0,
+        PayloadType::Unset,
+        b"{}".to_vec(),
+    )]);
     let out = duo.agent_out();
     assert_eq!(out.len(), 1);
-    duo.to_client(&out);
+    duo.deliver_to_client(&out);
     assert_eq!(stream_bytes(&duo.client_events), b"held");
 }
 
@@ -363,10 +499,17 @@ fn a_new_transport_resends_everything_unacknowledged_at_once() {
     let resent = duo.client_out();
     assert_eq!(resent.len(), 2);
     assert_eq!(resent[0], lost[0], "same bytes, same sequence number");
-    assert_eq!(decode(&resent[1]).sequence_number, decode(&lost[0]).sequence_number + 1);
-    duo.to_agent(&resent);
-    duo.to_agent(&lost);
-    assert_eq!(stream_bytes(&duo.agent_events), b"abcdef", "no loss, no duplication");
+    assert_eq!(
+        decode(&resent[1]).sequence_number,
+        decode(&lost[0]).sequence_number + 1
+    );
+    duo.deliver_to_agent(&resent);
+    duo.deliver_to_agent(&lost);
+    assert_eq!(
+        stream_bytes(&duo.agent_events),
+        b"abcdef",
+        "no loss, no duplication"
+    );
 }
 
 fn encrypted_agent() -> AgentConfig {
@@ -379,21 +522,34 @@ fn encrypted_agent() -> AgentConfig {
 fn encrypted_session_hides_data_but_not_size_and_flags() {
     let mut duo = Duo::new(compat_client(), encrypted_agent());
     duo.exchange();
-    let Some(Event::HandshakeComplete(info)) = duo.client_events.iter().find(|e| matches!(e, Event::HandshakeComplete(_))) else {
+    let Some(Event::HandshakeComplete(info)) = duo
+        .client_events
+        .iter()
+        .find(|e| matches!(e, Event::HandshakeComplete(_)))
+    else {
         panic!("{:?}", duo.client_events)
     };
     assert!(info.encrypted);
-    assert_eq!(info.customer_message, "This session is encrypted using AWS KMS.");
+    assert_eq!(
+        info.customer_message,
+        "This session is encrypted using AWS KMS."
+    );
     duo.client.send(duo.now, b"secret keystrokes").unwrap();
-    duo.client.send_size(duo.now, TerminalSize { cols: 80, rows: 24 }).unwrap();
+    duo.client
+        .send_size(duo.now, TerminalSize { cols: 80, rows: 24 })
+        .unwrap();
     let out = duo.client_out();
     let data = decode(&out[0]);
     assert_eq!(data.payload.len(), 17 + 28);
     assert!(!data.payload.windows(6).any(|w| w == b"secret"));
     assert_eq!(&decode(&out[1]).payload[..], br#"{"cols":80,"rows":24}"#);
-    duo.to_agent(&out);
+    duo.deliver_to_agent(&out);
     assert_eq!(stream_bytes(&duo.agent_events), b"secret keystrokes");
-    assert!(duo.agent_events.iter().any(|e| matches!(e, Event::Resize(TerminalSize { cols: 80, rows: 24 }))));
+    assert!(
+        duo.agent_events
+            .iter()
+            .any(|e| matches!(e, Event::Resize(TerminalSize { cols: 80, rows: 24 })))
+    );
 }
 
 #[test]
@@ -401,10 +557,13 @@ fn acknowledged_challenge_is_bound_into_the_kms_context() {
     let mut fresh = Duo::new(compat_client(), encrypted_agent());
     let out = fresh.agent_out();
     for message in &out {
-        fresh.client.handle_message(fresh.now, WALL, message.clone());
+        fresh
+            .client
+            .handle_message(fresh.now, WALL, message.clone());
     }
     let Some(Event::KeyRequest(KeyRequest::GenerateDataKey { context, .. })) =
-        std::iter::from_fn(|| fresh.client.poll_event()).find(|e| matches!(e, Event::KeyRequest(_)))
+        std::iter::from_fn(|| fresh.client.poll_event())
+            .find(|e| matches!(e, Event::KeyRequest(_)))
     else {
         panic!("no key request")
     };
@@ -419,10 +578,14 @@ fn an_agent_requiring_the_challenge_refuses_clients_that_skip_it() {
     agent.require_challenge_ack = true;
     let mut duo = Duo::new(client, agent);
     duo.exchange();
-    assert!(matches!(
-        duo.agent_events.last(),
-        Some(Event::Closed(CloseReason::Failed(SessionError::Handshake(text)))) if text.contains("random challenge")
-    ), "{:?}", duo.agent_events);
+    assert!(
+        matches!(
+            duo.agent_events.last(),
+            Some(Event::Closed(CloseReason::Failed(SessionError::Handshake(text)))) if text.contains("random challenge")
+        ),
+        "{:?}",
+        duo.agent_events
+    );
 }
 
 #[test]
@@ -432,10 +595,14 @@ fn a_mismatched_kms_context_fails_the_handshake() {
     agent.extensions = true;
     let mut duo = Duo::new(client, agent);
     duo.exchange();
-    assert!(matches!(
-        duo.agent_events.last(),
-        Some(Event::Closed(CloseReason::Failed(SessionError::Handshake(text)))) if text.starts_with("Fetching data key failed")
-    ), "{:?}", duo.agent_events);
+    assert!(
+        matches!(
+            duo.agent_events.last(),
+            Some(Event::Closed(CloseReason::Failed(SessionError::Handshake(text)))) if text.starts_with("Fetching data key failed")
+        ),
+        "{:?}",
+        duo.agent_events
+    );
 }
 
 #[test]
@@ -447,16 +614,32 @@ fn tampered_and_replayed_payloads_are_errors_never_data() {
     let mut tampered = genuine.payload.to_vec();
     tampered[14] ^= 1;
     let seq = genuine.sequence_number;
-    duo.to_agent(&[crafted(MessageType::InputStreamData, seq, PayloadType::Output, tampered)]);
-    assert!(matches!(duo.agent_events.last(), Some(Event::Error(SessionError::Decrypt { .. }))));
-    assert!(duo.agent_out().is_empty(), "not acknowledged");
-    duo.to_agent(&[genuine.to_bytes().unwrap()]);
-    assert_eq!(stream_bytes(&duo.agent_events), b"genuine");
-    // The same ciphertext under the next sequence number is a replay.
-    duo.to_agent(&[crafted(MessageType::InputStreamData, seq + 1, PayloadType::Output, genuine.payload.to_vec())]);
+    duo.deliver_to_agent(&[crafted(
+        MessageType::InputStreamData,
+        seq,
+        PayloadType::Output,
+        tampered,
+    )]);
     assert!(matches!(
         duo.agent_events.last(),
-        Some(Event::Error(SessionError::Decrypt { error: ssm_session::crypto::CryptoError::ReplayedNonce, .. }))
+        Some(Event::Error(SessionError::Decrypt { .. }))
+    ));
+    assert!(duo.agent_out().is_empty(), "not acknowledged");
+    duo.deliver_to_agent(&[genuine.to_bytes().unwrap()]);
+    assert_eq!(stream_bytes(&duo.agent_events), b"genuine");
+    // The same ciphertext under the next sequence number is a replay.
+    duo.deliver_to_agent(&[crafted(
+        MessageType::InputStreamData,
+        seq + 1,
+        PayloadType::Output,
+        genuine.payload.to_vec(),
+    )]);
+    assert!(matches!(
+        duo.agent_events.last(),
+        Some(Event::Error(SessionError::Decrypt {
+            error: ssm_session::crypto::CryptoError::ReplayedNonce,
+            ..
+        }))
     ));
     assert_eq!(stream_bytes(&duo.agent_events), b"genuine");
 }
@@ -465,9 +648,19 @@ fn tampered_and_replayed_payloads_are_errors_never_data() {
 fn the_agent_keeps_client_input_that_arrives_during_the_handshake() {
     let kms = LocalKms::from_master_key([9; 32]);
     let now = Instant::now();
-    let mut agent = Session::agent(encrypted_agent(), now, WALL, Box::new(SeededEntropy::new(5)));
-    let request = std::iter::from_fn(|| agent.poll_transmit()).map(|m| decode(&m)).last().unwrap();
-    let challenge = ssm_session::payload::HandshakeRequest::from_json(&request.payload).unwrap().requested_client_actions[1]
+    let mut agent = Session::agent(
+        encrypted_agent(),
+        now,
+        WALL,
+        Box::new(SeededEntropy::new(5)),
+    );
+    let request = std::iter::from_fn(|| agent.poll_transmit())
+        .map(|m| decode(&m))
+        .last()
+        .unwrap();
+    let challenge = ssm_session::payload::HandshakeRequest::from_json(&request.payload)
+        .unwrap()
+        .requested_client_actions[1]
         .parameters::<ssm_session::payload::KmsEncryptionRequest>()
         .unwrap()
         .challenge;
@@ -484,31 +677,93 @@ fn the_agent_keeps_client_input_that_arrives_during_the_handshake() {
         kms_cipher_text_hash: None,
         challenge_acknowledgement: Some(true),
     };
-    response.push_success(RequestedClientAction::KMS_ENCRYPTION, Some(RawJson::encode(&result)));
-    agent.handle_message(now, WALL, crafted(MessageType::InputStreamData, 0, PayloadType::HandshakeResponse, response.to_json()));
-    let Some(Event::KeyRequest(KeyRequest::Decrypt { ciphertext_blob, context, key_id })) = agent.poll_event() else {
+    response.push_success(
+        RequestedClientAction::KMS_ENCRYPTION,
+        Some(RawJson::encode(&result)),
+    );
+    agent.handle_message(
+        now,
+        WALL,
+        crafted(
+            MessageType::InputStreamData,
+            0,
+            PayloadType::HandshakeResponse,
+            response.to_json(),
+        ),
+    );
+    let Some(Event::KeyRequest(KeyRequest::Decrypt {
+        ciphertext_blob,
+        context,
+        key_id,
+    })) = agent.poll_event()
+    else {
         panic!("the agent asks for the key")
     };
     // Input arrives while the key is being fetched.
-    agent.handle_message(now, WALL, crafted(MessageType::InputStreamData, 1, PayloadType::Size, br#"{"cols":1,"rows":2}"#.to_vec()));
-    agent.provide_plaintext_key(now, kms.decrypt_now(&key_id, &ciphertext_blob, &context).unwrap());
-    let out: Vec<Frame> = std::iter::from_fn(|| agent.poll_transmit()).map(|m| decode(&m)).collect();
-    let challenge_request = out.iter().find(|f| f.payload_type == PayloadType::EncChallengeRequest).unwrap();
+    agent.handle_message(
+        now,
+        WALL,
+        crafted(
+            MessageType::InputStreamData,
+            1,
+            PayloadType::Size,
+            br#"{"cols":1,"rows":2}"#.to_vec(),
+        ),
+    );
+    agent.provide_plaintext_key(
+        now,
+        kms.decrypt_now(&key_id, &ciphertext_blob, &context)
+            .unwrap(),
+    );
+    let out: Vec<Frame> = std::iter::from_fn(|| agent.poll_transmit())
+        .map(|m| decode(&m))
+        .collect();
+    let challenge_request = out
+        .iter()
+        .find(|f| f.payload_type == PayloadType::EncChallengeRequest)
+        .unwrap();
     let mut client_cipher = Cipher::new(&key.plaintext, Direction::Client, [7; 12]);
-    let sealed = EncryptionChallenge::from_json(&challenge_request.payload).unwrap().challenge;
+    let sealed = EncryptionChallenge::from_json(&challenge_request.payload)
+        .unwrap()
+        .challenge;
     let opened = client_cipher.open(&sealed).unwrap();
-    let answer = EncryptionChallenge { challenge: client_cipher.seal(&opened) };
-    agent.handle_message(now, WALL, crafted(MessageType::InputStreamData, 2, PayloadType::EncChallengeResponse, answer.to_json()));
+    let answer = EncryptionChallenge {
+        challenge: client_cipher.seal(&opened),
+    };
+    agent.handle_message(
+        now,
+        WALL,
+        crafted(
+            MessageType::InputStreamData,
+            2,
+            PayloadType::EncChallengeResponse,
+            answer.to_json(),
+        ),
+    );
     let events: Vec<Event> = std::iter::from_fn(|| agent.poll_event()).collect();
-    let complete_at = events.iter().position(|e| matches!(e, Event::HandshakeComplete(_))).unwrap();
-    let resize_at = events.iter().position(|e| matches!(e, Event::Resize(TerminalSize { cols: 1, rows: 2 }))).unwrap();
-    assert!(resize_at > complete_at, "kept and delivered after the handshake, not thrown away");
+    let complete_at = events
+        .iter()
+        .position(|e| matches!(e, Event::HandshakeComplete(_)))
+        .unwrap();
+    let resize_at = events
+        .iter()
+        .position(|e| matches!(e, Event::Resize(TerminalSize { cols: 1, rows: 2 })))
+        .unwrap();
+    assert!(
+        resize_at > complete_at,
+        "kept and delivered after the handshake, not thrown away"
+    );
 }
 
 #[test]
 fn an_unanswered_handshake_times_out_after_fifteen_seconds() {
     let now = Instant::now();
-    let mut agent = Session::agent(compat_agent("Port"), now, WALL, Box::new(SeededEntropy::new(5)));
+    let mut agent = Session::agent(
+        compat_agent("Port"),
+        now,
+        WALL,
+        Box::new(SeededEntropy::new(5)),
+    );
     while agent.poll_transmit().is_some() {}
     let mut at = now;
     while let Some(deadline) = agent.poll_timeout() {
@@ -528,9 +783,20 @@ fn an_unanswered_handshake_times_out_after_fifteen_seconds() {
 fn channel_closed_from_the_gateway_ends_the_session() {
     let mut duo = Duo::new(compat_client(), compat_agent("Port"));
     duo.exchange();
-    let closed = ChannelClosed { session_id: "s-1".into(), output: "bye".into(), ..Default::default() };
-    duo.to_client(&[crafted(MessageType::ChannelClosed, 0, PayloadType::Unset, closed.to_json())]);
-    assert!(matches!(duo.client_events.last(), Some(Event::Closed(CloseReason::ChannelClosed(c))) if c.output == "bye"));
+    let closed = ChannelClosed {
+        session_id: "s-1".into(),
+        output: "bye".into(),
+        ..Default::default()
+    };
+    duo.deliver_to_client(&[crafted(
+        MessageType::ChannelClosed,
+        0,
+        PayloadType::Unset,
+        closed.to_json(),
+    )]);
+    assert!(
+        matches!(duo.client_events.last(), Some(Event::Closed(CloseReason::ChannelClosed(c))) if c.output == "bye")
+    );
     assert!(duo.client.is_closed());
     assert_eq!(duo.client.send(duo.now, b"x"), Err(SendError::Closed));
 }
@@ -542,15 +808,26 @@ fn close_waits_for_acknowledgements_then_reports_terminating() {
     duo.agent.send_stderr(duo.now, b"warning\n").unwrap();
     duo.agent.send_exit_code(duo.now, ExitCode(3)).unwrap();
     duo.agent.close(duo.now);
-    assert!(!duo.agent.is_closed(), "two messages are not acknowledged yet");
+    assert!(
+        !duo.agent.is_closed(),
+        "two messages are not acknowledged yet"
+    );
     let out = duo.agent_out();
-    duo.to_client(&out);
-    assert!(duo.client_events.iter().any(|e| matches!(e, Event::ExitCode(ExitCode(3)))));
+    duo.deliver_to_client(&out);
+    assert!(
+        duo.client_events
+            .iter()
+            .any(|e| matches!(e, Event::ExitCode(ExitCode(3))))
+    );
     assert_eq!(stream_bytes(&duo.client_events), b"warning\n");
     let out = duo.client_out();
-    duo.to_agent(&out);
+    duo.deliver_to_agent(&out);
     assert!(duo.agent.is_closed());
     let terminating = decode(&duo.agent_out()[0]);
     assert_eq!(terminating.message_type, MessageType::AgentSessionState);
-    assert!(std::str::from_utf8(&terminating.payload).unwrap().contains("Terminating"));
+    assert!(
+        std::str::from_utf8(&terminating.payload)
+            .unwrap()
+            .contains("Terminating")
+    );
 }

@@ -293,6 +293,7 @@ fn payload_from_inputs(case_name: &str, inputs: &Value) -> PayloadCheck {
                 .as_i64()
                 .unwrap(),
             is_sequential_message: true,
+            is_cumulative: None,
         }),
         "handshake_request_session_type_only"
         | "handshake_request_port"

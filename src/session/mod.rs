@@ -956,9 +956,9 @@ impl Session {
             Arrival::Duplicate => {
                 // Unlike the Go client, re-acknowledge: the first ack may have been lost.
                 self.stats.duplicates_received += 1;
-                self.send_ack(&frame, false);
+                self.send_ack(&frame);
             }
-            Arrival::Buffered => self.send_ack(&frame, false),
+            Arrival::Buffered => self.send_ack(&frame),
             Arrival::Dropped => {}
             Arrival::InOrder => {
                 if self.process_in_order(now, frame) {
@@ -984,7 +984,7 @@ impl Session {
         );
         if self.role == Role::Client && handshake_type {
             // The Go client acknowledges handshake messages before handling them (SPEC §13.22).
-            self.send_ack(&frame, false);
+            self.send_ack(&frame);
             self.recv.advance();
             self.process(now, frame, true);
             return true;
@@ -1074,7 +1074,7 @@ impl Session {
     /// acknowledgement when the extension is on.
     fn acknowledge_in_order(&mut self, now: Instant, frame: &Frame) {
         if !self.wire.cumulative_ack {
-            return self.send_ack(frame, false);
+            return self.send_ack(frame);
         }
         let pending = self.pending_ack.get_or_insert(PendingAck {
             seq: frame.sequence_number,
@@ -1105,13 +1105,12 @@ impl Session {
         }
     }
 
-    fn send_ack(&mut self, frame: &Frame, cumulative: bool) {
-        let mut ack = Acknowledge::for_frame(frame);
-        if cumulative {
-            ack.is_cumulative = Some(true);
-        }
+    fn send_ack(&mut self, frame: &Frame) {
         self.stats.acks_sent += 1;
-        self.send_control(MessageType::Acknowledge, ack.to_json());
+        self.send_control(
+            MessageType::Acknowledge,
+            Acknowledge::for_frame(frame).to_json(),
+        );
     }
 
     fn peer_stream_type(&self) -> MessageType {
