@@ -131,10 +131,12 @@ pub struct Pair {
     to_client: Link,
     kms: LocalKms,
     kms_rng: SeededEntropy,
-    /// Bytes the client still has to send.
+    /// Bytes the client sends, as fast as its window allows.
     pub client_source: Vec<u8>,
-    /// Bytes the agent still has to send.
+    /// Bytes the agent sends, as fast as its window allows.
     pub agent_source: Vec<u8>,
+    /// How much of each source (client, agent) the sessions have taken.
+    taken: [usize; 2],
     /// Stream bytes the client received.
     pub client_received: Vec<u8>,
     /// Stream bytes the agent received.
@@ -186,6 +188,7 @@ impl Pair {
             kms_rng: SeededEntropy::new(seed ^ 0x33),
             client_source: Vec::new(),
             agent_source: Vec::new(),
+            taken: [0; 2],
             client_received: Vec::new(),
             agent_received: Vec::new(),
             events: Vec::new(),
@@ -282,24 +285,25 @@ impl Pair {
     }
 
     fn pump_sources(&mut self) {
+        let [client_taken, agent_taken] = &mut self.taken;
         let sides = [
             (
                 &mut self.client,
-                &mut self.client_source,
+                &self.client_source,
+                client_taken,
                 self.handshake_done[0],
             ),
             (
                 &mut self.agent,
-                &mut self.agent_source,
+                &self.agent_source,
+                agent_taken,
                 self.handshake_done[1],
             ),
         ];
-        for (session, source, ready) in sides {
-            while ready && !source.is_empty() {
-                match session.send(self.now, source) {
-                    Ok(taken) => {
-                        source.drain(..taken);
-                    }
+        for (session, source, taken, ready) in sides {
+            while ready && *taken < source.len() {
+                match session.send(self.now, &source[*taken..]) {
+                    Ok(n) => *taken += n,
                     Err(SendError::Blocked | SendError::NotReady | SendError::Closed) => break,
                 }
             }

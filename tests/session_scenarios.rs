@@ -831,3 +831,57 @@ fn close_waits_for_acknowledgements_then_reports_terminating() {
             .contains("Terminating")
     );
 }
+
+#[test]
+fn gcm_authenticated_messages_skip_the_digest_but_early_ones_do_not() {
+    let mut duo = Duo::new(compat_client(), encrypted_agent());
+    duo.exchange();
+    duo.client.send(duo.now, b"one").unwrap();
+    duo.client.send(duo.now, b"two").unwrap();
+    let sent: Vec<Frame> = duo.client_out().iter().map(decode).collect();
+    let bad_digest = |frame: &Frame| {
+        let mut wire = frame.to_bytes().unwrap().to_vec();
+        wire[80] ^= 0xff;
+        Bytes::from(wire)
+    };
+    // Early (seq + 1) with a wrong digest: refused before it could be acknowledged.
+    duo.deliver_to_agent(&[bad_digest(&sent[1])]);
+    assert!(matches!(
+        duo.agent_events.last(),
+        Some(Event::Error(SessionError::Frame(
+            ssm_session::DecodeError::DigestMismatch
+        )))
+    ));
+    assert!(duo.agent_out().is_empty());
+    // Next in order with a wrong digest: AES-GCM authenticates it, the hash adds nothing.
+    duo.deliver_to_agent(&[bad_digest(&sent[0])]);
+    assert_eq!(stream_bytes(&duo.agent_events), b"one");
+    duo.deliver_to_agent(&[sent[1].to_bytes().unwrap()]);
+    assert_eq!(stream_bytes(&duo.agent_events), b"onetwo");
+}
+
+#[test]
+fn flags_travel_in_the_stream_unencrypted() {
+    let mut duo = Duo::new(compat_client(), encrypted_agent());
+    duo.exchange();
+    duo.client
+        .send_flag(duo.now, ssm_session::payload::Flag::TerminateSession)
+        .unwrap();
+    let out = duo.client_out();
+    let flag = decode(&out[0]);
+    assert_eq!(
+        (flag.payload_type, &flag.payload[..]),
+        (PayloadType::Flag, &[0, 0, 0, 2][..])
+    );
+    duo.deliver_to_agent(&out);
+    assert!(
+        duo.agent_events
+            .iter()
+            .any(|e| matches!(e, Event::Flag(ssm_session::payload::Flag::TerminateSession)))
+    );
+    assert_eq!(
+        ack_seq(&duo.agent_out()[0]),
+        flag.sequence_number,
+        "acknowledged like data"
+    );
+}

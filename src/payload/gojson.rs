@@ -36,19 +36,30 @@ impl serde_json::ser::Formatter for GoFormatter {
         writer: &mut W,
         fragment: &str,
     ) -> io::Result<()> {
+        let bytes = fragment.as_bytes();
         let mut plain_from = 0;
-        for (at, ch) in fragment.char_indices() {
-            let escape = match ch {
-                '<' => "\\u003c",
-                '>' => "\\u003e",
-                '&' => "\\u0026",
-                '\u{2028}' => "\\u2028",
-                '\u{2029}' => "\\u2029",
-                _ => continue,
+        let mut at = 0;
+        while at < bytes.len() {
+            let (escape, len) = match bytes[at] {
+                b'<' => ("\\u003c", 1),
+                b'>' => ("\\u003e", 1),
+                b'&' => ("\\u0026", 1),
+                // U+2028 and U+2029 are E2 80 A8 and E2 80 A9 in UTF-8.
+                0xe2 if bytes.get(at + 1) == Some(&0x80) && bytes.get(at + 2) == Some(&0xa8) => {
+                    ("\\u2028", 3)
+                }
+                0xe2 if bytes.get(at + 1) == Some(&0x80) && bytes.get(at + 2) == Some(&0xa9) => {
+                    ("\\u2029", 3)
+                }
+                _ => {
+                    at += 1;
+                    continue;
+                }
             };
-            writer.write_all(&fragment.as_bytes()[plain_from..at])?;
+            writer.write_all(&bytes[plain_from..at])?;
             writer.write_all(escape.as_bytes())?;
-            plain_from = at + ch.len_utf8();
+            at += len;
+            plain_from = at;
         }
         writer.write_all(&fragment.as_bytes()[plain_from..])
     }
@@ -176,7 +187,26 @@ macro_rules! go_struct {
         }
 
         impl $crate::payload::sealed::Sealed for $name {}
-        impl $crate::payload::JsonPayload for $name {}
+        impl $crate::payload::JsonPayload for $name {
+            fn from_json(bytes: &[u8]) -> Result<Self, $crate::payload::PayloadError> {
+                // Fast path for what the Go peers send: exact keys, no extras (see parse_object).
+                #[derive(serde::Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct Exact {
+                    $(
+                        $(#[$field_meta])*
+                        #[serde(rename = $key, default)]
+                        $field: $ty,
+                    )*
+                }
+                if bytes.first() == Some(&b'{')
+                    && let Ok(exact) = serde_json::from_slice::<Exact>(bytes)
+                {
+                    return Ok(Self { $($field: exact.$field),* });
+                }
+                serde_json::from_slice(bytes).map_err($crate::payload::PayloadError::Json)
+            }
+        }
     };
 }
 pub(crate) use go_struct;

@@ -9,8 +9,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 
 use super::{
-    AgentConfig, ClientConfig, EXTENDED_MAX_PAYLOAD, Event, KeyRequest, Role, Session,
-    SessionError, Wire,
+    AgentConfig, ClientConfig, EXTENDED_MAX_PAYLOAD, Event, KeyRequest, Session, SessionError, Wire,
 };
 use crate::crypto::{Cipher, DATA_KEY_LEN, Direction};
 use crate::kms::{
@@ -99,8 +98,6 @@ pub(super) struct AgentHandshake {
     challenge: String,
     info: HandshakeInfo,
     negotiated: Option<Wire>,
-    /// Client data that arrived before the handshake finished, delivered after it.
-    early: VecDeque<Frame>,
 }
 
 enum AgentPhase {
@@ -134,7 +131,6 @@ impl Handshake {
             challenge: String::new(),
             info,
             negotiated: None,
-            early: VecDeque::new(),
         })
     }
 
@@ -416,7 +412,6 @@ impl Session {
         agent.info.customer_message = message.clone();
         agent.info.extensions = agent.negotiated.is_some();
         let info = agent.info.clone();
-        let early: Vec<Frame> = agent.early.drain(..).collect();
         let complete = HandshakeComplete {
             handshake_time_to_complete: elapsed,
             customer_message: message,
@@ -426,9 +421,7 @@ impl Session {
             self.wire = wire;
         }
         self.events.push_back(Event::HandshakeComplete(info));
-        for frame in early {
-            self.deliver(frame);
-        }
+        self.deliver_early();
     }
 
     // ----- client --------------------------------------------------------------------------
@@ -609,36 +602,34 @@ impl Session {
             self.wire = wire;
         }
         self.events.push_back(Event::HandshakeComplete(info));
+        self.deliver_early();
         true
     }
 
-    /// A non-handshake message before the handshake finished.
-    pub(super) fn before_handshake(&mut self, _now: Instant, frame: Frame, acked: bool) -> bool {
-        match self.role {
-            Role::Agent => {
-                // The Go agent acknowledges and throws such input away (SPEC §13.26); we keep it.
-                let max = self.limits.max_reorder;
-                let agent = self.agent_state();
-                if agent.early.len() >= max && !acked {
-                    return false;
-                }
-                agent.early.push_back(frame);
-                true
-            }
-            Role::Client => {
-                let client = self.client_state();
-                if !matches!(client.phase, ClientPhase::Waiting) {
-                    // Mid-handshake data is not ready yet: the agent resends it.
-                    return acked;
-                }
-                // Legacy path: no handshake; the first Output fixes the type (SPEC §5.2).
-                client.phase = ClientPhase::Complete;
-                client.info.session_type = "Standard_Stream".into();
-                client.info.legacy = true;
-                let info = client.info.clone();
-                self.events.push_back(Event::HandshakeComplete(info));
-                self.deliver(frame)
-            }
+    /// A non-handshake message before the handshake finished: kept and delivered after it (the
+    /// Go agent acknowledges and throws such input away, SPEC §13.26), except that a client
+    /// that has seen no handshake at all takes the first Output as the legacy start (§5.2).
+    pub(super) fn before_handshake(&mut self, frame: Frame, acked: bool) -> bool {
+        if let Handshake::Client(client) = &mut self.handshake
+            && matches!(client.phase, ClientPhase::Waiting)
+        {
+            client.phase = ClientPhase::Complete;
+            client.info.session_type = "Standard_Stream".into();
+            client.info.legacy = true;
+            let info = client.info.clone();
+            self.events.push_back(Event::HandshakeComplete(info));
+            return self.deliver(frame);
+        }
+        if self.early.len() >= self.limits.max_reorder && !acked {
+            return false;
+        }
+        self.early.push_back(frame);
+        true
+    }
+
+    fn deliver_early(&mut self) {
+        while let Some(frame) = self.early.pop_front() {
+            self.deliver(frame);
         }
     }
 }

@@ -20,7 +20,7 @@ use crate::payload::{
     Acknowledge, AgentSessionState, ChannelClosed, ExitCode, Flag, JsonPayload, PayloadError,
     TerminalSize,
 };
-use crate::{DecodeError, DecodeOptions, Frame, MessageType, PayloadType};
+use crate::{DecodeError, DecodeOptions, Frame, Header, MessageType, PayloadType};
 
 use handshake::Handshake;
 use recv::{Arrival, ReceiveBuffer};
@@ -380,6 +380,8 @@ pub struct Session {
     retransmit_at: Option<Instant>,
     recv: ReceiveBuffer,
     pending_ack: Option<PendingAck>,
+    /// Peer data that arrived, acknowledged, before the handshake finished; delivered after it.
+    early: VecDeque<Frame>,
     transport_up: bool,
     paused: bool,
     blocked: bool,
@@ -473,6 +475,7 @@ impl Session {
             rtt: RttEstimator::new(),
             retransmit_at: None,
             pending_ack: None,
+            early: VecDeque::new(),
             transport_up: true,
             paused: false,
             blocked: false,
@@ -547,11 +550,15 @@ impl Session {
         if self.state == State::Closed {
             return;
         }
-        let options = DecodeOptions::default().verify_digest(self.limits.verify_digest);
-        let frame = match Frame::decode_with(message, options) {
-            Ok(frame) => frame,
+        let verify = match Header::parse(&message) {
+            Ok(header) => self.limits.verify_digest && !self.authenticated_on_arrival(&header),
             Err(error) => return self.events.push_back(Event::Error(error.into())),
         };
+        let frame =
+            match Frame::decode_with(message, DecodeOptions::default().verify_digest(verify)) {
+                Ok(frame) => frame,
+                Err(error) => return self.events.push_back(Event::Error(error.into())),
+            };
         match frame.message_type {
             MessageType::InputStreamData if self.role == Role::Agent => self.on_stream(now, frame),
             MessageType::OutputStreamData if self.role == Role::Client => {
@@ -898,18 +905,18 @@ impl Session {
         if !self.can_transmit() {
             return;
         }
-        let due = now + self.rtt.timeout(1);
-        let mut any = false;
         for entry in self.send.iter_mut().filter(|entry| entry.sends == 0) {
             entry.sends = 1;
             entry.sent_at = Some(now);
             entry.first_sent_at = Some(now);
             self.transmits.push_back(entry.frame.clone());
-            any = true;
         }
-        if any || self.retransmit_at.is_none() && !self.send.is_empty() {
-            self.retransmit_at = Some(self.retransmit_at.map_or(due, |at| at.min(due)));
-        }
+        // The retransmission timer was idle while sending was not allowed.
+        self.retransmit_at = self
+            .send
+            .iter_mut()
+            .filter_map(|entry| Some(entry.sent_at? + self.rtt.timeout(entry.sends)))
+            .min();
     }
 
     // ----- receiving -----------------------------------------------------------------------
@@ -917,11 +924,15 @@ impl Session {
     fn on_ack(&mut self, now: Instant, frame: &Frame) {
         // Any acknowledgement means the peer is back: the agent clears its pause (SPEC §6.2).
         self.resume(now);
-        let Ok(ack) = Acknowledge::from_json(&frame.payload) else {
-            return self.events.push_back(Event::Error(SessionError::Payload {
-                payload_type: frame.payload_type,
-                error: Acknowledge::from_json(&frame.payload).unwrap_err(),
-            }));
+        let ack = match Acknowledge::from_json(&frame.payload) {
+            Ok(ack) => ack,
+            Err(error) => {
+                let payload_type = frame.payload_type;
+                return self.events.push_back(Event::Error(SessionError::Payload {
+                    payload_type,
+                    error,
+                }));
+            }
         };
         let seq = ack.acknowledged_message_sequence_number;
         let acked = if ack.is_cumulative == Some(true) {
@@ -963,9 +974,13 @@ impl Session {
             Arrival::InOrder => {
                 if self.process_in_order(now, frame) {
                     while let Some(next) = self.recv.take_next() {
-                        if !self.process(now, next, true) {
+                        // Already acknowledged: if it cannot be processed (it failed to
+                        // decrypt) it stays, and the error event says why the stream stalls.
+                        if !self.process(now, next.clone(), true) {
+                            self.recv.put_back(next);
                             break;
                         }
+                        self.stats.messages_received += 1;
                         self.recv.advance();
                     }
                 }
@@ -986,6 +1001,7 @@ impl Session {
             // The Go client acknowledges handshake messages before handling them (SPEC §13.22).
             self.send_ack(&frame);
             self.recv.advance();
+            self.stats.messages_received += 1;
             self.process(now, frame, true);
             return true;
         }
@@ -993,6 +1009,7 @@ impl Session {
         if !self.process(now, frame, false) {
             return false;
         }
+        self.stats.messages_received += 1;
         self.recv.advance();
         self.acknowledge_in_order(now, &ack_copy);
         true
@@ -1000,7 +1017,6 @@ impl Session {
 
     /// Handles one in-order stream message; `acked` says it was already acknowledged.
     fn process(&mut self, now: Instant, frame: Frame, acked: bool) -> bool {
-        self.stats.messages_received += 1;
         match (self.role, frame.payload_type) {
             (Role::Agent, PayloadType::HandshakeResponse) => {
                 self.on_handshake_response(now, &frame)
@@ -1013,25 +1029,42 @@ impl Session {
                 self.on_challenge_request(now, &frame)
             }
             (Role::Client, PayloadType::HandshakeComplete) => self.on_handshake_complete(&frame),
-            _ if !self.handshake.is_complete() => self.before_handshake(now, frame, acked),
+            _ if !self.handshake.is_complete() => self.before_handshake(frame, acked),
             _ => self.deliver(frame),
         }
     }
 
-    /// Delivers application data to the application, decrypting what the reference encrypts.
-    fn deliver(&mut self, frame: Frame) -> bool {
-        let encrypted = match self.role {
+    /// Whether the peer encrypts payloads of this type (SPEC §7.5).
+    fn peer_encrypts(&self, payload_type: PayloadType) -> bool {
+        match self.role {
             Role::Client => matches!(
-                frame.payload_type,
+                payload_type,
                 PayloadType::Output | PayloadType::StdErr | PayloadType::ExitCode
             ),
-            Role::Agent => frame.payload_type == PayloadType::Output,
-        };
+            Role::Agent => payload_type == PayloadType::Output,
+        }
+    }
+
+    /// Whether AES-GCM will authenticate this frame's payload as soon as it arrives, which makes
+    /// the SHA-256 digest check redundant: an encrypted stream message that is next in order is
+    /// decrypted at once, and one that fails is dropped unacknowledged, exactly as a digest
+    /// mismatch would be. Early messages are acknowledged before they are decrypted, so their
+    /// digest is still checked.
+    fn authenticated_on_arrival(&self, header: &Header) -> bool {
+        self.cipher.is_some()
+            && self.handshake.is_complete()
+            && header.message_type == self.peer_stream_type()
+            && header.sequence_number == self.recv.expected()
+            && self.peer_encrypts(header.payload_type)
+    }
+
+    /// Delivers application data to the application, decrypting what the reference encrypts.
+    fn deliver(&mut self, frame: Frame) -> bool {
+        let encrypted = self.peer_encrypts(frame.payload_type);
         let data = match &mut self.cipher {
             Some(cipher) if encrypted => match cipher.open(&frame.payload) {
                 Ok(plaintext) => Bytes::from(plaintext),
                 Err(error) => {
-                    self.stats.messages_received -= 1;
                     self.events.push_back(Event::Error(SessionError::Decrypt {
                         sequence_number: frame.sequence_number,
                         error,

@@ -58,6 +58,11 @@ impl ReceiveBuffer {
         self.expected += 1;
     }
 
+    /// Returns a message taken with [`ReceiveBuffer::take_next`] that could not be processed.
+    pub(crate) fn put_back(&mut self, frame: Frame) {
+        self.early.insert(frame.sequence_number, frame);
+    }
+
     /// The buffered message that is now next, if any.
     pub(crate) fn take_next(&mut self) -> Option<Frame> {
         self.early.remove(&self.expected)
