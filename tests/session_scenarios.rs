@@ -885,3 +885,124 @@ fn flags_travel_in_the_stream_unencrypted() {
         "acknowledged like data"
     );
 }
+
+#[test]
+fn any_acknowledgement_ends_a_pause() {
+    let mut duo = Duo::new(compat_client(), compat_agent("Port"));
+    duo.exchange();
+    duo.agent.send(duo.now, b"first").unwrap();
+    let first = duo.agent_out();
+    duo.deliver_to_agent(&[crafted(
+        MessageType::PausePublication,
+        0,
+        PayloadType::Unset,
+        b"{}".to_vec(),
+    )]);
+    duo.agent.send(duo.now, b"second").unwrap();
+    assert!(duo.agent_out().is_empty());
+    duo.deliver_to_client(&first);
+    let ack = duo.client_out();
+    duo.deliver_to_agent(&ack);
+    let resumed = duo.agent_out();
+    assert_eq!(
+        resumed.len(),
+        1,
+        "the acknowledgement resumed publication (SPEC §6.6)"
+    );
+    duo.deliver_to_client(&resumed);
+    assert_eq!(stream_bytes(&duo.client_events), b"firstsecond");
+}
+
+#[test]
+fn retransmitted_messages_give_no_rtt_sample() {
+    let mut duo = Duo::new(compat_client(), compat_agent("Port"));
+    duo.exchange();
+    let before = duo.agent.smoothed_rtt();
+    duo.agent.send(duo.now, b"late").unwrap();
+    let original = duo.agent_out();
+    let deadline = duo.agent.poll_timeout().unwrap();
+    duo.advance(deadline - duo.now);
+    assert_eq!(duo.agent_out(), original, "retransmitted");
+    duo.now += Duration::from_secs(3);
+    duo.deliver_to_client(&original);
+    let ack = duo.client_out();
+    duo.deliver_to_agent(&ack);
+    assert_eq!(duo.agent.in_flight(), 0);
+    assert_eq!(
+        duo.agent.smoothed_rtt(),
+        before,
+        "Karn's rule: an ambiguous sample is ignored"
+    );
+    // A message sent once does update the estimate.
+    duo.agent.send(duo.now, b"prompt").unwrap();
+    let out = duo.agent_out();
+    duo.now += Duration::from_millis(40);
+    duo.deliver_to_client(&out);
+    let ack = duo.client_out();
+    duo.deliver_to_agent(&ack);
+    assert_ne!(duo.agent.smoothed_rtt(), before);
+}
+
+#[test]
+fn port_sessions_are_never_encrypted() {
+    let mut agent = compat_agent("Port");
+    agent.kms_key_id = Some("alias/session".into());
+    let mut duo = Duo::new(compat_client(), agent);
+    let out = duo.agent_out();
+    let request = out
+        .iter()
+        .map(decode)
+        .find(|f| f.payload_type == PayloadType::HandshakeRequest)
+        .unwrap();
+    let request = ssm_session::payload::HandshakeRequest::from_json(&request.payload).unwrap();
+    assert_eq!(
+        request.requested_client_actions.len(),
+        1,
+        "SessionType only (SPEC §7.1)"
+    );
+    duo.deliver_to_client(&out);
+    duo.exchange();
+    let Some(Event::HandshakeComplete(info)) = duo
+        .client_events
+        .iter()
+        .find(|e| matches!(e, Event::HandshakeComplete(_)))
+    else {
+        panic!("{:?}", duo.client_events)
+    };
+    assert!(!info.encrypted);
+}
+
+#[test]
+fn a_client_kms_failure_reaches_the_agent_as_a_failed_action() {
+    let now = Instant::now();
+    let mut client = Session::client(compat_client(), now, WALL, Box::new(SeededEntropy::new(1)));
+    let mut agent = Session::agent(
+        encrypted_agent(),
+        now,
+        WALL,
+        Box::new(SeededEntropy::new(2)),
+    );
+    for message in std::iter::from_fn(|| agent.poll_transmit()).collect::<Vec<_>>() {
+        client.handle_message(now, WALL, message);
+    }
+    assert!(std::iter::from_fn(|| client.poll_event()).any(|e| matches!(e, Event::KeyRequest(_))));
+    client.key_failed(now, "AccessDeniedException: not authorized");
+    let response = std::iter::from_fn(|| client.poll_transmit())
+        .map(|m| decode(&m))
+        .find(|f| f.payload_type == PayloadType::HandshakeResponse)
+        .unwrap();
+    let parsed = HandshakeResponse::from_json(&response.payload).unwrap();
+    assert_eq!(
+        parsed.errors,
+        Some(vec![
+            "Error calling KMS GenerateDataKey API: AccessDeniedException: not authorized"
+                .to_owned()
+        ])
+    );
+    agent.handle_message(now, WALL, response.to_bytes().unwrap());
+    let closed = std::iter::from_fn(|| agent.poll_event()).last();
+    assert!(matches!(
+        closed,
+        Some(Event::Closed(CloseReason::Failed(SessionError::Handshake(text)))) if text.contains("AccessDeniedException")
+    ));
+}
