@@ -8,6 +8,7 @@
 use std::collections::{HashSet, VecDeque};
 use std::fmt;
 
+use bytes::Bytes;
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 
 /// Bytes of a KMS data key: two AES-256 keys.
@@ -86,18 +87,64 @@ impl Cipher {
 
     /// Encrypts `plaintext` with the next counter nonce.
     pub fn seal(&mut self, plaintext: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(plaintext.len() + OVERHEAD);
+        self.seal_into(plaintext, &mut out);
+        out
+    }
+
+    /// Appends `nonce ‖ ciphertext ‖ tag` of `plaintext` to `out`, encrypting in place there.
+    pub fn seal_into(&mut self, plaintext: &[u8], out: &mut Vec<u8>) {
         let nonce = self.next_nonce;
         increment_le96(&mut self.next_nonce);
-        seal_with(&self.seal, nonce, plaintext)
+        out.extend_from_slice(&nonce);
+        let start = out.len();
+        out.extend_from_slice(plaintext);
+        let tag = self
+            .seal
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::empty(),
+                &mut out[start..],
+            )
+            .expect("AES-GCM seals any message shorter than 64 GiB");
+        out.extend_from_slice(tag.as_ref());
     }
 
     /// Decrypts a payload from the peer, refusing reused nonces.
     pub fn open(&mut self, payload: &[u8]) -> Result<Vec<u8>, CryptoError> {
         let nonce = nonce_of(payload)?;
+        let mut buffer = payload[NONCE_LEN..].to_vec();
+        let len = self.open_in_place(nonce, &mut buffer)?;
+        buffer.truncate(len);
+        Ok(buffer)
+    }
+
+    /// Decrypts a received payload, in its own buffer when nothing else shares it.
+    pub fn open_bytes(&mut self, payload: Bytes) -> Result<Bytes, CryptoError> {
+        match payload.try_into_mut() {
+            Ok(mut buffer) => {
+                let nonce = nonce_of(&buffer)?;
+                let len = self.open_in_place(nonce, &mut buffer[NONCE_LEN..])?;
+                Ok(buffer.freeze().slice(NONCE_LEN..NONCE_LEN + len))
+            }
+            Err(shared) => self.open(&shared).map(Bytes::from),
+        }
+    }
+
+    /// Decrypts `ciphertext ‖ tag` in place; the plaintext is its first `len` bytes.
+    fn open_in_place(
+        &mut self,
+        nonce: [u8; NONCE_LEN],
+        sealed: &mut [u8],
+    ) -> Result<usize, CryptoError> {
         if self.seen.contains(&nonce) {
             return Err(CryptoError::ReplayedNonce);
         }
-        let plaintext = open_with(&self.open, payload)?;
+        let len = self
+            .open
+            .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::empty(), sealed)
+            .map_err(|_| CryptoError::Authentication)?
+            .len();
         self.seen.insert(nonce);
         self.seen_order.push_back(nonce);
         if self.seen_order.len() > REPLAY_WINDOW
@@ -105,7 +152,7 @@ impl Cipher {
         {
             self.seen.remove(&oldest);
         }
-        Ok(plaintext)
+        Ok(len)
     }
 }
 
@@ -116,36 +163,6 @@ fn nonce_of(payload: &[u8]) -> Result<[u8; NONCE_LEN], CryptoError> {
     let mut nonce = [0; NONCE_LEN];
     nonce.copy_from_slice(&payload[..NONCE_LEN]);
     Ok(nonce)
-}
-
-fn seal_with(key: &LessSafeKey, nonce: [u8; NONCE_LEN], plaintext: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(plaintext.len() + OVERHEAD);
-    out.extend_from_slice(&nonce);
-    out.extend_from_slice(plaintext);
-    let tag = key
-        .seal_in_place_separate_tag(
-            Nonce::assume_unique_for_key(nonce),
-            Aad::empty(),
-            &mut out[NONCE_LEN..],
-        )
-        .expect("AES-GCM seals any message shorter than 64 GiB");
-    out.extend_from_slice(tag.as_ref());
-    out
-}
-
-fn open_with(key: &LessSafeKey, payload: &[u8]) -> Result<Vec<u8>, CryptoError> {
-    let nonce = nonce_of(payload)?;
-    let mut buffer = payload[NONCE_LEN..].to_vec();
-    let plaintext = key
-        .open_in_place(
-            Nonce::assume_unique_for_key(nonce),
-            Aad::empty(),
-            &mut buffer,
-        )
-        .map_err(|_| CryptoError::Authentication)?;
-    let len = plaintext.len();
-    buffer.truncate(len);
-    Ok(buffer)
 }
 
 /// The agent's nonce counter (SPEC §7.5): three 32-bit little-endian words, incremented as one
@@ -203,6 +220,26 @@ mod tests {
         sealed = client.seal(b"data");
         sealed[13] ^= 1;
         assert_eq!(agent.open(&sealed), Err(CryptoError::Authentication));
+    }
+
+    #[test]
+    fn received_payloads_decrypt_in_place_unless_shared() {
+        let mut client = Cipher::new(&key(), Direction::Client, [1; 12]);
+        let mut agent = Cipher::new(&key(), Direction::Agent, [2; 12]);
+        let unique = Bytes::from(client.seal(b"in place"));
+        let start = unique.as_ptr();
+        let opened = agent.open_bytes(unique).unwrap();
+        assert_eq!(&opened[..], b"in place");
+        assert_eq!(opened.as_ptr(), start.wrapping_add(NONCE_LEN), "no copy");
+        let shared = Bytes::from(client.seal(b"copied"));
+        let kept = shared.clone();
+        assert_eq!(&agent.open_bytes(shared).unwrap()[..], b"copied");
+        let mut fresh = Cipher::new(&key(), Direction::Agent, [3; 12]);
+        assert_eq!(
+            fresh.open(&kept).unwrap(),
+            b"copied",
+            "the other owner's bytes are intact"
+        );
     }
 
     #[test]

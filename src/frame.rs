@@ -324,25 +324,9 @@ impl Frame {
     /// an empty or padded MessageType, CreatedDate 0 and the nil MessageId. (Over-long types
     /// are refused earlier, by `MessageType::try_from`.)
     pub fn encode(&self, out: &mut impl BufMut) -> Result<(), EncodeError> {
-        self.check_encodable()?;
-        let message_type = self.message_type.as_bytes();
-        let mut padded_type = [b' '; MAX_MESSAGE_TYPE_LEN];
-        padded_type[..message_type.len()].copy_from_slice(message_type);
-        let payload_length =
-            u32::try_from(self.payload.len()).map_err(|_| EncodeError::PayloadTooLarge {
-                len: self.payload.len(),
-            })?;
-
-        out.put_u32(HEADER_LENGTH);
-        out.put_slice(&padded_type);
-        out.put_u32(self.schema_version);
-        out.put_u64(self.created_date);
-        out.put_i64(self.sequence_number);
-        out.put_u64(self.flags);
-        out.put_slice(&message_id_to_wire(self.message_id));
-        out.put_slice(&Sha256::digest(&self.payload));
-        out.put_u32(self.payload_type.into());
-        out.put_u32(payload_length);
+        self.check_header()?;
+        let payload_length = check_payload(&self.payload)?;
+        self.put_header(out, &Sha256::digest(&self.payload), payload_length);
         out.put_slice(&self.payload);
         Ok(())
     }
@@ -354,16 +338,48 @@ impl Frame {
         Ok(out.into())
     }
 
-    fn check_encodable(&self) -> Result<(), EncodeError> {
+    /// Encodes this frame's header in front of a payload that `write_payload` appends straight
+    /// into the output buffer (an encrypted payload is sealed there, never copied). The frame's
+    /// own `payload` field is not used.
+    pub(crate) fn encode_around(
+        &self,
+        payload_capacity: usize,
+        write_payload: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<Bytes, EncodeError> {
+        self.check_header()?;
+        let mut out = Vec::with_capacity(HEADER_SIZE + payload_capacity);
+        out.resize(HEADER_SIZE, 0);
+        write_payload(&mut out);
+        let payload = &out[HEADER_SIZE..];
+        let payload_length = check_payload(payload)?;
+        let digest = Sha256::digest(payload);
+        self.put_header(&mut &mut out[..HEADER_SIZE], &digest, payload_length);
+        Ok(out.into())
+    }
+
+    fn put_header(&self, out: &mut impl BufMut, digest: &[u8], payload_length: u32) {
+        let message_type = self.message_type.as_bytes();
+        let mut padded_type = [b' '; MAX_MESSAGE_TYPE_LEN];
+        padded_type[..message_type.len()].copy_from_slice(message_type);
+        out.put_u32(HEADER_LENGTH);
+        out.put_slice(&padded_type);
+        out.put_u32(self.schema_version);
+        out.put_u64(self.created_date);
+        out.put_i64(self.sequence_number);
+        out.put_u64(self.flags);
+        out.put_slice(&message_id_to_wire(self.message_id));
+        out.put_slice(digest);
+        out.put_u32(self.payload_type.into());
+        out.put_u32(payload_length);
+    }
+
+    fn check_header(&self) -> Result<(), EncodeError> {
         let type_len = self.message_type.as_bytes().len();
         if type_len == 0 {
             return Err(EncodeError::EmptyMessageType);
         }
         if trim_message_type(self.message_type.as_bytes()).len() != type_len {
             return Err(EncodeError::MessageTypeNotTrimmed);
-        }
-        if self.payload.is_empty() {
-            return Err(EncodeError::EmptyPayload);
         }
         if self.created_date == 0 {
             return Err(EncodeError::ZeroCreatedDate);
@@ -613,6 +629,14 @@ pub enum EncodeError {
         /// Bytes in the payload.
         len: usize,
     },
+}
+
+/// The PayloadLength of a payload the reference peers can send: not empty, fits 32 bits.
+fn check_payload(payload: &[u8]) -> Result<u32, EncodeError> {
+    if payload.is_empty() {
+        return Err(EncodeError::EmptyPayload);
+    }
+    u32::try_from(payload.len()).map_err(|_| EncodeError::PayloadTooLarge { len: payload.len() })
 }
 
 /// The 16 wire bytes of a MessageId: the canonical UUID with its two halves swapped.

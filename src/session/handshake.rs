@@ -239,7 +239,7 @@ impl Session {
         agent.challenge = challenge;
         agent.started = Some(now);
         agent.deadline = Some(now + timeout);
-        self.queue_stream(now, PayloadType::HandshakeRequest, request.to_json());
+        self.queue_stream(now, PayloadType::HandshakeRequest, &request.to_json());
     }
 
     pub(super) fn on_handshake_response(&mut self, now: Instant, frame: &Frame) -> bool {
@@ -347,7 +347,7 @@ impl Session {
         agent.phase = AgentPhase::AwaitingChallenge { expected };
         agent.info.encrypted = true;
         agent.deadline = Some(now + timeout);
-        self.queue_stream(now, PayloadType::EncChallengeRequest, challenge.to_json());
+        self.queue_stream(now, PayloadType::EncChallengeRequest, &challenge.to_json());
     }
 
     pub(super) fn on_challenge_response(&mut self, now: Instant, frame: &Frame) -> bool {
@@ -416,7 +416,7 @@ impl Session {
             handshake_time_to_complete: elapsed,
             customer_message: message,
         };
-        self.queue_stream(now, PayloadType::HandshakeComplete, complete.to_json());
+        self.queue_stream(now, PayloadType::HandshakeComplete, &complete.to_json());
         if let Some(wire) = self.agent_state().negotiated {
             self.wire = wire;
         }
@@ -519,7 +519,7 @@ impl Session {
         }
         let response = std::mem::take(response);
         client.phase = ClientPhase::Answered;
-        self.queue_stream(now, PayloadType::HandshakeResponse, response.to_json());
+        self.queue_stream(now, PayloadType::HandshakeResponse, &response.to_json());
     }
 
     pub(super) fn client_key_ready(&mut self, now: Instant, key: Result<DataKey, String>) {
@@ -574,7 +574,7 @@ impl Session {
         match answer {
             Ok(challenge) => {
                 let response = EncryptionChallenge { challenge };
-                self.queue_stream(now, PayloadType::EncChallengeResponse, response.to_json());
+                self.queue_stream(now, PayloadType::EncChallengeResponse, &response.to_json());
             }
             // As the Go client: the request was acknowledged; the agent's step times out.
             Err(error) => self.events.push_back(Event::Error(error)),

@@ -703,8 +703,7 @@ impl Session {
             {
                 break;
             }
-            let payload = self.seal_if_needed(payload_type, chunk);
-            self.queue_stream(now, payload_type, payload);
+            self.queue_stream(now, payload_type, chunk);
             taken += chunk.len();
         }
         if taken == 0 && !data.is_empty() {
@@ -729,8 +728,7 @@ impl Session {
             self.blocked = true;
             return Err(SendError::Blocked);
         }
-        let payload = self.seal_if_needed(payload_type, &payload);
-        self.queue_stream(now, payload_type, payload);
+        self.queue_stream(now, payload_type, &payload);
         Ok(())
     }
 
@@ -744,24 +742,21 @@ impl Session {
         }
     }
 
-    /// Encrypts exactly the payload types the reference encrypts (SPEC §7.5).
-    fn seal_if_needed(&mut self, payload_type: PayloadType, data: &[u8]) -> Vec<u8> {
-        let encrypted = match self.role {
+    /// Whether we encrypt payloads of this type: exactly those the reference encrypts (SPEC §7.5).
+    fn we_encrypt(&self, payload_type: PayloadType) -> bool {
+        match self.role {
             Role::Client => payload_type == PayloadType::Output,
             Role::Agent => matches!(
                 payload_type,
                 PayloadType::Output | PayloadType::StdErr | PayloadType::ExitCode
             ),
-        };
-        match &mut self.cipher {
-            Some(cipher) if encrypted => cipher.seal(data),
-            _ => data.to_vec(),
         }
     }
 
-    /// Gives `payload` the next sequence number, keeps it until acknowledged and sends it when
-    /// the transport allows.
-    fn queue_stream(&mut self, now: Instant, payload_type: PayloadType, payload: Vec<u8>) {
+    /// Gives `payload` the next sequence number (encrypting it if the session is encrypted and
+    /// its type calls for it), keeps it until acknowledged and sends it when the transport
+    /// allows.
+    fn queue_stream(&mut self, now: Instant, payload_type: PayloadType, payload: &[u8]) {
         let seq = self.next_seq;
         self.next_seq += 1;
         let (message_type, flags) = match self.role {
@@ -771,7 +766,8 @@ impl Session {
                 if seq == 0 { Frame::FLAG_SYN } else { 0 },
             ),
         };
-        let frame = self.frame(message_type, seq, flags, payload_type, payload);
+        let seal = self.we_encrypt(payload_type);
+        let frame = self.frame(message_type, seq, flags, payload_type, payload, seal);
         self.send.push(seq, frame);
         self.stats.messages_sent += 1;
         if self.can_transmit()
@@ -790,16 +786,18 @@ impl Session {
         self.transport_up && !self.paused
     }
 
-    /// A frame with a fresh random id and the current wall-clock time.
+    /// A frame with a fresh random id and the current wall-clock time; with `seal` (and a
+    /// cipher) the payload is encrypted straight into the frame buffer.
     fn frame(
         &mut self,
         message_type: MessageType,
         seq: i64,
         flags: u64,
         payload_type: PayloadType,
-        payload: Vec<u8>,
+        payload: &[u8],
+        seal: bool,
     ) -> Bytes {
-        let frame = Frame {
+        let header = Frame {
             message_type,
             schema_version: crate::SCHEMA_VERSION,
             created_date: self.clock.1.max(1),
@@ -807,22 +805,21 @@ impl Session {
             flags,
             message_id: self.random_id(),
             payload_type,
-            payload: payload.into(),
+            payload: Bytes::new(),
         };
-        frame
-            .to_bytes()
+        let cipher = if seal { self.cipher.as_mut() } else { None };
+        header
+            .encode_around(payload.len() + OVERHEAD, |out| match cipher {
+                Some(cipher) => cipher.seal_into(payload, out),
+                None => out.extend_from_slice(payload),
+            })
             .expect("session frames have a known type, a payload, a date and an id")
     }
 
     /// A message outside the stream (acknowledgements, session state): sent now or never.
     fn send_control(&mut self, message_type: MessageType, payload: Vec<u8>) {
-        let frame = self.frame(
-            message_type,
-            0,
-            Frame::FLAG_SYN | Frame::FLAG_FIN,
-            PayloadType::Unset,
-            payload,
-        );
+        let flags = Frame::FLAG_SYN | Frame::FLAG_FIN;
+        let frame = self.frame(message_type, 0, flags, PayloadType::Unset, &payload, false);
         if self.transport_up {
             self.transmits.push_back(frame);
         }
@@ -1005,7 +1002,11 @@ impl Session {
             self.process(now, frame, true);
             return true;
         }
-        let ack_copy = frame.clone();
+        // Keep only the header for the acknowledgement: an unshared payload decrypts in place.
+        let ack_copy = Frame {
+            payload: Bytes::new(),
+            ..frame.clone()
+        };
         if !self.process(now, frame, false) {
             return false;
         }
@@ -1062,8 +1063,8 @@ impl Session {
     fn deliver(&mut self, frame: Frame) -> bool {
         let encrypted = self.peer_encrypts(frame.payload_type);
         let data = match &mut self.cipher {
-            Some(cipher) if encrypted => match cipher.open(&frame.payload) {
-                Ok(plaintext) => Bytes::from(plaintext),
+            Some(cipher) if encrypted => match cipher.open_bytes(frame.payload) {
+                Ok(plaintext) => plaintext,
                 Err(error) => {
                     self.events.push_back(Event::Error(SessionError::Decrypt {
                         sequence_number: frame.sequence_number,
