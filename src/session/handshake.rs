@@ -246,16 +246,8 @@ impl Session {
         if !matches!(self.agent_state().phase, AgentPhase::AwaitingResponse) {
             return true;
         }
-        let response = match HandshakeResponse::from_json(&frame.payload) {
-            Ok(response) => response,
-            Err(error) => {
-                let payload_type = frame.payload_type;
-                self.events.push_back(Event::Error(SessionError::Payload {
-                    payload_type,
-                    error,
-                }));
-                return false;
-            }
+        let Some(response) = self.read_json::<HandshakeResponse>(frame) else {
+            return false;
         };
         let agent = self.agent_state();
         agent.info.peer_version = Some(response.client_version.clone());
@@ -430,16 +422,8 @@ impl Session {
         if !matches!(self.client_state().phase, ClientPhase::Waiting) {
             return true;
         }
-        let request = match HandshakeRequest::from_json(&frame.payload) {
-            Ok(request) => request,
-            Err(error) => {
-                let payload_type = frame.payload_type;
-                self.events.push_back(Event::Error(SessionError::Payload {
-                    payload_type,
-                    error,
-                }));
-                return true;
-            }
+        let Some(request) = self.read_json::<HandshakeRequest>(frame) else {
+            return true;
         };
         let client = self.client_state();
         client.info.peer_version = Some(request.agent_version.clone());

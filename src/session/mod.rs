@@ -921,15 +921,8 @@ impl Session {
     fn on_ack(&mut self, now: Instant, frame: &Frame) {
         // Any acknowledgement means the peer is back: the agent clears its pause (SPEC §6.2).
         self.resume(now);
-        let ack = match Acknowledge::from_json(&frame.payload) {
-            Ok(ack) => ack,
-            Err(error) => {
-                let payload_type = frame.payload_type;
-                return self.events.push_back(Event::Error(SessionError::Payload {
-                    payload_type,
-                    error,
-                }));
-            }
+        let Some(ack) = self.read_json::<Acknowledge>(frame) else {
+            return;
         };
         let seq = ack.acknowledged_message_sequence_number;
         let acked = if ack.is_cumulative == Some(true) {
@@ -955,6 +948,21 @@ impl Session {
             self.events.push_back(Event::Writable);
         }
         self.check_drained();
+    }
+
+    /// Parses a JSON payload, reporting an unreadable one as [`Event::Error`].
+    fn read_json<T: JsonPayload>(&mut self, frame: &Frame) -> Option<T> {
+        match T::from_json(&frame.payload) {
+            Ok(value) => Some(value),
+            Err(error) => {
+                let payload_type = frame.payload_type;
+                self.events.push_back(Event::Error(SessionError::Payload {
+                    payload_type,
+                    error,
+                }));
+                None
+            }
+        }
     }
 
     fn on_stream(&mut self, now: Instant, frame: Frame) {
