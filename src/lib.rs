@@ -74,6 +74,8 @@ mod frame;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod kms;
+#[cfg(feature = "net")]
+pub mod net;
 pub mod payload;
 pub mod session;
 pub mod sim;

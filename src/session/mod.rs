@@ -621,7 +621,8 @@ impl Session {
 
     /// Sends bytes as Output messages (keystrokes or port data from the client, terminal or
     /// port output from the agent), split at [`Session::max_payload`]. Returns how many bytes
-    /// were taken; less than `data.len()` when the window filled up.
+    /// were taken; less than `data.len()` when the window filled up, and then
+    /// [`Event::Writable`] follows once there is room again.
     pub fn send(&mut self, now: Instant, data: &[u8]) -> Result<usize, SendError> {
         self.send_stream(now, PayloadType::Output, data)
     }
@@ -706,9 +707,12 @@ impl Session {
             self.queue_stream(now, payload_type, chunk);
             taken += chunk.len();
         }
-        if taken == 0 && !data.is_empty() {
+        if taken < data.len() {
+            // The window is full: Event::Writable follows once there is room.
             self.blocked = true;
-            return Err(SendError::Blocked);
+            if taken == 0 {
+                return Err(SendError::Blocked);
+            }
         }
         Ok(taken)
     }

@@ -1,0 +1,680 @@
+//! The one task that owns a [`Session`]: it feeds the session what happens (websocket
+//! messages, deadlines, application commands, KMS answers) and carries out what the session
+//! asks (messages to send, events to deliver). It decides nothing about the protocol.
+
+use std::collections::VecDeque;
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures_util::stream::SplitSink;
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use super::dial::{Ws, dial};
+use super::handle::{Command, Connection, Ending, Incoming, Shared};
+use super::{NetError, Options, TokenError};
+use crate::PayloadType;
+use crate::crypto::DATA_KEY_LEN;
+use crate::entropy::{Entropy, SystemEntropy};
+use crate::kms::{DataKey, KmsError};
+use crate::payload::{
+    AgentOpenDataChannelInput, JsonPayload, MESSAGE_SCHEMA_VERSION, OpenDataChannelInput,
+};
+use crate::session::{
+    AgentConfig, ClientConfig, CloseReason, EXTENDED_MAX_PAYLOAD, Event, HandshakeInfo, KeyRequest,
+    SendError, Session,
+};
+
+/// Largest write handed to the session at once (it splits it into messages).
+const MAX_WRITE: usize = EXTENDED_MAX_PAYLOAD;
+/// Messages waiting for the socket before application writes are no longer taken.
+const MAX_QUEUED_MESSAGES: usize = 256;
+/// Messages read in one go before the other branches get a turn.
+const READ_BATCH: usize = 32;
+/// The ping payload both reference peers send.
+const PING: &[u8] = b"keepalive";
+/// How long a finished session waits for its last messages to reach the socket.
+const FINAL_FLUSH: Duration = Duration::from_secs(2);
+
+/// Which end to open.
+pub(crate) enum RoleConfig {
+    Client(ClientConfig),
+    Agent(AgentConfig),
+}
+
+/// Dials, spawns the driver and waits for the handshake.
+pub(crate) async fn start(
+    url: &str,
+    token: &str,
+    role: RoleConfig,
+    options: Options,
+) -> Result<Connection, NetError> {
+    let mut entropy = SystemEntropy::new();
+    let opening = match &role {
+        RoleConfig::Client(config) => Opening::Client {
+            client_id: random_uuid(&mut entropy),
+            client_version: config.client_version.clone(),
+        },
+        RoleConfig::Agent(config) => Opening::Agent {
+            instance_id: config.instance_id.clone(),
+        },
+    };
+    let text = opening.text(token, &mut entropy);
+    let ws = dial(url, &options.tls, text, options.connect_timeout).await?;
+
+    let now = Instant::now();
+    let session_entropy = Box::new(SystemEntropy::new());
+    let session = match role {
+        RoleConfig::Client(config) => Session::client(config, now, wall_ms(), session_entropy),
+        RoleConfig::Agent(config) => Session::agent(config, now, wall_ms(), session_entropy),
+    };
+    let (incoming_tx, incoming_rx) = mpsc::channel(options.read_buffer.max(1));
+    let (command_tx, command_rx) = mpsc::channel(options.write_buffer.max(1));
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let shared = Arc::new(Shared::default());
+    let driver = Driver {
+        session,
+        url: url.to_owned(),
+        opening,
+        options,
+        entropy,
+        commands: command_rx,
+        commands_open: true,
+        pending: None,
+        incoming: incoming_tx,
+        app_reading: true,
+        to_app: VecDeque::new(),
+        key_job: None,
+        ready: Some(ready_tx),
+        close_waiters: Vec::new(),
+        ending: None,
+        shared: shared.clone(),
+    };
+    tokio::spawn(driver.run(ws));
+    let info = ready_rx
+        .await
+        .map_err(|_| NetError::EndedDuringHandshake("the driver stopped".into()))??;
+    Ok(Connection::new(
+        incoming_rx,
+        command_tx,
+        MAX_WRITE,
+        info,
+        shared,
+    ))
+}
+
+/// The first text message of every connection (SPEC §4.1, §4.2).
+enum Opening {
+    Client {
+        client_id: String,
+        client_version: String,
+    },
+    Agent {
+        instance_id: String,
+    },
+}
+
+impl Opening {
+    /// The opening JSON with `token` and a fresh request id.
+    fn text(&self, token: &str, entropy: &mut dyn Entropy) -> String {
+        let json = match self {
+            Opening::Client {
+                client_id,
+                client_version,
+            } => OpenDataChannelInput {
+                message_schema_version: MESSAGE_SCHEMA_VERSION.into(),
+                request_id: random_uuid(entropy),
+                token_value: token.into(),
+                client_id: client_id.clone(),
+                client_version: client_version.clone(),
+            }
+            .to_json(),
+            Opening::Agent { instance_id } => AgentOpenDataChannelInput {
+                message_schema_version: MESSAGE_SCHEMA_VERSION.into(),
+                request_id: random_uuid(entropy),
+                token_value: token.into(),
+                client_instance_id: instance_id.clone(),
+                client_id: String::new(),
+            }
+            .to_json(),
+        };
+        String::from_utf8(json).expect("JSON is UTF-8")
+    }
+}
+
+fn random_uuid(entropy: &mut dyn Entropy) -> String {
+    let mut bytes = [0; 16];
+    entropy.fill(&mut bytes);
+    uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .to_string()
+}
+
+fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(1, |elapsed| elapsed.as_millis() as u64)
+}
+
+/// What one turn of the driver's loop saw.
+enum Step {
+    Written(Result<(), tokio_tungstenite::tungstenite::Error>),
+    Delivered,
+    ReaderGone,
+    Key(KeyAnswer),
+    Message(Option<Result<Message, tokio_tungstenite::tungstenite::Error>>),
+    Command(Option<Command>),
+    Timer,
+}
+
+type KeyJob = Pin<Box<dyn Future<Output = KeyAnswer> + Send>>;
+
+enum KeyAnswer {
+    DataKey(Result<DataKey, KmsError>),
+    Plaintext(Result<[u8; DATA_KEY_LEN], KmsError>),
+}
+
+struct Driver {
+    session: Session,
+    url: String,
+    opening: Opening,
+    options: Options,
+    entropy: SystemEntropy,
+    commands: mpsc::Receiver<Command>,
+    commands_open: bool,
+    /// A command the session's window could not take yet; retried on `Writable`.
+    pending: Option<Command>,
+    incoming: mpsc::Sender<Incoming>,
+    /// False once the application dropped its reader: what arrives is discarded.
+    app_reading: bool,
+    /// Items for the application that its channel had no room for; the websocket is not read
+    /// while any wait, which is what pushes back on the remote writer.
+    to_app: VecDeque<Incoming>,
+    key_job: Option<KeyJob>,
+    /// Answered once the handshake completes (or fails).
+    ready: Option<oneshot::Sender<Result<HandshakeInfo, NetError>>>,
+    close_waiters: Vec<oneshot::Sender<Ending>>,
+    ending: Option<Ending>,
+    shared: Arc<Shared>,
+}
+
+impl Driver {
+    async fn run(mut self, mut ws: Ws) {
+        loop {
+            let cause = match self.serve(ws).await {
+                None => break,
+                Some(cause) => cause,
+            };
+            if matches!(cause, NetError::Refused(_)) {
+                self.fail(cause);
+                break;
+            }
+            self.session.transport_lost(Instant::now());
+            match self.reconnect(cause).await {
+                Ok(new) => {
+                    ws = new;
+                    self.shared.reconnects.fetch_add(1, Ordering::Relaxed);
+                    self.session.transport_restored(Instant::now());
+                }
+                Err(error) => {
+                    self.fail(error);
+                    break;
+                }
+            }
+        }
+        // Whatever the application has not taken yet, then the end.
+        while let Some(item) = self.to_app.pop_front() {
+            if !self.app_reading || self.incoming.send(item).await.is_err() {
+                break;
+            }
+        }
+    }
+
+    /// Drives one websocket until the session ends (`None`) or the transport is lost (the
+    /// cause).
+    async fn serve(&mut self, ws: Ws) -> Option<NetError> {
+        let (mut sink, mut stream) = ws.split();
+        let mut out = Outgoing::default();
+        let mut liveness = Liveness::new(Instant::now(), &self.options);
+        let timer = tokio::time::sleep_until(Instant::now().into());
+        tokio::pin!(timer);
+        let mut armed: Option<Instant> = None;
+        loop {
+            self.drain_session(&mut out);
+            if self.ending.is_some() {
+                let flushed = tokio::time::timeout(FINAL_FLUSH, async {
+                    poll_fn(|cx| out.poll_write(cx, &mut sink)).await?;
+                    sink.close().await
+                });
+                let _ = flushed.await;
+                return None;
+            }
+            let now = Instant::now();
+            let reading = self.to_app.is_empty();
+            if liveness.check(now, reading, &mut out).is_err() {
+                return Some(NetError::Connect(format!(
+                    "no answer to a ping within {:?}",
+                    self.options.pong_timeout
+                )));
+            }
+            let deadline = [self.session.poll_timeout(), Some(liveness.deadline())]
+                .into_iter()
+                .flatten()
+                .min()
+                .expect("liveness always has a deadline");
+            if armed != Some(deadline) {
+                timer.as_mut().reset(deadline.into());
+                armed = Some(deadline);
+            }
+            let accepting = self.pending.is_none()
+                && self.commands_open
+                && out.messages.len() < MAX_QUEUED_MESSAGES;
+
+            let step = tokio::select! {
+                biased;
+                written = poll_fn(|cx| out.poll_write(cx, &mut sink)), if out.has_work() => {
+                    Step::Written(written)
+                }
+                permit = self.incoming.reserve(), if !self.to_app.is_empty() => match permit {
+                    Ok(permit) => {
+                        permit.send(self.to_app.pop_front().expect("not empty"));
+                        while let Some(item) = self.to_app.pop_front() {
+                            if let Err(mpsc::error::TrySendError::Full(item)) = self.incoming.try_send(item) {
+                                self.to_app.push_front(item);
+                                break;
+                            }
+                        }
+                        Step::Delivered
+                    }
+                    Err(_) => Step::ReaderGone,
+                },
+                answer = poll_fn(|cx| poll_key_job(cx, &mut self.key_job)), if self.key_job.is_some() => {
+                    Step::Key(answer)
+                }
+                message = stream.next(), if reading => Step::Message(message),
+                command = self.commands.recv(), if accepting => Step::Command(command),
+                () = &mut timer => Step::Timer,
+            };
+            match step {
+                Step::Written(Ok(())) | Step::Delivered => {}
+                Step::Written(Err(error)) => {
+                    return Some(NetError::Connect(format!(
+                        "websocket write failed: {error}"
+                    )));
+                }
+                Step::ReaderGone => self.reader_dropped(),
+                Step::Key(answer) => {
+                    self.key_job = None;
+                    self.answer_key(answer);
+                }
+                Step::Message(message) => {
+                    liveness.heard();
+                    if let Some(cause) = self.on_message(message) {
+                        return Some(cause);
+                    }
+                    // Take what else has already arrived, while the application keeps up.
+                    for _ in 1..READ_BATCH {
+                        self.drain_session(&mut out);
+                        if !self.to_app.is_empty() {
+                            break;
+                        }
+                        let Some(message) = stream.next().now_or_never() else {
+                            break;
+                        };
+                        if let Some(cause) = self.on_message(message) {
+                            return Some(cause);
+                        }
+                    }
+                }
+                Step::Command(Some(command)) => self.apply(command),
+                Step::Command(None) => self.writer_dropped(),
+                Step::Timer => {
+                    armed = None;
+                    self.session.handle_timeout(Instant::now());
+                }
+            }
+        }
+    }
+
+    /// Takes everything the session has to send and report.
+    fn drain_session(&mut self, out: &mut Outgoing) {
+        while let Some(message) = self.session.poll_transmit() {
+            out.messages.push_back(Message::Binary(message));
+        }
+        while let Some(event) = self.session.poll_event() {
+            match event {
+                Event::KeyRequest(request) => self.start_key_job(request),
+                Event::HandshakeComplete(info) => {
+                    if let Some(ready) = self.ready.take() {
+                        let _ = ready.send(Ok(info));
+                    }
+                    self.retry_pending();
+                }
+                Event::Stream { payload_type, data } => self.to_app(match payload_type {
+                    PayloadType::StdErr => Incoming::Stderr(data),
+                    _ => Incoming::Data(data),
+                }),
+                Event::Resize(size) => self.to_app(Incoming::Resize(size)),
+                Event::Flag(flag) => self.to_app(Incoming::Flag(flag)),
+                Event::ExitCode(code) => self.to_app(Incoming::ExitCode(code)),
+                Event::Writable => self.retry_pending(),
+                Event::Error(error) => self.to_app(Incoming::Error(error)),
+                Event::Closed(reason) => self.closed(reason),
+            }
+        }
+        self.shared
+            .retransmits
+            .store(self.session.stats().retransmits, Ordering::Relaxed);
+    }
+
+    fn on_message(
+        &mut self,
+        message: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+    ) -> Option<NetError> {
+        let data = match message {
+            None => {
+                return Some(NetError::Connect(
+                    "the gateway closed the connection".into(),
+                ));
+            }
+            Some(Err(error)) => return Some(NetError::Connect(format!("websocket: {error}"))),
+            Some(Ok(Message::Binary(data))) => data,
+            Some(Ok(Message::Text(text))) => Bytes::from(text),
+            Some(Ok(Message::Close(frame))) => return Some(close_cause(frame)),
+            Some(Ok(_)) => return None, // pings are answered by tungstenite; pongs count as heard
+        };
+        self.session.handle_message(Instant::now(), wall_ms(), data);
+        None
+    }
+
+    fn apply(&mut self, command: Command) {
+        let now = Instant::now();
+        let result = match &command {
+            Command::Data(data) => self.session.send(now, data),
+            Command::Stderr(data) => self.session.send_stderr(now, data),
+            Command::Size(size) => self.session.send_size(now, *size).map(|()| 1),
+            Command::Flag(flag) => self.session.send_flag(now, *flag).map(|()| 1),
+            Command::ExitCode(code) => self.session.send_exit_code(now, *code).map(|()| 1),
+            Command::Close(_) => Ok(0),
+        };
+        match (command, result) {
+            (Command::Close(done), _) => match &self.ending {
+                Some(ending) => {
+                    let _ = done.send(ending.clone());
+                }
+                None => {
+                    self.close_waiters.push(done);
+                    self.session.close(now);
+                }
+            },
+            (Command::Data(data), Ok(taken)) if taken < data.len() => {
+                self.pending = Some(Command::Data(data.slice(taken..)));
+            }
+            (Command::Stderr(data), Ok(taken)) if taken < data.len() => {
+                self.pending = Some(Command::Stderr(data.slice(taken..)));
+            }
+            (command, Err(SendError::Blocked | SendError::NotReady)) => {
+                self.pending = Some(command);
+            }
+            // Taken whole, or the session is closing: the writer learns when the driver stops.
+            _ => {}
+        }
+    }
+
+    fn retry_pending(&mut self) {
+        if let Some(command) = self.pending.take() {
+            self.apply(command);
+        }
+    }
+
+    fn to_app(&mut self, item: Incoming) {
+        if self.app_reading {
+            self.to_app.push_back(item);
+        }
+    }
+
+    fn reader_dropped(&mut self) {
+        self.app_reading = false;
+        self.to_app.clear();
+        if !self.commands_open {
+            self.session.close(Instant::now());
+        }
+    }
+
+    fn writer_dropped(&mut self) {
+        self.commands_open = false;
+        if !self.app_reading {
+            self.session.close(Instant::now());
+        }
+    }
+
+    fn start_key_job(&mut self, request: KeyRequest) {
+        let Some(provider) = self.options.key_provider.clone() else {
+            let error = "no KeyProvider configured: set Options::key_provider";
+            return self.session.key_failed(Instant::now(), error);
+        };
+        self.key_job = Some(match request {
+            KeyRequest::GenerateDataKey { key_id, context } => Box::pin(async move {
+                KeyAnswer::DataKey(provider.generate_data_key(&key_id, &context).await)
+            }),
+            KeyRequest::Decrypt {
+                key_id,
+                ciphertext_blob,
+                context,
+            } => Box::pin(async move {
+                KeyAnswer::Plaintext(provider.decrypt(&key_id, &ciphertext_blob, &context).await)
+            }),
+        });
+    }
+
+    fn answer_key(&mut self, answer: KeyAnswer) {
+        let now = Instant::now();
+        match answer {
+            KeyAnswer::DataKey(Ok(key)) => self.session.provide_data_key(now, key),
+            KeyAnswer::Plaintext(Ok(key)) => self.session.provide_plaintext_key(now, key),
+            KeyAnswer::DataKey(Err(error)) | KeyAnswer::Plaintext(Err(error)) => {
+                self.session.key_failed(now, &error.to_string())
+            }
+        }
+    }
+
+    /// The session reported its end.
+    fn closed(&mut self, reason: CloseReason) {
+        let ending = match reason {
+            CloseReason::ChannelClosed(closed) => Ending::ChannelClosed {
+                output: closed.output,
+            },
+            CloseReason::Local => Ending::Closed,
+            CloseReason::DrainTimedOut { unacknowledged } => {
+                Ending::DrainTimedOut { unacknowledged }
+            }
+            CloseReason::Failed(error) => return self.fail(NetError::Session(error)),
+        };
+        if let Some(ready) = self.ready.take() {
+            let text = format!("{ending:?}");
+            let _ = ready.send(Err(NetError::EndedDuringHandshake(text)));
+        }
+        self.end(ending);
+    }
+
+    fn fail(&mut self, error: NetError) {
+        match self.ready.take() {
+            Some(ready) => {
+                let _ = ready.send(Err(error));
+                self.end(Ending::Failed(Arc::new(NetError::SessionOver)));
+            }
+            None => self.end(Ending::Failed(Arc::new(error))),
+        }
+    }
+
+    fn end(&mut self, ending: Ending) {
+        for waiter in self.close_waiters.drain(..) {
+            let _ = waiter.send(ending.clone());
+        }
+        self.to_app(Incoming::Ended(ending.clone()));
+        self.ending = Some(ending);
+    }
+
+    /// Redials with fresh tokens and back-off until it works or resuming is impossible.
+    async fn reconnect(&mut self, cause: NetError) -> Result<Ws, NetError> {
+        let Some(source) = self.options.token_source.clone() else {
+            return Err(NetError::NoTokenSource(cause.to_string()));
+        };
+        let backoff = self.options.backoff;
+        let started = Instant::now();
+        let mut delay = backoff.initial;
+        let mut last;
+        for attempts in 1.. {
+            let attempt = async {
+                let token = source.next_token().await?;
+                let text = self.opening.text(&token, &mut self.entropy);
+                dial(
+                    &self.url,
+                    &self.options.tls,
+                    text,
+                    self.options.connect_timeout,
+                )
+                .await
+            };
+            match attempt.await {
+                Ok(ws) => return Ok(ws),
+                Err(
+                    error @ (NetError::Refused(_)
+                    | NetError::InvalidUrl(_)
+                    | NetError::Token(TokenError::Final(_))),
+                ) => return Err(error),
+                Err(error) => last = error,
+            }
+            let elapsed = started.elapsed();
+            if elapsed + delay > backoff.give_up_after {
+                return Err(NetError::ResumeFailed {
+                    attempts,
+                    elapsed,
+                    last: last.to_string(),
+                });
+            }
+            // Full jitter over the upper half, so that many clients do not redial in step.
+            let jitter = (self.entropy_u64() % 1000) as u32;
+            tokio::time::sleep(delay / 2 + delay / 2 * jitter / 1000).await;
+            delay = (delay * 2).min(backoff.max);
+        }
+        unreachable!("the attempt loop only ends by returning")
+    }
+
+    fn entropy_u64(&mut self) -> u64 {
+        let mut bytes = [0; 8];
+        self.entropy.fill(&mut bytes);
+        u64::from_le_bytes(bytes)
+    }
+}
+
+fn poll_key_job(cx: &mut Context<'_>, job: &mut Option<KeyJob>) -> Poll<KeyAnswer> {
+    match job {
+        Some(job) => job.as_mut().poll(cx),
+        None => Poll::Pending,
+    }
+}
+
+/// A Close from the gateway: a policy close is a refusal (bad token, session gone).
+fn close_cause(frame: Option<CloseFrame>) -> NetError {
+    match frame {
+        Some(frame) if frame.code == CloseCode::Policy => {
+            NetError::Refused(frame.reason.as_str().to_owned())
+        }
+        Some(frame) => NetError::Connect(format!(
+            "the gateway closed the connection ({}: {})",
+            frame.code, frame.reason
+        )),
+        None => NetError::Connect("the gateway closed the connection".into()),
+    }
+}
+
+/// Messages waiting for the socket.
+#[derive(Default)]
+struct Outgoing {
+    messages: VecDeque<Message>,
+    unflushed: bool,
+}
+
+impl Outgoing {
+    fn has_work(&self) -> bool {
+        !self.messages.is_empty() || self.unflushed
+    }
+
+    /// Writes and flushes; state lives here, so a dropped future loses nothing.
+    fn poll_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        sink: &mut SplitSink<Ws, Message>,
+    ) -> Poll<Result<(), tokio_tungstenite::tungstenite::Error>> {
+        while !self.messages.is_empty() {
+            ready!(sink.poll_ready_unpin(cx))?;
+            let message = self.messages.pop_front().expect("not empty");
+            sink.start_send_unpin(message)?;
+            self.unflushed = true;
+        }
+        ready!(sink.poll_flush_unpin(cx))?;
+        self.unflushed = false;
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Pings and the pong deadline. Anything received counts as an answer; while the driver is not
+/// reading (the application is behind) nothing can be heard, so no deadline runs.
+struct Liveness {
+    interval: Duration,
+    timeout: Duration,
+    next_ping: Instant,
+    waiting_since: Option<Instant>,
+}
+
+impl Liveness {
+    fn new(now: Instant, options: &Options) -> Self {
+        Liveness {
+            interval: options.ping_interval,
+            timeout: options.pong_timeout,
+            next_ping: now,
+            waiting_since: None,
+        }
+    }
+
+    /// Queues a ping when due; `Err` when the connection is dead.
+    fn check(&mut self, now: Instant, reading: bool, out: &mut Outgoing) -> Result<(), ()> {
+        if !reading {
+            self.waiting_since = None;
+        } else if self
+            .waiting_since
+            .is_some_and(|since| now >= since + self.timeout)
+        {
+            return Err(());
+        }
+        if now >= self.next_ping {
+            out.messages
+                .push_back(Message::Ping(Bytes::from_static(PING)));
+            self.next_ping = now + self.interval;
+            if reading && self.waiting_since.is_none() {
+                self.waiting_since = Some(now);
+            }
+        }
+        Ok(())
+    }
+
+    fn heard(&mut self) {
+        self.waiting_since = None;
+    }
+
+    fn deadline(&self) -> Instant {
+        match self.waiting_since {
+            Some(since) => self.next_ping.min(since + self.timeout),
+            None => self.next_ping,
+        }
+    }
+}

@@ -1,0 +1,554 @@
+//! The routing part of a gateway: accepts data channels on
+//! `/v1/data-channel/<session-id>`, checks each opening token, pairs the client's and the
+//! agent's connection of a session and forwards their messages without reading them.
+//!
+//! Flow control uses the protocol's own messages (SPEC §6.6): while one side is absent, or
+//! while the messages queued toward it pass [`RelayConfig::soft_limit`], the other side is
+//! sent `pause_publication`; `start_publication` follows when the queue has drained to half
+//! that. The relay keeps reading (so pings are answered) until a queue reaches
+//! [`RelayConfig::hard_limit`], which only a peer that ignores the pause can cause; then it
+//! stops reading that peer. Queued messages survive a side's reconnection.
+//!
+//! # Examples
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use ssm_session::net::relay::{Relay, RelayConfig, TokenTable};
+//! use ssm_session::session::Role;
+//!
+//! # async fn run() -> std::io::Result<()> {
+//! let tokens = Arc::new(TokenTable::default());
+//! let relay = Relay::bind("127.0.0.1:0", RelayConfig::new(tokens.clone())).await?;
+//! let url = relay.stream_url("session-1");
+//! let client_token = tokens.issue("session-1", Role::Client);
+//! let agent_token = tokens.issue("session-1", Role::Agent);
+//! // hand `url` and the tokens to net::connect and net::connect_agent
+//! # Ok(()) }
+//! ```
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::Bytes;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::StatusCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use super::dial::websocket_config;
+use crate::entropy::{Entropy, SystemEntropy};
+use crate::session::Role;
+use crate::{Frame, MessageType, PayloadType, SCHEMA_VERSION};
+
+const PATH_PREFIX: &str = "/v1/data-channel/";
+/// Messages a writer takes from its queue at once before flushing.
+const WRITE_BATCH: usize = 64;
+
+/// Relay settings.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct RelayConfig {
+    /// Valid opening tokens.
+    pub tokens: Arc<TokenTable>,
+    /// Serve `wss://` with this configuration (see [`super::server_config`]).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Bytes queued toward one side above which the other side is paused.
+    pub soft_limit: usize,
+    /// Bytes queued toward one side above which the relay stops reading the other side.
+    pub hard_limit: usize,
+    /// How long a new connection may take to send its opening message.
+    pub open_timeout: Duration,
+}
+
+impl RelayConfig {
+    /// Plain `ws://`, 4 MiB soft and 16 MiB hard queue limits, 10 s to open.
+    pub fn new(tokens: Arc<TokenTable>) -> Self {
+        RelayConfig {
+            tokens,
+            tls: None,
+            soft_limit: 4 << 20,
+            hard_limit: 16 << 20,
+            open_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl fmt::Debug for RelayConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RelayConfig")
+            .field("tls", &self.tls.is_some())
+            .field("soft_limit", &self.soft_limit)
+            .field("hard_limit", &self.hard_limit)
+            .field("open_timeout", &self.open_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Single-use opening tokens, each bound to a session and a side. Only SHA-256 digests are
+/// kept, so a lookup reveals nothing about a token through timing and a dump reveals no token.
+#[derive(Default)]
+pub struct TokenTable {
+    digests: Mutex<HashMap<[u8; 32], (String, Role)>>,
+}
+
+impl fmt::Debug for TokenTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TokenTable { .. }")
+    }
+}
+
+impl TokenTable {
+    /// A new random token for `side` of `session_id`.
+    pub fn issue(&self, session_id: &str, side: Role) -> String {
+        let mut bytes = [0; 32];
+        SystemEntropy::new().fill(&mut bytes);
+        let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        lock(&self.digests).insert(digest(&token), (session_id.to_owned(), side));
+        token
+    }
+
+    /// Consumes `token` if it was issued for `side` of `session_id`.
+    fn redeem(&self, session_id: &str, side: Role, token: &str) -> bool {
+        let mut digests = lock(&self.digests);
+        let key = digest(token);
+        let matches = digests
+            .get(&key)
+            .is_some_and(|(session, role)| session == session_id && *role == side);
+        if matches {
+            digests.remove(&key);
+        }
+        matches
+    }
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A running relay; dropping it (or [`Relay::shutdown`]) closes every connection at once.
+pub struct Relay {
+    addr: SocketAddr,
+    tls: bool,
+    state: Arc<State>,
+    tasks: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    /// Listens on `addr` and serves until dropped.
+    pub async fn bind(addr: impl ToSocketAddrs, config: RelayConfig) -> io::Result<Relay> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let tls = config.tls.is_some();
+        let state = Arc::new(State {
+            config,
+            sessions: Mutex::new(HashMap::new()),
+        });
+        let tasks = tokio::spawn(accept_loop(listener, state.clone()));
+        Ok(Relay {
+            addr,
+            tls,
+            state,
+            tasks,
+        })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The stream URL of `session_id`, as StartSession would return it. With TLS the host is
+    /// `localhost` (the name a test certificate is made for).
+    pub fn stream_url(&self, session_id: &str) -> String {
+        let (scheme, host) = match self.tls {
+            true => ("wss", "localhost".to_owned()),
+            false => ("ws", self.addr.ip().to_string()),
+        };
+        format!(
+            "{scheme}://{host}:{}{PATH_PREFIX}{session_id}?role=publish_subscribe",
+            self.addr.port()
+        )
+    }
+
+    /// Drops `side`'s connection of `session_id` abruptly (no Close frame), as a network
+    /// failure would. Returns whether there was one.
+    pub fn disconnect(&self, session_id: &str, side: Role) -> bool {
+        let sessions = lock(&self.state.sessions);
+        let Some(kill) = sessions
+            .get(session_id)
+            .and_then(|slot| slot.sides[index(side)].connection.as_ref())
+        else {
+            return false;
+        };
+        kill.notify_one();
+        true
+    }
+
+    /// Stops listening and drops every connection.
+    pub fn shutdown(self) {
+        self.tasks.abort();
+    }
+}
+
+impl fmt::Debug for Relay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Relay")
+            .field("addr", &self.addr)
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.tasks.abort();
+    }
+}
+
+struct State {
+    config: RelayConfig,
+    sessions: Mutex<HashMap<String, Slot>>,
+}
+
+/// Both sides of one session.
+#[derive(Default)]
+struct Slot {
+    sides: [Endpoint; 2],
+}
+
+/// One side of a session: its current connection and the messages waiting to be written to
+/// it.
+#[derive(Default)]
+struct Endpoint {
+    /// Set while connected: notified to drop the connection.
+    connection: Option<Arc<Notify>>,
+    generation: u64,
+    outbox: VecDeque<Bytes>,
+    outbox_bytes: usize,
+    /// Whether this side was last told to pause.
+    paused: bool,
+    /// Wakes this side's writer when its outbox gains messages.
+    writer: Arc<Notify>,
+    /// Wakes this side's reader when the other side's outbox drains.
+    reader: Arc<Notify>,
+}
+
+fn index(side: Role) -> usize {
+    match side {
+        Role::Client => 0,
+        Role::Agent => 1,
+    }
+}
+
+async fn accept_loop(listener: TcpListener, state: Arc<State>) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((tcp, _peer)) = accepted else { continue };
+                connections.spawn(serve_tcp(tcp, state.clone()));
+            }
+            Some(_) = connections.join_next() => {}
+        }
+    }
+}
+
+async fn serve_tcp(tcp: TcpStream, state: Arc<State>) {
+    let _ = tcp.set_nodelay(true);
+    match state.config.tls.clone() {
+        Some(tls) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+            if let Ok(stream) = acceptor.accept(tcp).await {
+                serve(stream, state).await;
+            }
+        }
+        None => serve(tcp, state).await,
+    }
+}
+
+/// Upgrades, checks the opening message and forwards until either end drops.
+async fn serve<S>(stream: S, state: Arc<State>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut session_id = None;
+    let callback = |request: &Request, response: Response| -> Result<Response, ErrorResponse> {
+        match request.uri().path().strip_prefix(PATH_PREFIX) {
+            Some(id) if !id.is_empty() && !id.contains('/') => {
+                session_id = Some(id.to_owned());
+                Ok(response)
+            }
+            _ => {
+                let mut refusal = ErrorResponse::new(Some("no such data channel".into()));
+                *refusal.status_mut() = StatusCode::NOT_FOUND;
+                Err(refusal)
+            }
+        }
+    };
+    let upgrade =
+        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(websocket_config()));
+    let Ok(mut ws) = upgrade.await else { return };
+    let Some(session_id) = session_id else { return };
+
+    let opening = tokio::time::timeout(state.config.open_timeout, ws.next()).await;
+    let side = match opening {
+        Ok(Some(Ok(Message::Text(text)))) => opening_side(&state, &session_id, text.as_bytes()),
+        _ => Err("expected the opening message"),
+    };
+    let side = match side {
+        Ok(side) => side,
+        Err(reason) => {
+            let close = CloseFrame {
+                code: CloseCode::Policy,
+                reason: reason.into(),
+            };
+            let _ = ws.close(Some(close)).await;
+            return;
+        }
+    };
+    let (sink, stream) = ws.split();
+    let (kill, generation) = attach(&state, &session_id, side);
+    tokio::select! {
+        () = kill.notified() => {}
+        () = forward_in(&state, &session_id, side, stream) => {}
+        () = forward_out(&state, &session_id, side, sink) => {}
+    }
+    detach(&state, &session_id, side, generation);
+}
+
+/// Which side the opening message is from, if its token is valid for this session.
+fn opening_side(state: &State, session_id: &str, text: &[u8]) -> Result<Role, &'static str> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Opening {
+        #[serde(default)]
+        token_value: String,
+        #[serde(default)]
+        client_instance_id: Option<String>,
+    }
+    let opening: Opening =
+        serde_json::from_slice(text).map_err(|_| "the opening message is not valid JSON")?;
+    let side = match opening.client_instance_id {
+        Some(_) => Role::Agent,
+        None => Role::Client,
+    };
+    match state
+        .config
+        .tokens
+        .redeem(session_id, side, &opening.token_value)
+    {
+        true => Ok(side),
+        false => Err("token refused"),
+    }
+}
+
+/// Registers a new connection for `side`, replacing (and dropping) any previous one.
+fn attach(state: &State, session_id: &str, side: Role) -> (Arc<Notify>, u64) {
+    let mut sessions = lock(&state.sessions);
+    let slot = sessions.entry(session_id.to_owned()).or_default();
+    let endpoint = &mut slot.sides[index(side)];
+    if let Some(previous) = endpoint.connection.take() {
+        previous.notify_one();
+    }
+    let kill = Arc::new(Notify::new());
+    endpoint.connection = Some(kill.clone());
+    endpoint.generation += 1;
+    // A new connection starts unpaused (the session resumes on a new transport).
+    endpoint.paused = false;
+    let generation = endpoint.generation;
+    let writer = endpoint.writer.clone();
+    update_publication(state, session_id, slot, side);
+    update_publication(state, session_id, slot, other(side));
+    writer.notify_one();
+    (kill, generation)
+}
+
+fn detach(state: &State, session_id: &str, side: Role, generation: u64) {
+    let mut sessions = lock(&state.sessions);
+    let Some(slot) = sessions.get_mut(session_id) else {
+        return;
+    };
+    let endpoint = &mut slot.sides[index(side)];
+    if endpoint.generation != generation {
+        return; // already replaced by a newer connection
+    }
+    endpoint.connection = None;
+    if slot
+        .sides
+        .iter()
+        .all(|endpoint| endpoint.connection.is_none())
+    {
+        sessions.remove(session_id);
+        return;
+    }
+    update_publication(state, session_id, slot, other(side));
+}
+
+fn other(side: Role) -> Role {
+    match side {
+        Role::Client => Role::Agent,
+        Role::Agent => Role::Client,
+    }
+}
+
+/// Tells `side` to pause or start publishing, if its peer's presence or backlog changed that.
+fn update_publication(state: &State, session_id: &str, slot: &mut Slot, side: Role) {
+    let peer = &slot.sides[index(other(side))];
+    let pause = if peer.connection.is_none() || peer.outbox_bytes > state.config.soft_limit {
+        true
+    } else if peer.outbox_bytes <= state.config.soft_limit / 2 {
+        false
+    } else {
+        return; // between the marks: leave it as it is
+    };
+    let endpoint = &mut slot.sides[index(side)];
+    if endpoint.connection.is_none() || endpoint.paused == pause {
+        return;
+    }
+    endpoint.paused = pause;
+    let message_type = match pause {
+        true => MessageType::PausePublication,
+        false => MessageType::StartPublication,
+    };
+    let frame = publication_frame(message_type, session_id);
+    // Ahead of queued data: it is about what the side should send, not what it receives.
+    endpoint.outbox_bytes += frame.len();
+    endpoint.outbox.push_front(frame);
+    endpoint.writer.notify_one();
+}
+
+/// A `pause_publication` / `start_publication` frame. No peer reads the payload (SPEC §4.5,
+/// §15): ours names the message and the session, as `channel_closed` does.
+fn publication_frame(message_type: MessageType, session_id: &str) -> Bytes {
+    let mut id = [0; 16];
+    SystemEntropy::new().fill(&mut id);
+    let payload = serde_json::json!({
+        "MessageType": message_type.to_string(),
+        "SchemaVersion": 1,
+        "SessionId": session_id,
+    });
+    let wall_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |elapsed| elapsed.as_millis() as u64);
+    Frame {
+        message_type,
+        schema_version: SCHEMA_VERSION,
+        created_date: wall_ms.max(1),
+        sequence_number: 0,
+        flags: Frame::FLAG_SYN | Frame::FLAG_FIN,
+        message_id: uuid::Builder::from_random_bytes(id).into_uuid(),
+        payload_type: PayloadType::Unset,
+        payload: payload.to_string().into(),
+    }
+    .to_bytes()
+    .unwrap_or_default()
+}
+
+/// Reads `side` and queues its messages toward the other side.
+async fn forward_in<S>(
+    state: &State,
+    session_id: &str,
+    side: Role,
+    mut stream: SplitStream<WebSocketStream<S>>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let to = other(side);
+    while let Some(Ok(message)) = stream.next().await {
+        let data = match message {
+            Message::Binary(data) => data,
+            Message::Text(text) => Bytes::from(text),
+            Message::Close(_) => return,
+            _ => continue, // pings are answered by tungstenite
+        };
+        loop {
+            let full = {
+                let mut sessions = lock(&state.sessions);
+                let Some(slot) = sessions.get_mut(session_id) else {
+                    return;
+                };
+                let queue = &mut slot.sides[index(to)];
+                if queue.outbox_bytes > state.config.hard_limit {
+                    Some(slot.sides[index(side)].reader.clone())
+                } else {
+                    queue.outbox_bytes += data.len();
+                    queue.outbox.push_back(data.clone());
+                    queue.writer.notify_one();
+                    update_publication(state, session_id, slot, side);
+                    None
+                }
+            };
+            match full {
+                Some(drained) => drained.notified().await,
+                None => break,
+            }
+        }
+    }
+}
+
+/// Writes what is queued toward `side`.
+async fn forward_out<S>(
+    state: &State,
+    session_id: &str,
+    side: Role,
+    mut sink: SplitSink<WebSocketStream<S>, Message>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let from = other(side);
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    loop {
+        let wake = {
+            let mut sessions = lock(&state.sessions);
+            let Some(slot) = sessions.get_mut(session_id) else {
+                return;
+            };
+            let endpoint = &mut slot.sides[index(side)];
+            while batch.len() < WRITE_BATCH {
+                let Some(message) = endpoint.outbox.pop_front() else {
+                    break;
+                };
+                endpoint.outbox_bytes -= message.len();
+                batch.push(message);
+            }
+            let writer = endpoint.writer.clone();
+            if !batch.is_empty() {
+                slot.sides[index(from)].reader.notify_one();
+                update_publication(state, session_id, slot, from);
+            }
+            writer
+        };
+        if batch.is_empty() {
+            wake.notified().await;
+            continue;
+        }
+        for message in batch.drain(..) {
+            if sink.feed(Message::Binary(message)).await.is_err() {
+                return;
+            }
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+    }
+}
