@@ -52,6 +52,17 @@ impl Loopback {
         }
     }
 
+    /// Switches to a fresh session id, so that ends of an earlier session cannot interfere.
+    pub fn new_session(&mut self) {
+        let n = self
+            .session_id
+            .rsplit('-')
+            .next()
+            .and_then(|n| n.parse::<u32>().ok())
+            .unwrap_or(0);
+        self.session_id = format!("loopback-session-{}", n + 1);
+    }
+
     pub fn url(&self) -> String {
         self.relay
             .as_ref()
