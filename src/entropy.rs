@@ -8,13 +8,37 @@ pub trait Entropy: Send {
 }
 
 /// The operating system's random source (through `ring`). Use this in production.
-#[derive(Debug)]
-pub struct SystemEntropy(ring::rand::SystemRandom);
+///
+/// Bytes are drawn 256 at a time, so that a busy session does not make one system call per
+/// message id; each byte is handed out once and wiped from the pool.
+pub struct SystemEntropy {
+    source: ring::rand::SystemRandom,
+    pool: [u8; POOL],
+    /// Bytes of `pool` already handed out.
+    used: usize,
+}
+
+const POOL: usize = 256;
+
+impl std::fmt::Debug for SystemEntropy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SystemEntropy { .. }")
+    }
+}
 
 impl SystemEntropy {
     /// The system source.
     pub fn new() -> Self {
-        SystemEntropy(ring::rand::SystemRandom::new())
+        SystemEntropy {
+            source: ring::rand::SystemRandom::new(),
+            pool: [0; POOL],
+            used: POOL,
+        }
+    }
+
+    fn draw(&self, dest: &mut [u8]) {
+        ring::rand::SecureRandom::fill(&self.source, dest)
+            .expect("the operating system's random source is available");
     }
 }
 
@@ -26,8 +50,19 @@ impl Default for SystemEntropy {
 
 impl Entropy for SystemEntropy {
     fn fill(&mut self, dest: &mut [u8]) {
-        ring::rand::SecureRandom::fill(&self.0, dest)
-            .expect("the operating system's random source is available");
+        if dest.len() > POOL / 2 {
+            return self.draw(dest);
+        }
+        if POOL - self.used < dest.len() {
+            let mut pool = [0; POOL];
+            self.draw(&mut pool);
+            self.pool = pool;
+            self.used = 0;
+        }
+        let taken = &mut self.pool[self.used..self.used + dest.len()];
+        dest.copy_from_slice(taken);
+        taken.fill(0);
+        self.used += dest.len();
     }
 }
 
@@ -66,6 +101,23 @@ impl Entropy for SeededEntropy {
         for chunk in dest.chunks_mut(8) {
             let bytes = self.next_u64().to_le_bytes();
             chunk.copy_from_slice(&bytes[..chunk.len()]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod system_tests {
+    use super::{Entropy, POOL, SystemEntropy};
+
+    #[test]
+    fn pooled_bytes_are_never_handed_out_twice() {
+        let mut entropy = SystemEntropy::new();
+        let mut seen = std::collections::HashSet::new();
+        // Many pool refills, small and odd sizes, and draws larger than the pool.
+        for round in 0..2000 {
+            let mut id = vec![0u8; [16, 12, 7, POOL + 1][round % 4]];
+            entropy.fill(&mut id);
+            assert!(seen.insert(id), "a random value repeated");
         }
     }
 }

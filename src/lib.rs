@@ -20,10 +20,19 @@
 //! * [`smux`] — smux v1 frames for multiplexed port forwarding.
 //! * [`sim`] — a client/agent pair over an emulated lossy network, in virtual time.
 //!
+//! On top, behind the default cargo feature `net` (`default-features = false` keeps only the
+//! sans-IO core above):
+//!
+//! * `net` — tokio adapters: [`net::connect`] / [`net::connect_agent`] dial `ws://` or
+//!   `wss://` (rustls on ring), run the handshake and return a [`net::Connection`] that is an
+//!   `AsyncRead + AsyncWrite` byte stream with control methods. One driver task per connection
+//!   runs the loop below against the socket; it resumes after transport loss with fresh tokens.
+//!   [`net::relay`] pairs the two ends of a session by id, as the gateway does.
+//!
 //! # The run loop
 //!
 //! A [`session::Session`] is driven the same way by tests, the simulator and the socket
-//! adapters:
+//! adapters (`src/net/driver.rs` is this loop over a real websocket):
 //!
 //! 1. feed it what happened: [`session::Session::handle_message`] for each websocket message,
 //!    [`session::Session::handle_timeout`] when its deadline passes, and commands

@@ -38,7 +38,7 @@ const MAX_WRITE: usize = EXTENDED_MAX_PAYLOAD;
 /// Messages waiting for the socket before application writes are no longer taken.
 const MAX_QUEUED_MESSAGES: usize = 256;
 /// Messages read in one go before the other branches get a turn.
-const READ_BATCH: usize = 32;
+const READ_BATCH: usize = 128;
 /// The ping payload both reference peers send.
 const PING: &[u8] = b"keepalive";
 /// How long a finished session waits for its last messages to reach the socket.
@@ -358,15 +358,15 @@ impl Driver {
                     }
                     self.retry_pending();
                 }
-                Event::Stream { payload_type, data } => self.to_app(match payload_type {
+                Event::Stream { payload_type, data } => self.deliver(match payload_type {
                     PayloadType::StdErr => Incoming::Stderr(data),
                     _ => Incoming::Data(data),
                 }),
-                Event::Resize(size) => self.to_app(Incoming::Resize(size)),
-                Event::Flag(flag) => self.to_app(Incoming::Flag(flag)),
-                Event::ExitCode(code) => self.to_app(Incoming::ExitCode(code)),
+                Event::Resize(size) => self.deliver(Incoming::Resize(size)),
+                Event::Flag(flag) => self.deliver(Incoming::Flag(flag)),
+                Event::ExitCode(code) => self.deliver(Incoming::ExitCode(code)),
                 Event::Writable => self.retry_pending(),
-                Event::Error(error) => self.to_app(Incoming::Error(error)),
+                Event::Error(error) => self.deliver(Incoming::Error(error)),
                 Event::Closed(reason) => self.closed(reason),
             }
         }
@@ -435,7 +435,7 @@ impl Driver {
         }
     }
 
-    fn to_app(&mut self, item: Incoming) {
+    fn deliver(&mut self, item: Incoming) {
         if self.app_reading {
             self.to_app.push_back(item);
         }
@@ -519,7 +519,7 @@ impl Driver {
         for waiter in self.close_waiters.drain(..) {
             let _ = waiter.send(ending.clone());
         }
-        self.to_app(Incoming::Ended(ending.clone()));
+        self.deliver(Incoming::Ended(ending.clone()));
         self.ending = Some(ending);
     }
 

@@ -56,7 +56,7 @@ use crate::{Frame, MessageType, PayloadType, SCHEMA_VERSION};
 
 const PATH_PREFIX: &str = "/v1/data-channel/";
 /// Messages a writer takes from its queue at once before flushing.
-const WRITE_BATCH: usize = 64;
+const WRITE_BATCH: usize = 256;
 
 /// Relay settings.
 #[derive(Clone)]
@@ -292,6 +292,8 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut session_id = None;
+    // The signature is tungstenite's `Callback`; its error type is not ours to shrink.
+    #[allow(clippy::result_large_err)]
     let callback = |request: &Request, response: Response| -> Result<Response, ErrorResponse> {
         match request.uri().path().strip_prefix(PATH_PREFIX) {
             Some(id) if !id.is_empty() && !id.contains('/') => {

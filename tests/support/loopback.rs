@@ -156,37 +156,40 @@ pub fn test_certificate() -> (Arc<rustls::ServerConfig>, TlsConfig) {
     (server, roots)
 }
 
-/// Seeded pseudo-random bytes (xorshift64*), cheap enough not to show in a throughput figure.
-/// The stream is the same however it is cut into `fill` calls.
+/// A seeded byte stream: a pseudo-random block of an odd length (1 MiB + 13 bytes) repeated,
+/// so that producing and checking it costs a memcpy/memcmp and does not show in throughput
+/// figures, while a lost, repeated or reordered message still shifts everything after it.
 pub struct Pattern {
-    state: u64,
-    word: [u8; 8],
-    used: usize,
+    block: Arc<[u8]>,
+    at: usize,
 }
+
+const PATTERN_LEN: usize = (1 << 20) + 13;
 
 impl Pattern {
     pub fn new(seed: u64) -> Self {
+        let mut state = seed | 1;
+        let block: Vec<u8> = (0..PATTERN_LEN)
+            .map(|_| {
+                state ^= state >> 12;
+                state ^= state << 25;
+                state ^= state >> 27;
+                (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8
+            })
+            .collect();
         Pattern {
-            state: seed | 1,
-            word: [0; 8],
-            used: 8,
+            block: block.into(),
+            at: 0,
         }
     }
 
     pub fn fill(&mut self, buf: &mut [u8]) {
-        let mut at = 0;
-        while at < buf.len() {
-            if self.used == 8 {
-                self.state ^= self.state >> 12;
-                self.state ^= self.state << 25;
-                self.state ^= self.state >> 27;
-                self.word = self.state.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes();
-                self.used = 0;
-            }
-            let n = (8 - self.used).min(buf.len() - at);
-            buf[at..at + n].copy_from_slice(&self.word[self.used..self.used + n]);
-            self.used += n;
-            at += n;
+        let mut done = 0;
+        while done < buf.len() {
+            let n = (buf.len() - done).min(PATTERN_LEN - self.at);
+            buf[done..done + n].copy_from_slice(&self.block[self.at..self.at + n]);
+            self.at = (self.at + n) % PATTERN_LEN;
+            done += n;
         }
     }
 }
