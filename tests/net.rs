@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures_util::SinkExt;
 use ssm_session::net::{self, Ending, Incoming, NetError, TokenError, TokenFuture};
 use ssm_session::payload::{ExitCode, Flag, TerminalSize};
-use ssm_session::session::Role;
+use ssm_session::session::{AgentConfig, ClientConfig, Role};
 use support::loopback::{Loopback, Pattern, Transfer, exchange};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
@@ -72,6 +72,15 @@ async fn round_trip(
         .expect("intact");
     assert_eq!((up.received, down.received), (bytes, bytes));
     counters.iter().map(|c| c.reconnects()).sum()
+}
+
+/// A NonInteractiveCommands session with separate stdout and stderr.
+fn command_session(lo: &Loopback) -> (ClientConfig, AgentConfig) {
+    let (client, mut agent) = lo.configs(false, false);
+    agent.session_type = "NonInteractiveCommands".into();
+    agent.properties = None;
+    agent.separate_output_stream = true;
+    (client, agent)
 }
 
 #[derive(Clone, Copy)]
@@ -133,10 +142,7 @@ async fn tls_refuses_an_untrusted_certificate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_payload_type_end_to_end() {
     let lo = Loopback::start(false).await;
-    let (client_config, mut agent_config) = lo.configs(false, false);
-    agent_config.session_type = "NonInteractiveCommands".into();
-    agent_config.properties = None;
-    agent_config.separate_output_stream = true;
+    let (client_config, agent_config) = command_session(&lo);
     let (mut client, mut agent) = lo.connect_pair(client_config, agent_config).await.unwrap();
     assert_eq!(client.info().session_type, "NonInteractiveCommands");
 
@@ -184,10 +190,7 @@ async fn every_payload_type_end_to_end() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_read_keeps_events_for_later() {
     let lo = Loopback::start(false).await;
-    let (client_config, mut agent_config) = lo.configs(false, false);
-    agent_config.session_type = "NonInteractiveCommands".into();
-    agent_config.properties = None;
-    agent_config.separate_output_stream = true;
+    let (client_config, agent_config) = command_session(&lo);
     let (client, mut agent) = lo.connect_pair(client_config, agent_config).await.unwrap();
     agent.send_stderr(b"warning").await.unwrap();
     agent.write_all(b"output").await.unwrap();
@@ -385,17 +388,13 @@ async fn an_unreachable_gateway_is_an_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_the_transport_without_a_token_source_ends_clearly() {
     let lo = Loopback::start(false).await;
-    let url = lo.url();
     let (client_config, agent_config) = lo.configs(false, false);
     let mut client_options = lo.options(Role::Client);
     client_options.token_source = None;
-    let client_token = lo.tokens.issue(&lo.session_id, Role::Client);
-    let agent_token = lo.tokens.issue(&lo.session_id, Role::Agent);
-    let (client, _agent) = tokio::join!(
-        net::connect(&url, &client_token, client_config, client_options),
-        net::connect_agent(&url, &agent_token, agent_config, lo.options(Role::Agent)),
-    );
-    let mut client = client.unwrap();
+    let (mut client, _agent) = lo
+        .connect_pair_with(client_config, agent_config, client_options)
+        .await
+        .unwrap();
     assert!(
         lo.relay
             .as_ref()
@@ -418,7 +417,6 @@ async fn losing_the_transport_without_a_token_source_ends_clearly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_that_cannot_be_resumed_ends_with_the_reason() {
     let lo = Loopback::start(false).await;
-    let url = lo.url();
     let (client_config, agent_config) = lo.configs(false, false);
     let refuse = || -> TokenFuture {
         Box::pin(async {
@@ -428,13 +426,10 @@ async fn a_session_that_cannot_be_resumed_ends_with_the_reason() {
         })
     };
     let client_options = lo.options(Role::Client).token_source(Arc::new(refuse));
-    let client_token = lo.tokens.issue(&lo.session_id, Role::Client);
-    let agent_token = lo.tokens.issue(&lo.session_id, Role::Agent);
-    let (client, _agent) = tokio::join!(
-        net::connect(&url, &client_token, client_config, client_options),
-        net::connect_agent(&url, &agent_token, agent_config, lo.options(Role::Agent)),
-    );
-    let mut client = client.unwrap();
+    let (mut client, _agent) = lo
+        .connect_pair_with(client_config, agent_config, client_options)
+        .await
+        .unwrap();
     lo.relay
         .as_ref()
         .unwrap()

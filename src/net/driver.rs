@@ -435,9 +435,19 @@ impl Driver {
         }
     }
 
+    /// Hands `item` to the application, or holds it (and stops reading) while its channel is
+    /// full.
     fn deliver(&mut self, item: Incoming) {
-        if self.app_reading {
-            self.to_app.push_back(item);
+        if !self.app_reading {
+            return;
+        }
+        if !self.to_app.is_empty() {
+            return self.to_app.push_back(item);
+        }
+        match self.incoming.try_send(item) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(item)) => self.to_app.push_back(item),
+            Err(mpsc::error::TrySendError::Closed(_)) => self.reader_dropped(),
         }
     }
 

@@ -97,11 +97,22 @@ impl Loopback {
         client: ClientConfig,
         agent: AgentConfig,
     ) -> Result<(Connection, Connection), net::NetError> {
+        self.connect_pair_with(client, agent, self.options(Role::Client))
+            .await
+    }
+
+    /// [`Loopback::connect_pair`] with the client's options given.
+    pub async fn connect_pair_with(
+        &self,
+        client: ClientConfig,
+        agent: AgentConfig,
+        client_options: Options,
+    ) -> Result<(Connection, Connection), net::NetError> {
         let url = self.url();
         let client_token = self.tokens.issue(&self.session_id, Role::Client);
         let agent_token = self.tokens.issue(&self.session_id, Role::Agent);
         let (client, agent) = tokio::join!(
-            net::connect(&url, &client_token, client, self.options(Role::Client)),
+            net::connect(&url, &client_token, client, client_options),
             net::connect_agent(&url, &agent_token, agent, self.options(Role::Agent)),
         );
         Ok((client?, agent?))
