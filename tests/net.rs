@@ -521,3 +521,75 @@ async fn graceful_close_waits_for_acknowledgements() {
     ));
     assert_eq!(reader.await.unwrap(), vec![7; 3 << 20]);
 }
+
+/// A TCP proxy whose existing connections can be frozen: bytes stop flowing both ways while the
+/// sockets stay open, as on a dead network path. Connections made later flow normally. Each
+/// `send_modify` on the returned sender freezes the connections open at that moment.
+async fn freezable_proxy(target: std::net::SocketAddr) -> (u16, tokio::sync::watch::Sender<u64>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (freeze, generation) = tokio::sync::watch::channel(0u64);
+    tokio::spawn(async move {
+        loop {
+            let (mut inbound, _) = listener.accept().await.unwrap();
+            let mut outbound = tokio::net::TcpStream::connect(target).await.unwrap();
+            let mut generation = generation.clone();
+            let born = *generation.borrow();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                    () = async { drop(generation.wait_for(|now| *now != born).await) } => {
+                        // Hold both sockets open and silent.
+                        std::future::pending::<()>().await
+                    }
+                }
+            });
+        }
+    });
+    (port, freeze)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_is_declared_dead_and_replaced() {
+    let lo = Loopback::start(false).await;
+    let (port, freeze) = freezable_proxy(lo.addr).await;
+    let url = lo
+        .url()
+        .replace(&format!(":{}/", lo.addr.port()), &format!(":{port}/"));
+    let (client_config, agent_config) = lo.configs(false, false);
+    let client_token = lo.tokens.issue(&lo.session_id, Role::Client);
+    let agent_token = lo.tokens.issue(&lo.session_id, Role::Agent);
+    // Only the client goes through the proxy.
+    let agent_url = lo.url();
+    let (client, agent) = tokio::join!(
+        net::connect(&url, &client_token, client_config, lo.options(Role::Client)),
+        net::connect_agent(
+            &agent_url,
+            &agent_token,
+            agent_config,
+            lo.options(Role::Agent)
+        ),
+    );
+    let (mut client, mut agent) = (client.unwrap(), agent.unwrap());
+    let counters = client.counters();
+    client.write_all(b"before").await.unwrap();
+    let mut buf = [0; 6];
+    agent.read_exact(&mut buf).await.unwrap();
+
+    freeze.send_modify(|generation| *generation += 1);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    client.write_all(b"during").await.unwrap();
+    agent.write_all(b"answer").await.unwrap();
+    // Pings go unanswered; after the pong timeout (3 s) the client redials through the proxy.
+    timeout(LIMIT, agent.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf, b"during");
+    timeout(LIMIT, client.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf, b"answer");
+    assert_eq!(counters.reconnects(), 1);
+}
