@@ -340,21 +340,18 @@ async fn refused_tokens() {
         .unwrap_err();
     assert!(matches!(error, NetError::Refused(_)), "{error}");
 
-    // Tokens are single-use: the second connection with the same one is refused.
+    // Tokens are single-use: of two connections with the same token, one is refused and the
+    // other is accepted (it then waits for a client, so it is the one still pending).
     let token = lo.tokens.issue(&lo.session_id, Role::Agent);
-    let agent_url = url.clone();
-    let first = tokio::spawn({
-        let token = token.clone();
-        let options = lo.options(Role::Agent);
-        let agent_config = agent_config.clone();
-        async move { net::connect_agent(&agent_url, &token, agent_config, options).await }
-    });
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let error = net::connect_agent(&url, &token, agent_config, lo.options(Role::Agent))
-        .await
-        .unwrap_err();
+    let first = net::connect_agent(&url, &token, agent_config.clone(), lo.options(Role::Agent));
+    let second = net::connect_agent(&url, &token, agent_config, lo.options(Role::Agent));
+    let refused = tokio::select! {
+        result = first => result,
+        result = second => result,
+        () = tokio::time::sleep(LIMIT) => panic!("neither connection was refused"),
+    };
+    let error = refused.unwrap_err();
     assert!(matches!(error, NetError::Refused(_)), "{error}");
-    first.abort();
 
     // A path that is no data channel is refused at the upgrade.
     let bad_url = url.replace("/v1/data-channel/", "/v2/other/");
