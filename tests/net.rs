@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 use ssm_session::net::{self, Ending, Incoming, NetError, TokenError, TokenFuture};
 use ssm_session::payload::{ExitCode, Flag, TerminalSize};
 use ssm_session::session::{AgentConfig, ClientConfig, Role};
@@ -589,4 +589,34 @@ async fn a_silent_connection_is_declared_dead_and_replaced() {
         .unwrap();
     assert_eq!(&buf, b"answer");
     assert_eq!(counters.reconnects(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_drops_connections_that_never_open() {
+    use ssm_session::net::relay::{Relay, RelayConfig, TokenTable};
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+    let mut config = RelayConfig::new(Arc::new(TokenTable::default()));
+    config.open_timeout = Duration::from_millis(200);
+    let relay = Relay::bind("127.0.0.1:0", config).await.unwrap();
+
+    // TCP only, no upgrade: the relay hangs up.
+    let mut tcp = tokio::net::TcpStream::connect(relay.local_addr())
+        .await
+        .unwrap();
+    let mut buf = [0; 16];
+    let n = timeout(Duration::from_secs(5), tcp.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(n, 0);
+
+    // Upgraded, but no opening message: a policy close.
+    let (mut ws, _) = tokio_tungstenite::connect_async(relay.stream_url("s").as_str())
+        .await
+        .unwrap();
+    match timeout(Duration::from_secs(5), ws.next()).await.unwrap() {
+        Some(Ok(Message::Close(Some(frame)))) => assert_eq!(frame.code, CloseCode::Policy),
+        other => panic!("expected a policy close, got {other:?}"),
+    }
 }

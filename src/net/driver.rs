@@ -509,8 +509,7 @@ impl Driver {
             CloseReason::Failed(error) => return self.fail(NetError::Session(error)),
         };
         if let Some(ready) = self.ready.take() {
-            let text = format!("{ending:?}");
-            let _ = ready.send(Err(NetError::EndedDuringHandshake(text)));
+            let _ = ready.send(Err(NetError::EndedDuringHandshake(ending.to_string())));
         }
         self.end(ending);
     }

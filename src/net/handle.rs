@@ -63,6 +63,24 @@ pub enum Ending {
     Failed(Arc<NetError>),
 }
 
+impl std::fmt::Display for Ending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ending::ChannelClosed { output } if output.is_empty() => {
+                f.write_str("the gateway closed the channel")
+            }
+            Ending::ChannelClosed { output } => {
+                write!(f, "the gateway closed the channel: {output}")
+            }
+            Ending::Closed => f.write_str("closed"),
+            Ending::DrainTimedOut { unacknowledged } => {
+                write!(f, "closed with {unacknowledged} messages unacknowledged")
+            }
+            Ending::Failed(error) => write!(f, "failed: {error}"),
+        }
+    }
+}
+
 /// Counters shared with the driver.
 #[derive(Debug, Default)]
 pub(crate) struct Shared {

@@ -51,6 +51,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::dial::websocket_config;
 use crate::entropy::{Entropy, SystemEntropy};
+use crate::payload::{AgentOpenDataChannelInput, JsonPayload};
 use crate::session::Role;
 use crate::{Frame, MessageType, PayloadType, SCHEMA_VERSION};
 
@@ -70,7 +71,7 @@ pub struct RelayConfig {
     pub soft_limit: usize,
     /// Bytes queued toward one side above which the relay stops reading the other side.
     pub hard_limit: usize,
-    /// How long a new connection may take to send its opening message.
+    /// How long a new connection may take for TLS, the upgrade, and its opening message, each.
     pub open_timeout: Duration,
 }
 
@@ -277,8 +278,8 @@ async fn serve_tcp(tcp: TcpStream, state: Arc<State>) {
     let _ = tcp.set_nodelay(true);
     match state.config.tls.clone() {
         Some(tls) => {
-            let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-            if let Ok(stream) = acceptor.accept(tcp).await {
+            let accept = tokio_rustls::TlsAcceptor::from(tls).accept(tcp);
+            if let Ok(Ok(stream)) = tokio::time::timeout(state.config.open_timeout, accept).await {
                 serve(stream, state).await;
             }
         }
@@ -309,7 +310,9 @@ where
     };
     let upgrade =
         tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(websocket_config()));
-    let Ok(mut ws) = upgrade.await else { return };
+    let Ok(Ok(mut ws)) = tokio::time::timeout(state.config.open_timeout, upgrade).await else {
+        return;
+    };
     let Some(session_id) = session_id else { return };
 
     let opening = tokio::time::timeout(state.config.open_timeout, ws.next()).await;
@@ -338,21 +341,14 @@ where
     detach(&state, &session_id, side, generation);
 }
 
-/// Which side the opening message is from, if its token is valid for this session.
+/// Which side the opening message is from, if its token is valid for this session. Both
+/// openings read as the agent's shape; only the agent's names an instance (SPEC §4.1, §4.2).
 fn opening_side(state: &State, session_id: &str, text: &[u8]) -> Result<Role, &'static str> {
-    #[derive(serde::Deserialize)]
-    #[serde(rename_all = "PascalCase")]
-    struct Opening {
-        #[serde(default)]
-        token_value: String,
-        #[serde(default)]
-        client_instance_id: Option<String>,
-    }
-    let opening: Opening =
-        serde_json::from_slice(text).map_err(|_| "the opening message is not valid JSON")?;
-    let side = match opening.client_instance_id {
-        Some(_) => Role::Agent,
-        None => Role::Client,
+    let opening = AgentOpenDataChannelInput::from_json(text)
+        .map_err(|_| "the opening message is not valid JSON")?;
+    let side = match opening.client_instance_id.is_empty() {
+        true => Role::Client,
+        false => Role::Agent,
     };
     match state
         .config
