@@ -37,6 +37,10 @@ use crate::session::{
 const MAX_WRITE: usize = EXTENDED_MAX_PAYLOAD;
 /// Messages waiting for the socket before application writes are no longer taken.
 const MAX_QUEUED_MESSAGES: usize = 256;
+/// Messages waiting for the socket before the websocket is no longer read either (what is
+/// read makes acknowledgements to write). Only a peer that stopped reading gets us here, and
+/// then the pong deadline, which keeps running, ends the connection.
+const MAX_UNSENT: usize = 4 * MAX_QUEUED_MESSAGES;
 /// Messages read in one go before the other branches get a turn.
 const READ_BATCH: usize = 128;
 /// The ping payload both reference peers send.
@@ -258,8 +262,9 @@ impl Driver {
                 return None;
             }
             let now = Instant::now();
-            let reading = self.to_app.is_empty();
-            if liveness.check(now, reading, &mut out).is_err() {
+            let app_keeps_up = self.to_app.is_empty();
+            let reading = app_keeps_up && out.messages.len() < MAX_UNSENT;
+            if liveness.check(now, app_keeps_up, &mut out).is_err() {
                 return Some(NetError::Connect(format!(
                     "no answer to a ping within {:?}",
                     self.options.pong_timeout
@@ -637,7 +642,7 @@ impl Outgoing {
 }
 
 /// Pings and the pong deadline. Anything received counts as an answer; while the driver is not
-/// reading (the application is behind) nothing can be heard, so no deadline runs.
+/// reading because the application is behind, nothing can be heard, so no deadline runs.
 struct Liveness {
     interval: Duration,
     timeout: Duration,
@@ -656,8 +661,8 @@ impl Liveness {
     }
 
     /// Queues a ping when due; `Err` when the connection is dead.
-    fn check(&mut self, now: Instant, reading: bool, out: &mut Outgoing) -> Result<(), ()> {
-        if !reading {
+    fn check(&mut self, now: Instant, app_keeps_up: bool, out: &mut Outgoing) -> Result<(), ()> {
+        if !app_keeps_up {
             self.waiting_since = None;
         } else if self
             .waiting_since
@@ -669,7 +674,7 @@ impl Liveness {
             out.messages
                 .push_back(Message::Ping(Bytes::from_static(PING)));
             self.next_ping = now + self.interval;
-            if reading && self.waiting_since.is_none() {
+            if app_keeps_up && self.waiting_since.is_none() {
                 self.waiting_since = Some(now);
             }
         }
