@@ -632,3 +632,14 @@ async fn the_relay_drops_connections_that_never_open() {
         other => panic!("expected a policy close, got {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutting_down_twice_is_an_error_not_a_panic() {
+    let lo = Loopback::start(false).await;
+    let (client_config, agent_config) = lo.configs(false, false);
+    let (client, _agent) = lo.connect_pair(client_config, agent_config).await.unwrap();
+    let (_read, mut write) = client.split();
+    timeout(LIMIT, write.shutdown()).await.unwrap().unwrap();
+    let again = timeout(LIMIT, write.shutdown()).await.unwrap();
+    assert_eq!(again.unwrap_err().kind(), std::io::ErrorKind::BrokenPipe);
+}

@@ -304,6 +304,7 @@ impl Driver {
                 answer = poll_fn(|cx| poll_key_job(cx, &mut self.key_job)), if self.key_job.is_some() => {
                     Step::Key(answer)
                 }
+                () = self.incoming.closed(), if self.app_reading => Step::ReaderGone,
                 message = stream.next(), if reading => Step::Message(message),
                 command = self.commands.recv(), if accepting => Step::Command(command),
                 () = &mut timer => Step::Timer,
@@ -323,19 +324,19 @@ impl Driver {
                 Step::Message(message) => {
                     liveness.heard();
                     if let Some(cause) = self.on_message(message) {
-                        return Some(cause);
+                        return self.ending.is_none().then_some(cause);
                     }
                     // Take what else has already arrived, while the application keeps up.
                     for _ in 1..READ_BATCH {
                         self.drain_session(&mut out);
-                        if !self.to_app.is_empty() {
+                        if !self.to_app.is_empty() || self.ending.is_some() {
                             break;
                         }
                         let Some(message) = stream.next().now_or_never() else {
                             break;
                         };
                         if let Some(cause) = self.on_message(message) {
-                            return Some(cause);
+                            return self.ending.is_none().then_some(cause);
                         }
                     }
                 }

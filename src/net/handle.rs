@@ -187,7 +187,10 @@ impl Connection {
 
     /// Ends the session once everything sent is acknowledged; says how it ended.
     pub async fn close(self) -> Result<Ending, NetError> {
-        self.write.close().await
+        // Without a reader the driver discards what still arrives and keeps reading the acks.
+        let Connection { read, write, .. } = self;
+        drop(read);
+        write.close().await
     }
 
     /// This connection's counters.
@@ -405,10 +408,14 @@ impl AsyncWrite for WriteHalf {
             self.closing = Some(ending);
         }
         let ending = self.closing.as_mut().expect("set above");
-        match ready!(Pin::new(ending).poll(cx)) {
-            Ok(Ending::Failed(error)) => Poll::Ready(Err(io::Error::other(error))),
-            Ok(_) => Poll::Ready(Ok(())),
-            Err(_) => Poll::Ready(Err(broken_pipe())),
-        }
+        let result = match ready!(Pin::new(ending).poll(cx)) {
+            Ok(Ending::Failed(error)) => Err(io::Error::other(error)),
+            Ok(_) => Ok(()),
+            Err(_) => Err(broken_pipe()),
+        };
+        // Later calls find the channel gone and say so instead of polling a spent receiver.
+        self.commands.close();
+        self.closing = None;
+        Poll::Ready(result)
     }
 }
