@@ -273,7 +273,8 @@ async fn hundred_megabytes_each_way_verified_by_sha256() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_reader_holds_back_the_writer() {
-    let lo = Loopback::start(false).await;
+    let mut lo = Loopback::start(false).await;
+    lo.pong_timeout = Duration::from_secs(3);
     let (client_config, agent_config) = lo.configs(false, false);
     let (client, agent) = lo.connect_pair(client_config, agent_config).await.unwrap();
     let counters = [client.counters(), agent.counters()];
@@ -560,7 +561,8 @@ async fn freezable_proxy(target: std::net::SocketAddr) -> (u16, tokio::sync::wat
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_connection_is_declared_dead_and_replaced() {
-    let lo = Loopback::start(false).await;
+    let mut lo = Loopback::start(false).await;
+    lo.pong_timeout = Duration::from_secs(3);
     let (port, freeze) = freezable_proxy(lo.addr).await;
     let url = lo
         .url()

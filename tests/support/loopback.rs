@@ -24,6 +24,9 @@ pub struct Loopback {
     pub session_id: String,
     pub client_tls: TlsConfig,
     pub kms: Arc<LocalKms>,
+    /// Pong timeout for both ends: generous, so a CPU-saturated test machine does not look
+    /// like a dead network.
+    pub pong_timeout: Duration,
 }
 
 impl Loopback {
@@ -49,6 +52,7 @@ impl Loopback {
             session_id: "loopback-session-1".into(),
             client_tls,
             kms: Arc::new(LocalKms::generate()),
+            pong_timeout: Duration::from_secs(10),
         }
     }
 
@@ -84,7 +88,7 @@ impl Loopback {
             .key_provider(self.kms.clone())
             .token_source(Arc::new(source));
         options.ping_interval = Duration::from_secs(1);
-        options.pong_timeout = Duration::from_secs(3);
+        options.pong_timeout = self.pong_timeout;
         options.backoff.initial = Duration::from_millis(20);
         options.backoff.max = Duration::from_millis(500);
         options.backoff.give_up_after = Duration::from_secs(20);
