@@ -123,6 +123,10 @@ message_types! {
     AgentTaskComplete => "agent_task_complete",
     /// Control channel: acknowledgement of a task message.
     AgentTaskAcknowledge => "agent_task_acknowledge",
+    /// Control channel (this crate's agents): a chunk of a session's asciicast recording.
+    AgentSessionRecording => "agent_session_recording",
+    /// Control channel (this crate's agents): a forwarded TCP stream opened or closed.
+    AgentPortStream => "agent_port_stream",
 }
 
 /// `text` left-aligned in a space-filled MessageType field.

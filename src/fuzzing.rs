@@ -203,3 +203,66 @@ pub fn session_ops(data: &[u8]) {
         }
     }
 }
+
+/// Feeds `data` to the decoders of the system layer, chosen by its first byte: control-channel
+/// messages, SigV4 verification of an arbitrary request, session documents and agent session
+/// requests, policies, and audit logs. Nothing may panic; what decodes must re-encode.
+pub fn gateway_inputs(data: &[u8]) {
+    let Some((&which, rest)) = data.split_first() else {
+        return;
+    };
+    let text = String::from_utf8_lossy(rest);
+    match which % 5 {
+        0 => {
+            use crate::control::ControlMessage;
+            if let Ok(message) = ControlMessage::decode(Bytes::copy_from_slice(rest)) {
+                let again = message.encode(uuid::Uuid::from_u128(1), 1);
+                assert_eq!(ControlMessage::decode(again).ok(), Some(message));
+            }
+        }
+        1 => {
+            // "METHOD path?query\nName: value\n…\n\nbody"
+            let (head, body) = text.split_once("\n\n").unwrap_or((&text, ""));
+            let mut lines = head.lines();
+            let first = lines.next().unwrap_or("");
+            let (method, target) = first.split_once(' ').unwrap_or((first, "/"));
+            let (path, query) = target.split_once('?').unwrap_or((target, ""));
+            let headers: Vec<(String, String)> = lines
+                .filter_map(|line| line.split_once(':'))
+                .map(|(name, value)| (name.to_owned(), value.trim().to_owned()))
+                .collect();
+            let request = crate::sigv4::Request {
+                method,
+                path,
+                query,
+                headers: &headers,
+                body: body.as_bytes(),
+            };
+            let _ = crate::sigv4::verify(&request, |_| Some("secret"), 1_800_000_000);
+        }
+        2 => {
+            if let Ok(document) = crate::document::Document::from_json("Fuzz-Document", &text) {
+                let _ = document.resolve(&Default::default());
+            }
+            let _ = crate::document::AgentSessionRequest::from_json(&text);
+        }
+        3 => {
+            if let Ok(policy) = crate::policy::Policy::from_json(&text) {
+                let policies = [("fuzz".to_owned(), policy)];
+                let resources = ["arn:aws:ssm:us-east-1:123456789012:managed-instance/mi-1"];
+                let decision = crate::policy::evaluate(
+                    &policies,
+                    &crate::policy::AuthzRequest {
+                        action: "ssm:StartSession",
+                        resources: &resources,
+                        username: "alice",
+                    },
+                );
+                let _ = decision.to_string();
+            }
+        }
+        _ => {
+            let _ = crate::audit::verify(rest);
+        }
+    }
+}

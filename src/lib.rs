@@ -77,16 +77,31 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
+#[cfg(feature = "system")]
+pub mod agent;
+pub mod audit;
+#[cfg(feature = "system")]
+pub mod aws;
+#[cfg(feature = "system")]
+pub mod client;
+pub mod control;
 pub mod crypto;
+pub mod document;
 mod entropy;
+#[cfg(feature = "system")]
+pub mod forward;
 mod frame;
 #[doc(hidden)]
 pub mod fuzzing;
+#[cfg(feature = "system")]
+pub mod gateway;
 pub mod kms;
 #[cfg(feature = "net")]
 pub mod net;
 pub mod payload;
+pub mod policy;
 pub mod session;
+pub mod sigv4;
 pub mod sim;
 pub mod smux;
 pub mod version;

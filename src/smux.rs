@@ -18,6 +18,10 @@
 
 use std::fmt;
 
+mod table;
+
+pub use table::{Mux, MuxConfig, MuxError, MuxEvent, StreamId};
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 /// The protocol version this module speaks.

@@ -33,3 +33,8 @@ fn session_ops_corpus() {
 fn smux_stream_corpus() {
     run_corpus("smux_stream", fuzzing::smux_stream);
 }
+
+#[test]
+fn gateway_inputs_corpus() {
+    run_corpus("gateway_inputs", fuzzing::gateway_inputs);
+}

@@ -44,6 +44,8 @@
 //! ```
 
 mod dial;
+pub(crate) use dial::websocket_config;
+pub mod http;
 mod driver;
 mod handle;
 pub mod relay;

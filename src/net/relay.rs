@@ -30,6 +30,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -51,11 +52,12 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::dial::websocket_config;
 use crate::entropy::{Entropy, SystemEntropy};
-use crate::payload::{AgentOpenDataChannelInput, JsonPayload};
+use crate::payload::{AgentOpenDataChannelInput, ChannelClosed, JsonPayload};
 use crate::session::Role;
 use crate::{Frame, MessageType, PayloadType, SCHEMA_VERSION};
 
-const PATH_PREFIX: &str = "/v1/data-channel/";
+/// Path prefix of data-channel upgrades; the session id follows.
+pub const PATH_PREFIX: &str = "/v1/data-channel/";
 /// Messages a writer takes from its queue at once before flushing.
 const WRITE_BATCH: usize = 256;
 
@@ -99,11 +101,25 @@ impl fmt::Debug for RelayConfig {
     }
 }
 
-/// Single-use opening tokens, each bound to a session and a side. Only SHA-256 digests are
-/// kept, so a lookup reveals nothing about a token through timing and a dump reveals no token.
-#[derive(Default)]
+/// Single-use, short-lived opening tokens, each bound to a session and a side. Only SHA-256
+/// digests are kept, so a lookup reveals nothing about a token through timing and a dump
+/// reveals no token.
 pub struct TokenTable {
-    digests: Mutex<HashMap<[u8; 32], (String, Role)>>,
+    digests: Mutex<HashMap<[u8; 32], Issued>>,
+    lifetime: Duration,
+}
+
+struct Issued {
+    session_id: String,
+    side: Role,
+    expires: std::time::Instant,
+}
+
+impl Default for TokenTable {
+    /// Tokens valid for 60 seconds.
+    fn default() -> Self {
+        TokenTable::new(Duration::from_secs(60))
+    }
 }
 
 impl fmt::Debug for TokenTable {
@@ -113,26 +129,51 @@ impl fmt::Debug for TokenTable {
 }
 
 impl TokenTable {
-    /// A new random token for `side` of `session_id`.
+    /// Tokens that must be redeemed within `lifetime` of being issued.
+    pub fn new(lifetime: Duration) -> Self {
+        TokenTable {
+            digests: Mutex::new(HashMap::new()),
+            lifetime,
+        }
+    }
+
+    /// A new random token for `side` of `session_id`. Expired tokens are forgotten here, so
+    /// the table holds at most the tokens of one lifetime.
     pub fn issue(&self, session_id: &str, side: Role) -> String {
         let mut bytes = [0; 32];
         SystemEntropy::new().fill(&mut bytes);
         let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
-        lock(&self.digests).insert(digest(&token), (session_id.to_owned(), side));
+        let now = std::time::Instant::now();
+        let mut digests = lock(&self.digests);
+        digests.retain(|_, issued| issued.expires > now);
+        digests.insert(
+            digest(&token),
+            Issued {
+                session_id: session_id.to_owned(),
+                side,
+                expires: now + self.lifetime,
+            },
+        );
         token
     }
 
-    /// Consumes `token` if it was issued for `side` of `session_id`.
+    /// Forgets every unused token of `session_id`, so an ended session cannot be reopened.
+    pub fn revoke_session(&self, session_id: &str) {
+        lock(&self.digests).retain(|_, issued| issued.session_id != session_id);
+    }
+
+    /// Consumes `token` if it was issued for `side` of `session_id` and has not expired.
     fn redeem(&self, session_id: &str, side: Role, token: &str) -> bool {
         let mut digests = lock(&self.digests);
-        let key = digest(token);
-        let matches = digests
-            .get(&key)
-            .is_some_and(|(session, role)| session == session_id && *role == side);
-        if matches {
-            digests.remove(&key);
+        let Some(issued) = digests.remove(&digest(token)) else {
+            return false;
+        };
+        let matches = issued.session_id == session_id && issued.side == side;
+        if !matches {
+            digests.insert(digest(token), issued); // not this connection's to consume
+            return false;
         }
-        matches
+        issued.expires > std::time::Instant::now()
     }
 }
 
@@ -150,8 +191,103 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct Relay {
     addr: SocketAddr,
     tls: bool,
-    state: Arc<State>,
+    hub: Hub,
     tasks: tokio::task::JoinHandle<()>,
+}
+
+/// The pairing and forwarding state of a relay without a listener: a gateway that accepts
+/// connections itself hands each upgraded data channel to [`Hub::serve`].
+#[derive(Clone)]
+pub struct Hub {
+    state: Arc<State>,
+}
+
+/// Bytes forwarded for one session, whole websocket messages counted.
+#[derive(Debug, Default)]
+pub struct ChannelStats {
+    /// From the client toward the agent.
+    pub client_to_agent: AtomicU64,
+    /// From the agent toward the client.
+    pub agent_to_client: AtomicU64,
+}
+
+impl Hub {
+    /// A hub with `config` (its `tls` is not used: the caller terminates TLS).
+    pub fn new(config: RelayConfig) -> Hub {
+        Hub {
+            state: Arc::new(State {
+                config,
+                sessions: Mutex::new(HashMap::new()),
+                stats: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Starts counting the bytes of `session_id`; the counters live until [`Hub::end`].
+    pub fn register(&self, session_id: &str) -> Arc<ChannelStats> {
+        lock(&self.state.stats)
+            .entry(session_id.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// Runs one data channel whose upgrade request named `session_id`: reads the opening
+    /// message, checks its token and forwards until the connection drops.
+    pub async fn serve<S>(&self, ws: WebSocketStream<S>, session_id: String)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        serve_channel(ws, session_id, self.state.clone()).await;
+    }
+
+    /// Which sides of `session_id` are connected now: `(client, agent)`.
+    pub fn connected(&self, session_id: &str) -> (bool, bool) {
+        let sessions = lock(&self.state.sessions);
+        sessions.get(session_id).map_or((false, false), |slot| {
+            (
+                slot.sides[0].connection.is_some(),
+                slot.sides[1].connection.is_some(),
+            )
+        })
+    }
+
+    /// Ends `session_id` for good: both sides get `channel_closed` with `output` after what is
+    /// already queued toward them, then their connections close; unused tokens are revoked.
+    pub fn end(&self, session_id: &str, output: &str) {
+        self.state.config.tokens.revoke_session(session_id);
+        lock(&self.state.stats).remove(session_id);
+        let mut sessions = lock(&self.state.sessions);
+        let Some(slot) = sessions.get_mut(session_id) else {
+            return;
+        };
+        for endpoint in &mut slot.sides {
+            let frame = channel_closed_frame(session_id, output);
+            endpoint.outbox_bytes += frame.len();
+            endpoint.outbox.push_back(frame);
+            endpoint.closing = true;
+            endpoint.writer.notify_one();
+        }
+    }
+
+    /// Drops `side`'s connection of `session_id` abruptly (no Close frame), as a network
+    /// failure would. Returns whether there was one.
+    pub fn disconnect(&self, session_id: &str, side: Role) -> bool {
+        let sessions = lock(&self.state.sessions);
+        let Some(kill) = sessions
+            .get(session_id)
+            .and_then(|slot| slot.sides[index(side)].connection.as_ref())
+        else {
+            return false;
+        };
+        kill.notify_one();
+        true
+    }
+}
+
+impl fmt::Debug for Hub {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hub").finish_non_exhaustive()
+    }
 }
 
 impl Relay {
@@ -160,15 +296,12 @@ impl Relay {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let tls = config.tls.is_some();
-        let state = Arc::new(State {
-            config,
-            sessions: Mutex::new(HashMap::new()),
-        });
-        let tasks = tokio::spawn(accept_loop(listener, state.clone()));
+        let hub = Hub::new(config);
+        let tasks = tokio::spawn(accept_loop(listener, hub.state.clone()));
         Ok(Relay {
             addr,
             tls,
-            state,
+            hub,
             tasks,
         })
     }
@@ -194,15 +327,12 @@ impl Relay {
     /// Drops `side`'s connection of `session_id` abruptly (no Close frame), as a network
     /// failure would. Returns whether there was one.
     pub fn disconnect(&self, session_id: &str, side: Role) -> bool {
-        let sessions = lock(&self.state.sessions);
-        let Some(kill) = sessions
-            .get(session_id)
-            .and_then(|slot| slot.sides[index(side)].connection.as_ref())
-        else {
-            return false;
-        };
-        kill.notify_one();
-        true
+        self.hub.disconnect(session_id, side)
+    }
+
+    /// The hub behind this relay.
+    pub fn hub(&self) -> &Hub {
+        &self.hub
     }
 
     /// Stops listening and drops every connection.
@@ -229,12 +359,14 @@ impl Drop for Relay {
 struct State {
     config: RelayConfig,
     sessions: Mutex<HashMap<String, Slot>>,
+    stats: Mutex<HashMap<String, Arc<ChannelStats>>>,
 }
 
 /// Both sides of one session.
 #[derive(Default)]
 struct Slot {
     sides: [Endpoint; 2],
+    stats: Arc<ChannelStats>,
 }
 
 /// One side of a session: its current connection and the messages waiting to be written to
@@ -248,6 +380,8 @@ struct Endpoint {
     outbox_bytes: usize,
     /// Whether this side was last told to pause.
     paused: bool,
+    /// The session was ended: close the connection once the outbox is written.
+    closing: bool,
     /// Wakes this side's writer when its outbox gains messages.
     writer: Arc<Notify>,
     /// Wakes this side's reader when the other side's outbox drains.
@@ -310,11 +444,18 @@ where
     };
     let upgrade =
         tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(websocket_config()));
-    let Ok(Ok(mut ws)) = tokio::time::timeout(state.config.open_timeout, upgrade).await else {
+    let Ok(Ok(ws)) = tokio::time::timeout(state.config.open_timeout, upgrade).await else {
         return;
     };
     let Some(session_id) = session_id else { return };
+    serve_channel(ws, session_id, state).await;
+}
 
+/// Checks the opening message of an upgraded data channel and forwards until either end drops.
+async fn serve_channel<S>(mut ws: WebSocketStream<S>, session_id: String, state: Arc<State>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let opening = tokio::time::timeout(state.config.open_timeout, ws.next()).await;
     let side = match opening {
         Ok(Some(Ok(Message::Text(text)))) => opening_side(&state, &session_id, text.as_bytes()),
@@ -363,7 +504,13 @@ fn opening_side(state: &State, session_id: &str, text: &[u8]) -> Result<Role, &'
 /// Registers a new connection for `side`, replacing (and dropping) any previous one.
 fn attach(state: &State, session_id: &str, side: Role) -> (Arc<Notify>, u64) {
     let mut sessions = lock(&state.sessions);
-    let slot = sessions.entry(session_id.to_owned()).or_default();
+    let slot = sessions.entry(session_id.to_owned()).or_insert_with(|| Slot {
+        sides: Default::default(),
+        stats: lock(&state.stats)
+            .get(session_id)
+            .cloned()
+            .unwrap_or_default(),
+    });
     let endpoint = &mut slot.sides[index(side)];
     if let Some(previous) = endpoint.connection.take() {
         previous.notify_one();
@@ -435,31 +582,59 @@ fn update_publication(state: &State, session_id: &str, slot: &mut Slot, side: Ro
     endpoint.writer.notify_one();
 }
 
+/// The `channel_closed` frame that ends a session at either side (SPEC §4.4).
+fn channel_closed_frame(session_id: &str, output: &str) -> Bytes {
+    let message_id = random_uuid();
+    let payload = ChannelClosed {
+        message_id: message_id.to_string(),
+        created_date: wall_ms().to_string(),
+        destination_id: session_id.to_owned(),
+        session_id: session_id.to_owned(),
+        message_type: MessageType::ChannelClosed.to_string(),
+        schema_version: 1,
+        output: output.to_owned(),
+    };
+    relay_frame(MessageType::ChannelClosed, message_id, payload.to_json().into())
+}
+
+fn random_uuid() -> uuid::Uuid {
+    let mut id = [0; 16];
+    SystemEntropy::new().fill(&mut id);
+    uuid::Builder::from_random_bytes(id).into_uuid()
+}
+
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |elapsed| elapsed.as_millis() as u64)
+        .max(1)
+}
+
+/// A frame the relay itself originates (sequence 0, flags SYN|FIN, no payload type).
+fn relay_frame(message_type: MessageType, message_id: uuid::Uuid, payload: Bytes) -> Bytes {
+    Frame {
+        message_type,
+        schema_version: SCHEMA_VERSION,
+        created_date: wall_ms(),
+        sequence_number: 0,
+        flags: Frame::FLAG_SYN | Frame::FLAG_FIN,
+        message_id,
+        payload_type: PayloadType::Unset,
+        payload,
+    }
+    .to_bytes()
+    .unwrap_or_default()
+}
+
 /// A `pause_publication` / `start_publication` frame. No peer reads the payload (SPEC §4.5,
 /// §15): ours names the message and the session, as `channel_closed` does.
 fn publication_frame(message_type: MessageType, session_id: &str) -> Bytes {
-    let mut id = [0; 16];
-    SystemEntropy::new().fill(&mut id);
     let payload = serde_json::json!({
         "MessageType": message_type.to_string(),
         "SchemaVersion": 1,
         "SessionId": session_id,
     });
-    let wall_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |elapsed| elapsed.as_millis() as u64);
-    Frame {
-        message_type,
-        schema_version: SCHEMA_VERSION,
-        created_date: wall_ms.max(1),
-        sequence_number: 0,
-        flags: Frame::FLAG_SYN | Frame::FLAG_FIN,
-        message_id: uuid::Builder::from_random_bytes(id).into_uuid(),
-        payload_type: PayloadType::Unset,
-        payload: payload.to_string().into(),
-    }
-    .to_bytes()
-    .unwrap_or_default()
+    relay_frame(message_type, random_uuid(), payload.to_string().into())
 }
 
 /// Reads `side` and queues its messages toward the other side.
@@ -492,6 +667,11 @@ async fn forward_in<S>(
                     queue.outbox_bytes += data.len();
                     queue.outbox.push_back(data.clone());
                     queue.writer.notify_one();
+                    let counter = match side {
+                        Role::Client => &slot.stats.client_to_agent,
+                        Role::Agent => &slot.stats.agent_to_client,
+                    };
+                    counter.fetch_add(data.len() as u64, Ordering::Relaxed);
                     update_publication(state, session_id, slot, side);
                     None
                 }
@@ -530,12 +710,18 @@ async fn forward_out<S>(
                 batch.push(message);
             }
             let writer = endpoint.writer.clone();
+            let finished = endpoint.closing && endpoint.outbox.is_empty();
             if !batch.is_empty() {
                 slot.sides[index(from)].reader.notify_one();
                 update_publication(state, session_id, slot, from);
             }
-            writer
+            (writer, finished)
         };
+        let (wake, finished) = wake;
+        if batch.is_empty() && finished {
+            let _ = sink.send(Message::Close(None)).await;
+            return;
+        }
         if batch.is_empty() {
             wake.notified().await;
             continue;

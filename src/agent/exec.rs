@@ -1,0 +1,91 @@
+//! `NonInteractiveCommands` sessions: a process with pipes, stdout as Output, stderr as StdErr,
+//! then its exit code.
+
+use std::process::Stdio;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use super::Outcome;
+use super::shell::{exit_code, refuse};
+use crate::control::EndReason;
+use crate::document::AgentSessionRequest;
+use crate::net::{Connection, Incoming};
+use crate::payload::Flag;
+
+pub(crate) async fn run(
+    connection: Connection,
+    request: &AgentSessionRequest,
+    cancel: CancellationToken,
+) -> Outcome {
+    let Some(command) = request.command.clone() else {
+        return refuse(connection, "the document names no command".into()).await;
+    };
+    let spawned = tokio::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(&command)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(error) => return refuse(connection, format!("starting the command: {error}")).await,
+    };
+    let (Some(mut stdin), Some(mut stdout), Some(mut stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        return refuse(connection, "the command has no pipes".into()).await;
+    };
+    let (mut reader, mut writer) = connection.split();
+    let mut out = vec![0; 16 * 1024];
+    let mut err = vec![0; 16 * 1024];
+    let (mut out_open, mut err_open, mut stdin_open) = (true, true, true);
+    let interrupted = loop {
+        if !out_open && !err_open {
+            break None;
+        }
+        tokio::select! {
+            read = stdout.read(&mut out), if out_open => match read {
+                Ok(n) if n > 0 => {
+                    if writer.write_all(&out[..n]).await.is_err() { break Some(EndReason::NetworkLost); }
+                }
+                _ => out_open = false,
+            },
+            read = stderr.read(&mut err), if err_open => match read {
+                Ok(n) if n > 0 => {
+                    if writer.send_stderr(&err[..n]).await.is_err() { break Some(EndReason::NetworkLost); }
+                }
+                _ => err_open = false,
+            },
+            incoming = reader.recv() => match incoming {
+                Some(Incoming::Data(bytes)) if stdin_open => {
+                    if stdin.write_all(&bytes).await.is_err() { stdin_open = false; }
+                }
+                Some(Incoming::Flag(Flag::TerminateSession)) => break Some(EndReason::ClientExit),
+                Some(Incoming::Ended(_)) | None => break Some(EndReason::Terminated),
+                Some(_) => {}
+            },
+            () = cancel.cancelled() => break Some(EndReason::Terminated),
+        }
+    };
+    drop(stdin);
+    if let Some(reason) = interrupted {
+        let _ = child.start_kill();
+        let _ = writer.close().await;
+        return Outcome {
+            reason,
+            exit_code: None,
+            output: String::new(),
+        };
+    }
+    let code = child.wait().await.map_or(-1, |status| exit_code(&status));
+    let _ = writer.send_exit_code(code).await;
+    let _ = writer.close().await;
+    Outcome {
+        reason: EndReason::ProcessExit,
+        exit_code: Some(code),
+        output: String::new(),
+    }
+}

@@ -1,0 +1,410 @@
+//! The host side: dials out to the gateway's control channel (no listening port), runs each
+//! session it is sent, reports how it ended, and streams shell recordings live.
+//!
+//! * `Standard_Stream` and `InteractiveCommands` run in a PTY: every received byte, Ctrl-C
+//!   and the other control bytes included, goes to the PTY; only the process's exit, the
+//!   client, the gateway, the idle timeout or the maximum duration end the session.
+//! * `NonInteractiveCommands` run with separate stdout/stderr and report the exit code.
+//! * `Port` forwards to `localhost:<portNumber>` or, when the document allows, a remote host
+//!   (link-local and metadata addresses refused unless [`AgentSettings::allow_link_local`]);
+//!   smux-multiplexed or basic as the versions decide (SPEC §8.2).
+//!
+//! # Examples
+//!
+//! ```no_run
+//! use ssm_session::agent::{self, AgentSettings};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let settings = AgentSettings::new("http://127.0.0.1:8080", "mi-0123456789abcdef0", "secret")?;
+//! agent::run(settings).await; // reconnects forever
+//! # Ok(()) }
+//! ```
+
+mod exec;
+mod port;
+mod recorder;
+mod shell;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::ClientRequestBuilder;
+use tokio_util::sync::CancellationToken;
+
+use crate::aws::{ApiClient, HttpKms, unix_seconds};
+use crate::control::{
+    ControlMessage, EndReason, OpenControlChannelInput, SessionReport, StartSession,
+};
+use crate::document::{AgentSessionRequest, SessionType};
+use crate::entropy::{Entropy, SystemEntropy};
+use crate::net::{self, Connection, Options, TlsConfig, TokenError};
+use crate::session::AgentConfig;
+use crate::sigv4::{self, Credentials};
+
+/// The version this agent reports (above every gate of SPEC §12).
+pub const AGENT_VERSION: &str = "3.3.1957.0";
+/// Control messages waiting while the control channel is down; beyond this, recording chunks
+/// are dropped (the recording marks the gap) and reports wait.
+const OUTBOX: usize = 1024;
+/// The control channel is pinged this often…
+const PING_EVERY: Duration = Duration::from_secs(20);
+/// …and redialled when nothing at all (pongs included) arrived for this long.
+const SILENCE_LIMIT: Duration = Duration::from_secs(50);
+
+/// Everything the agent needs to run.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct AgentSettings {
+    /// The gateway endpoint, `http(s)://host:port`.
+    pub endpoint: String,
+    /// This host's id (the target users name).
+    pub agent_id: String,
+    /// Its secret.
+    pub agent_secret: String,
+    /// Region to sign for.
+    pub region: String,
+    /// Trust for `https`/`wss`.
+    pub tls: TlsConfig,
+    /// Shell for `Standard_Stream` sessions.
+    pub shell: String,
+    /// Allow port sessions to link-local and metadata addresses (169.254.0.0/16, fe80::/10,
+    /// fd00:ec2::254).
+    pub allow_link_local: bool,
+    /// First reconnection delay (doubles up to [`AgentSettings::max_backoff`], with jitter).
+    pub initial_backoff: Duration,
+    /// Largest reconnection delay.
+    pub max_backoff: Duration,
+}
+
+impl fmt::Debug for AgentSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AgentSettings")
+            .field("endpoint", &self.endpoint)
+            .field("agent_id", &self.agent_id)
+            .field("region", &self.region)
+            .field("shell", &self.shell)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AgentSettings {
+    /// Settings for `agent_id` at `endpoint` with the default shell (`$SHELL`, else
+    /// `/bin/sh`), region `us-east-1`, webpki roots.
+    pub fn new(
+        endpoint: &str,
+        agent_id: &str,
+        agent_secret: &str,
+    ) -> Result<AgentSettings, crate::aws::ApiCallError> {
+        crate::net::http::Endpoint::parse(endpoint).map_err(crate::aws::ApiCallError::Endpoint)?;
+        Ok(AgentSettings {
+            endpoint: endpoint.to_owned(),
+            agent_id: agent_id.to_owned(),
+            agent_secret: agent_secret.to_owned(),
+            region: "us-east-1".into(),
+            tls: TlsConfig::default(),
+            shell: std::env::var("SHELL").unwrap_or_else(|_| "/bin/sh".into()),
+            allow_link_local: false,
+            initial_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(10),
+        })
+    }
+
+    /// Trust `tls` for the gateway.
+    pub fn tls(mut self, tls: TlsConfig) -> Self {
+        self.tls = tls;
+        self
+    }
+}
+
+/// What session tasks share.
+pub(crate) struct Context {
+    pub(crate) settings: AgentSettings,
+    pub(crate) api: ApiClient,
+    pub(crate) outbox: mpsc::Sender<ControlMessage>,
+}
+
+/// Runs the agent until the task is dropped: keeps the control channel up (reconnecting with
+/// back-off and jitter) and runs the sessions it is sent. Errors are written to stderr.
+pub async fn run(settings: AgentSettings) {
+    let api = match ApiClient::new(
+        &settings.endpoint,
+        &settings.region,
+        Credentials::new(&settings.agent_id, &settings.agent_secret, None),
+        settings.tls.clone(),
+    ) {
+        Ok(api) => api,
+        Err(error) => {
+            eprintln!("ssm-session agent: {error}");
+            return;
+        }
+    };
+    let (outbox_tx, mut outbox) = mpsc::channel(OUTBOX);
+    let context = Arc::new(Context {
+        settings: settings.clone(),
+        api,
+        outbox: outbox_tx,
+    });
+    let running: Arc<Mutex<HashMap<String, CancellationToken>>> = Arc::default();
+    let mut backoff = settings.initial_backoff;
+    loop {
+        match control_channel(&context, &running, &mut outbox).await {
+            Ok(()) => backoff = settings.initial_backoff,
+            Err(error) => eprintln!("ssm-session agent: control channel: {error}"),
+        }
+        tokio::time::sleep(jitter(backoff)).await;
+        backoff = (backoff * 2).min(settings.max_backoff);
+    }
+}
+
+fn jitter(delay: Duration) -> Duration {
+    let mut byte = [0u8; 1];
+    SystemEntropy::new().fill(&mut byte);
+    delay.mul_f64(0.5 + f64::from(byte[0]) / 510.0)
+}
+
+/// One control-channel connection: Ok when it was up and then dropped.
+async fn control_channel(
+    context: &Arc<Context>,
+    running: &Arc<Mutex<HashMap<String, CancellationToken>>>,
+    outbox: &mut mpsc::Receiver<ControlMessage>,
+) -> Result<(), String> {
+    let settings = &context.settings;
+    let endpoint = context.api.endpoint();
+    let path = format!("{}{}", crate::control::PATH_PREFIX, settings.agent_id);
+    let query = "role=subscribe&stream=input";
+    let headers = vec![("host".to_owned(), endpoint.authority())];
+    let request = sigv4::Request {
+        method: "GET",
+        path: &path,
+        query,
+        headers: &headers,
+        body: b"",
+    };
+    let credentials = Credentials::new(&settings.agent_id, &settings.agent_secret, None);
+    let signature = sigv4::sign(
+        &request,
+        &credentials,
+        &settings.region,
+        "ssmmessages",
+        unix_seconds(),
+    );
+    let url = endpoint.websocket_url(&format!("{path}?{query}"));
+    let uri = url.parse().map_err(|error| format!("{url}: {error}"))?;
+    let mut builder = ClientRequestBuilder::new(uri);
+    for (name, value) in signature {
+        builder = builder.with_header(name, value);
+    }
+    let connect = tokio_tungstenite::connect_async_tls_with_config(
+        builder,
+        Some(crate::net::websocket_config()),
+        true,
+        Some(tokio_tungstenite::Connector::Rustls(settings.tls.client())),
+    );
+    let (mut ws, _) = tokio::time::timeout(Duration::from_secs(30), connect)
+        .await
+        .map_err(|_| "no answer within 30 s".to_owned())?
+        .map_err(|error| error.to_string())?;
+    let opening = OpenControlChannelInput {
+        message_schema_version: "1.0".into(),
+        request_id: random_uuid().to_string(),
+        agent_version: AGENT_VERSION.into(),
+        platform_type: "linux".into(),
+    };
+    let opening = serde_json::to_string(&opening).map_err(|error| error.to_string())?;
+    ws.send(Message::text(opening))
+        .await
+        .map_err(|error| error.to_string())?;
+    let mut ping = tokio::time::interval(PING_EVERY);
+    let mut last_heard = std::time::Instant::now();
+    loop {
+        tokio::select! {
+            message = outbox.recv() => {
+                let Some(message) = message else { return Ok(()) };
+                let wire = message.encode(random_uuid(), crate::gateway::wall_ms());
+                if ws.send(Message::Binary(wire)).await.is_err() {
+                    // Keep it for the next connection: reports must not be lost.
+                    let _ = context.outbox.try_send(message);
+                    return Ok(());
+                }
+            }
+            _ = ping.tick() => {
+                if last_heard.elapsed() > SILENCE_LIMIT {
+                    return Err(format!("nothing heard for {SILENCE_LIMIT:?}"));
+                }
+                if ws.send(Message::Ping(Default::default())).await.is_err() {
+                    return Ok(());
+                }
+            }
+            received = ws.next() => {
+                last_heard = std::time::Instant::now();
+                let message = match received {
+                    Some(Ok(Message::Binary(message))) => message,
+                    Some(Ok(Message::Close(_))) | None => return Ok(()),
+                    Some(Err(error)) => return Err(error.to_string()),
+                    Some(Ok(_)) => continue,
+                };
+                match ControlMessage::decode(message) {
+                    Ok(ControlMessage::StartSession(start)) => {
+                        let cancel = CancellationToken::new();
+                        crate::gateway::lock(running).insert(start.task_id.clone(), cancel.clone());
+                        let context = context.clone();
+                        let running = running.clone();
+                        tokio::spawn(async move {
+                            let id = start.task_id.clone();
+                            let report = run_session(&context, start, cancel).await;
+                            crate::gateway::lock(&running).remove(&id);
+                            let _ = context.outbox.send(ControlMessage::SessionReport(report)).await;
+                        });
+                    }
+                    Ok(ControlMessage::ChannelClosed(closed)) => {
+                        if let Some(cancel) = crate::gateway::lock(running).get(&closed.session_id) {
+                            cancel.cancel();
+                        }
+                    }
+                    Ok(_) | Err(_) => {}
+                }
+            }
+        }
+    }
+}
+
+fn random_uuid() -> uuid::Uuid {
+    let mut bytes = [0; 16];
+    SystemEntropy::new().fill(&mut bytes);
+    uuid::Builder::from_random_bytes(bytes).into_uuid()
+}
+
+/// How a session ended, as reported to the gateway.
+pub(crate) struct Outcome {
+    pub(crate) reason: EndReason,
+    pub(crate) exit_code: Option<i32>,
+    pub(crate) output: String,
+}
+
+impl Outcome {
+    pub(crate) fn failed(output: impl Into<String>) -> Outcome {
+        Outcome {
+            reason: EndReason::Failed,
+            exit_code: None,
+            output: output.into(),
+        }
+    }
+
+    /// The outcome of a session that ended from outside the process.
+    pub(crate) fn from_ending(ending: &net::Ending) -> Outcome {
+        let reason = match ending {
+            net::Ending::ChannelClosed { .. } => EndReason::Terminated,
+            net::Ending::Closed | net::Ending::DrainTimedOut { .. } => EndReason::ClientExit,
+            net::Ending::Failed(_) => EndReason::NetworkLost,
+        };
+        Outcome {
+            reason,
+            exit_code: None,
+            output: ending.to_string(),
+        }
+    }
+}
+
+async fn run_session(
+    context: &Arc<Context>,
+    start: StartSession,
+    cancel: CancellationToken,
+) -> SessionReport {
+    let settings = &context.settings;
+    let outcome = match AgentSessionRequest::from_json(&start.content) {
+        Err(error) => Outcome::failed(format!("unusable session request: {error}")),
+        Ok(request) => match open_data_channel(context, &start.task_id, &request).await {
+            Err(error) => Outcome::failed(error),
+            Ok(connection) => run_document(context, connection, &request, cancel).await,
+        },
+    };
+    SessionReport::new(
+        &start.task_id,
+        &settings.agent_id,
+        outcome.reason,
+        outcome.exit_code,
+        outcome.output,
+    )
+}
+
+async fn run_document(
+    context: &Arc<Context>,
+    connection: Connection,
+    request: &AgentSessionRequest,
+    cancel: CancellationToken,
+) -> Outcome {
+    match request.session_type {
+        SessionType::StandardStream | SessionType::InteractiveCommands => {
+            shell::run(context, connection, request, cancel).await
+        }
+        SessionType::NonInteractiveCommands => exec::run(connection, request, cancel).await,
+        SessionType::Port => port::run(context, connection, request, cancel).await,
+    }
+}
+
+/// `CreateDataChannel` for a token, then the data channel itself.
+async fn open_data_channel(
+    context: &Arc<Context>,
+    session_id: &str,
+    request: &AgentSessionRequest,
+) -> Result<Connection, String> {
+    let settings = &context.settings;
+    let token = create_data_channel(&context.api, session_id)
+        .await
+        .map_err(|error| format!("CreateDataChannel: {error}"))?;
+    let mut config = AgentConfig::new(
+        session_id,
+        &settings.agent_id,
+        request.session_type.as_str(),
+    );
+    match request.session_type {
+        SessionType::Port => config.properties = Some(request.properties.clone()),
+        _ => config.kms_key_id = request.preferences.kms_key_id.clone(),
+    }
+    config.separate_output_stream = request.session_type == SessionType::NonInteractiveCommands;
+    let api = context.api.clone();
+    let id = session_id.to_owned();
+    let token_source = move || -> net::TokenFuture {
+        let api = api.clone();
+        let id = id.clone();
+        Box::pin(async move {
+            create_data_channel(&api, &id).await.map_err(|error| match error.code() {
+                Some("DoesNotExistException" | "AccessDeniedException") => {
+                    TokenError::Final(error.to_string())
+                }
+                _ => TokenError::Retry(error.to_string()),
+            })
+        })
+    };
+    let options = Options::default()
+        .tls(settings.tls.clone())
+        .key_provider(Arc::new(HttpKms::new(context.api.clone())))
+        .token_source(Arc::new(token_source));
+    let url = context.api.endpoint().websocket_url(&format!(
+        "{}{session_id}?role=publish_subscribe",
+        crate::net::relay::PATH_PREFIX
+    ));
+    net::connect_agent(&url, &token, config, options)
+        .await
+        .map_err(|error| format!("data channel: {error}"))
+}
+
+async fn create_data_channel(
+    api: &ApiClient,
+    session_id: &str,
+) -> Result<String, crate::aws::ApiCallError> {
+    let path = format!("{}{session_id}", crate::net::relay::PATH_PREFIX);
+    let answer = api
+        .post("ssmmessages", &path, None, &serde_json::json!({}))
+        .await?;
+    answer
+        .get("TokenValue")
+        .and_then(|token| token.as_str())
+        .map(str::to_owned)
+        .ok_or_else(|| crate::aws::ApiCallError::Answer("no TokenValue".into()))
+}

@@ -1,0 +1,270 @@
+//! `Standard_Stream` and `InteractiveCommands` sessions: a process in a PTY, recorded.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use super::recorder::{FLUSH_EVERY, Recorder};
+use super::{Context, Outcome};
+use crate::control::EndReason;
+use crate::document::{AgentSessionRequest, SessionType};
+use crate::net::{Connection, Incoming};
+use crate::payload::Flag;
+
+/// How long output is still read after the process exited (its children may hold the PTY).
+const DRAIN: Duration = Duration::from_millis(300);
+
+/// A local account to run as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Account {
+    pub(crate) name: String,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+    pub(crate) home: String,
+}
+
+/// Looks `name` up in `/etc/passwd`-format `text`.
+pub(crate) fn find_account(text: &str, name: &str) -> Option<Account> {
+    text.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        if fields.len() < 7 || fields[0] != name {
+            return None;
+        }
+        Some(Account {
+            name: name.to_owned(),
+            uid: fields[2].parse().ok()?,
+            gid: fields[3].parse().ok()?,
+            home: fields[5].to_owned(),
+        })
+    })
+}
+
+/// The account the session runs as, when run-as applies: Err says why it cannot.
+fn run_as(request: &AgentSessionRequest) -> Result<Option<Account>, String> {
+    if !request.preferences.run_as_enabled {
+        return Ok(None);
+    }
+    let Some(name) = request
+        .run_as_user
+        .clone()
+        .or_else(|| request.preferences.run_as_default_user.clone())
+    else {
+        return Err("run-as is enabled but no user is named (runAsDefaultUser)".into());
+    };
+    let passwd = std::fs::read_to_string("/etc/passwd")
+        .map_err(|error| format!("reading /etc/passwd: {error}"))?;
+    let account = find_account(&passwd, &name)
+        .ok_or_else(|| format!("run-as user {name:?} does not exist on this host"))?;
+    let me = rustix::process::geteuid().as_raw();
+    if me != 0 && me != account.uid {
+        return Err(format!(
+            "run-as user {name:?} needs the agent to run as root (it runs as uid {me})"
+        ));
+    }
+    Ok(Some(account))
+}
+
+pub(crate) async fn run(
+    context: &Arc<Context>,
+    connection: Connection,
+    request: &AgentSessionRequest,
+    cancel: CancellationToken,
+) -> Outcome {
+    let account = match run_as(request) {
+        Ok(account) => account,
+        Err(why) => return refuse(connection, why).await,
+    };
+    let (pty, pts) = match pty_process::open() {
+        Ok(pair) => pair,
+        Err(error) => return refuse(connection, format!("opening a PTY: {error}")).await,
+    };
+    let _ = pty.resize(pty_process::Size::new(24, 80));
+    let mut command = match (&request.session_type, &request.command) {
+        (SessionType::InteractiveCommands, Some(command)) => {
+            pty_process::Command::new("/bin/sh").arg("-c").arg(command)
+        }
+        _ => pty_process::Command::new(&context.settings.shell),
+    };
+    command = command.env("TERM", "xterm-256color");
+    if let Some(account) = &account {
+        command = command
+            .uid(account.uid)
+            .gid(account.gid)
+            .env("HOME", &account.home)
+            .env("USER", &account.name)
+            .env("LOGNAME", &account.name)
+            .current_dir(&account.home);
+    }
+    let mut child = match command.kill_on_drop(true).spawn(pts) {
+        Ok(child) => child,
+        Err(error) => return refuse(connection, format!("starting the shell: {error}")).await,
+    };
+    let (mut pty_out, mut pty_in) = pty.into_split();
+    if let Some(profile) = &request.preferences.shell_profile_linux
+        && !profile.trim().is_empty()
+        && request.session_type == SessionType::StandardStream
+    {
+        let _ = pty_in.write_all(format!("{profile}\n").as_bytes()).await;
+    }
+
+    let identity = serde_json::json!({
+        "session_id": request.session_id,
+        "document": request.document_name,
+        "target": context.settings.agent_id,
+        "owner": request.session_owner,
+        "run_as": account.as_ref().map(|account| account.name.clone()),
+    });
+    let mut recorder = Recorder::start(
+        &request.session_id,
+        80,
+        24,
+        identity,
+        context.outbox.clone(),
+    );
+    let (mut reader, mut writer) = connection.split();
+    let idle = request.preferences.idle_session_timeout;
+    let mut idle_deadline = Instant::now() + idle;
+    let max_deadline = request
+        .preferences
+        .max_session_duration
+        .map(|limit| Instant::now() + limit);
+    let mut flush = tokio::time::interval(FLUSH_EVERY);
+    let mut buffer = vec![0; 16 * 1024];
+    let mut exited = None;
+    let ended: Option<Outcome> = loop {
+        let max = async {
+            match max_deadline {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            read = pty_out.read(&mut buffer) => match read {
+                Ok(n) if n > 0 => {
+                    recorder.output(&buffer[..n]);
+                    if writer.write_all(&buffer[..n]).await.is_err() {
+                        break Some(Outcome::from_ending(&reader_ending(&reader)));
+                    }
+                }
+                // EOF or EIO: every holder of the PTY is gone.
+                _ => break None,
+            },
+            incoming = reader.recv() => match incoming {
+                Some(Incoming::Data(bytes)) => {
+                    idle_deadline = Instant::now() + idle;
+                    if pty_in.write_all(&bytes).await.is_err() {
+                        break None;
+                    }
+                }
+                Some(Incoming::Resize(size)) => {
+                    let rows = size.rows.clamp(1, u32::from(u16::MAX)) as u16;
+                    let cols = size.cols.clamp(1, u32::from(u16::MAX)) as u16;
+                    let _ = pty_in.resize(pty_process::Size::new(rows, cols));
+                    recorder.resize(size.cols, size.rows);
+                }
+                Some(Incoming::Flag(Flag::TerminateSession)) => {
+                    break Some(Outcome { reason: EndReason::ClientExit, exit_code: None, output: String::new() });
+                }
+                Some(Incoming::Ended(ending)) => break Some(Outcome::from_ending(&ending)),
+                None => break Some(Outcome::from_ending(&reader_ending(&reader))),
+                Some(_) => {}
+            },
+            status = child.wait(), if exited.is_none() => {
+                exited = Some(status);
+                // Read what is left, briefly, then stop.
+                let deadline = Instant::now() + DRAIN;
+                while let Ok(Ok(n)) = tokio::time::timeout_at(deadline.into(), pty_out.read(&mut buffer)).await {
+                    if n == 0 { break; }
+                    recorder.output(&buffer[..n]);
+                    if writer.write_all(&buffer[..n]).await.is_err() { break; }
+                }
+                break None;
+            }
+            () = tokio::time::sleep_until(idle_deadline.into()) => {
+                let text = format!("\r\nSession ended: no input for {} s (idle timeout).\r\n", idle.as_secs());
+                let _ = writer.write_all(text.as_bytes()).await;
+                recorder.marker("idle timeout");
+                break Some(Outcome { reason: EndReason::IdleTimeout, exit_code: None, output: "idle timeout".into() });
+            }
+            () = max => {
+                let _ = writer.write_all(b"\r\nSession ended: maximum session duration reached.\r\n").await;
+                recorder.marker("max duration");
+                break Some(Outcome { reason: EndReason::MaxDuration, exit_code: None, output: "maximum session duration reached".into() });
+            }
+            () = cancel.cancelled() => {
+                recorder.marker("terminated by the gateway");
+                break Some(Outcome { reason: EndReason::Terminated, exit_code: None, output: String::new() });
+            }
+            _ = flush.tick() => recorder.flush(),
+        }
+    };
+    if let Some(outcome) = ended {
+        let _ = child.start_kill();
+        recorder.finish(None);
+        let _ = writer.close().await;
+        return outcome;
+    }
+    let status = match exited {
+        Some(status) => status,
+        None => child.wait().await,
+    };
+    let code = status.map_or(-1, |status| exit_code(&status));
+    recorder.finish(Some(code));
+    let _ = writer.send_exit_code(code).await;
+    let _ = writer.close().await;
+    Outcome {
+        reason: EndReason::ProcessExit,
+        exit_code: Some(code),
+        output: String::new(),
+    }
+}
+
+fn reader_ending(reader: &crate::net::ReadHalf) -> crate::net::Ending {
+    reader
+        .ending()
+        .cloned()
+        .unwrap_or(crate::net::Ending::Closed)
+}
+
+/// The shell convention: the code, or 128 + the signal that killed it.
+pub(crate) fn exit_code(status: &std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .or_else(|| status.signal().map(|signal| 128 + signal))
+        .unwrap_or(-1)
+}
+
+/// Tells the client why the session cannot run, then ends it.
+pub(crate) async fn refuse(connection: Connection, why: String) -> Outcome {
+    let (_, mut writer) = connection.split();
+    let _ = writer
+        .write_all(format!("\r\n{why}\r\n").as_bytes())
+        .await;
+    let _ = writer.send_exit_code(1).await;
+    let _ = writer.close().await;
+    Outcome::failed(why)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accounts_are_found_by_exact_name() {
+        let passwd = "root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000::/home/alice:/bin/sh\nbad:line\n";
+        assert_eq!(
+            find_account(passwd, "alice"),
+            Some(Account {
+                name: "alice".into(),
+                uid: 1000,
+                gid: 1000,
+                home: "/home/alice".into()
+            })
+        );
+        assert_eq!(find_account(passwd, "ali"), None);
+        assert_eq!(find_account(passwd, "bad"), None);
+    }
+}

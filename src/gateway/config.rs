@@ -1,0 +1,365 @@
+//! The gateway's configuration file: who may sign requests (principals and their policies),
+//! which agents may connect, the KMS keys, and where state goes. Everything but the listening
+//! address, TLS and the state directory is re-read on reload.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::entropy::{Entropy, SystemEntropy};
+
+/// The whole configuration, as stored in `gateway.json`.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// The region the gateway claims (SigV4 scope, ARNs).
+    pub region: String,
+    /// The account id in ARNs.
+    pub account: String,
+    /// Serve https/wss with this certificate chain and key (PEM files).
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+    /// Audit log, recordings and the KMS master key live here.
+    pub state_dir: PathBuf,
+    /// Custom session documents (`<Name>.json`), besides the built-ins.
+    #[serde(default)]
+    pub documents_dir: Option<PathBuf>,
+    /// Named IAM-style policy documents.
+    #[serde(default)]
+    pub policies: BTreeMap<String, serde_json::Value>,
+    /// Users and roles that call the API.
+    #[serde(default)]
+    pub principals: Vec<PrincipalConfig>,
+    /// Hosts whose agents may connect.
+    #[serde(default)]
+    pub agents: Vec<AgentIdentity>,
+    /// KMS keys of the built-in key service.
+    #[serde(default)]
+    pub kms_keys: Vec<KmsKeyConfig>,
+    /// How long a data-channel token may wait before it is used.
+    #[serde(default = "default_token_lifetime")]
+    pub token_lifetime_secs: u64,
+}
+
+fn default_token_lifetime() -> u64 {
+    60
+}
+
+/// PEM files of the gateway's certificate chain and private key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Private key (PKCS#8).
+    pub key: PathBuf,
+}
+
+/// One API caller.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrincipalConfig {
+    /// User name (`${aws:username}`, session id prefix).
+    pub name: String,
+    /// SigV4 access key id.
+    pub access_key_id: String,
+    /// SigV4 secret (never logged).
+    pub secret_access_key: String,
+    /// Names of the policies in [`GatewayConfig::policies`] attached to it.
+    #[serde(default)]
+    pub policies: Vec<String>,
+}
+
+/// One host's agent identity (the analogue of an instance role).
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentIdentity {
+    /// The target id users name (`mi-…` or `i-…`).
+    pub id: String,
+    /// Its secret; the agent signs with the id as access key id.
+    pub secret: String,
+}
+
+/// A key of the built-in KMS.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KmsKeyConfig {
+    /// The key id (a UUID in AWS).
+    pub key_id: String,
+    /// Aliases such as `alias/ssm-dev`.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+}
+
+impl fmt::Debug for PrincipalConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PrincipalConfig")
+            .field("name", &self.name)
+            .field("access_key_id", &self.access_key_id)
+            .field("policies", &self.policies)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for AgentIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AgentIdentity")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for GatewayConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GatewayConfig")
+            .field("listen", &self.listen)
+            .field("region", &self.region)
+            .field("state_dir", &self.state_dir)
+            .field("principals", &self.principals)
+            .field("agents", &self.agents)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read or written.
+    #[error("{path}: {error}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        error: std::io::Error,
+    },
+    /// The JSON does not describe a configuration.
+    #[error("{path}: {error}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What serde said, with line and column.
+        error: serde_json::Error,
+    },
+    /// The configuration contradicts itself.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl GatewayConfig {
+    /// Reads and checks `path`.
+    pub fn load(path: &Path) -> Result<GatewayConfig, ConfigError> {
+        let text = std::fs::read(path).map_err(|error| ConfigError::Io {
+            path: path.to_owned(),
+            error,
+        })?;
+        let config: GatewayConfig =
+            serde_json::from_slice(&text).map_err(|error| ConfigError::Parse {
+                path: path.to_owned(),
+                error,
+            })?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Writes the configuration to `path` (mode 0600: it holds secrets).
+    pub fn save(&self, path: &Path) -> Result<(), ConfigError> {
+        let text = serde_json::to_vec_pretty(self).expect("configuration serialises");
+        write_private(path, &text).map_err(|error| ConfigError::Io {
+            path: path.to_owned(),
+            error,
+        })
+    }
+
+    /// Refuses duplicate names and keys and policies that do not exist.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let mut keys = std::collections::HashSet::new();
+        for principal in &self.principals {
+            if !keys.insert(principal.access_key_id.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "access key {} is used twice",
+                    principal.access_key_id
+                )));
+            }
+            if let Some(missing) = principal
+                .policies
+                .iter()
+                .find(|name| !self.policies.contains_key(*name))
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "principal {} names policy {missing:?}, which is not defined",
+                    principal.name
+                )));
+            }
+        }
+        for agent in &self.agents {
+            if !keys.insert(agent.id.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "agent id {} is used twice or also as an access key",
+                    agent.id
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// A development configuration in `state_dir` (see [`DevSetup`]).
+    pub fn dev(listen: SocketAddr, state_dir: &Path) -> (GatewayConfig, DevSetup) {
+        let setup = DevSetup {
+            region: "us-east-1".into(),
+            access_key_id: format!("AKIA{}", random_upper(16)),
+            secret_access_key: random_text(40),
+            restricted_access_key_id: format!("AKIA{}", random_upper(16)),
+            restricted_secret_access_key: random_text(40),
+            agent_id: format!("mi-{}", random_hex(17)),
+            agent_secret: random_text(40),
+            kms_key_id: DEV_KEY_ALIAS.into(),
+        };
+        let policies = BTreeMap::from([
+            (
+                "all-targets".to_owned(),
+                serde_json::json!({
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {"Sid": "Sessions", "Effect": "Allow",
+                         "Action": ["ssm:StartSession", "ssm:DescribeSessions",
+                                    "ssm:DescribeInstanceInformation"],
+                         "Resource": "*"},
+                        {"Sid": "OwnSessions", "Effect": "Allow",
+                         "Action": ["ssm:ResumeSession", "ssm:TerminateSession"],
+                         "Resource": "arn:aws:ssm:*:*:session/${aws:username}-*"},
+                        {"Sid": "SessionKeys", "Effect": "Allow",
+                         "Action": "kms:GenerateDataKey", "Resource": "*"}
+                    ]
+                }),
+            ),
+            (
+                "no-targets".to_owned(),
+                serde_json::json!({
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {"Sid": "ListOnly", "Effect": "Allow",
+                         "Action": ["ssm:DescribeSessions", "ssm:DescribeInstanceInformation"],
+                         "Resource": "*"}
+                    ]
+                }),
+            ),
+        ]);
+        let config = GatewayConfig {
+            listen,
+            region: setup.region.clone(),
+            account: "123456789012".into(),
+            tls: None,
+            state_dir: state_dir.to_owned(),
+            documents_dir: Some(state_dir.join("documents")),
+            policies,
+            principals: vec![
+                PrincipalConfig {
+                    name: "dev-admin".into(),
+                    access_key_id: setup.access_key_id.clone(),
+                    secret_access_key: setup.secret_access_key.clone(),
+                    policies: vec!["all-targets".into()],
+                },
+                PrincipalConfig {
+                    name: "dev-restricted".into(),
+                    access_key_id: setup.restricted_access_key_id.clone(),
+                    secret_access_key: setup.restricted_secret_access_key.clone(),
+                    policies: vec!["no-targets".into()],
+                },
+            ],
+            agents: vec![AgentIdentity {
+                id: setup.agent_id.clone(),
+                secret: setup.agent_secret.clone(),
+            }],
+            kms_keys: vec![KmsKeyConfig {
+                key_id: uuid::Builder::from_random_bytes(random_bytes())
+                    .into_uuid()
+                    .to_string(),
+                aliases: vec![DEV_KEY_ALIAS.into()],
+            }],
+            token_lifetime_secs: default_token_lifetime(),
+        };
+        (config, setup)
+    }
+}
+
+/// The alias of the key a `--dev` gateway creates.
+pub const DEV_KEY_ALIAS: &str = "alias/ssm-session-dev";
+/// The encrypted shell document a `--dev` gateway adds.
+pub const DEV_ENCRYPTED_SHELL: &str = "Dev-EncryptedShell";
+
+/// The credentials of a generated development configuration, printed as one JSON line.
+#[derive(Clone, Serialize)]
+pub struct DevSetup {
+    /// Region to sign for.
+    pub region: String,
+    /// The all-targets principal.
+    pub access_key_id: String,
+    /// Its secret.
+    pub secret_access_key: String,
+    /// The principal that may use no target.
+    pub restricted_access_key_id: String,
+    /// Its secret.
+    pub restricted_secret_access_key: String,
+    /// The one agent identity.
+    pub agent_id: String,
+    /// Its secret.
+    pub agent_secret: String,
+    /// The KMS key the encrypted shell document names.
+    pub kms_key_id: String,
+}
+
+impl fmt::Debug for DevSetup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DevSetup")
+            .field("access_key_id", &self.access_key_id)
+            .field("agent_id", &self.agent_id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0; N];
+    SystemEntropy::new().fill(&mut bytes);
+    bytes
+}
+
+/// `n` random hexadecimal digits.
+pub(crate) fn random_hex(n: usize) -> String {
+    let bytes: [u8; 32] = random_bytes();
+    hex::encode(bytes)[..n.min(64)].to_owned()
+}
+
+fn random_upper(n: usize) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let bytes: [u8; 32] = random_bytes();
+    bytes[..n.min(32)]
+        .iter()
+        .map(|byte| ALPHABET[usize::from(byte % 32)] as char)
+        .collect()
+}
+
+fn random_text(n: usize) -> String {
+    use base64::Engine;
+    let bytes: [u8; 48] = random_bytes();
+    base64::engine::general_purpose::STANDARD.encode(bytes)[..n.min(64)].to_owned()
+}
+
+/// Writes `bytes` to `path` readable by the owner only.
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let temporary = path.with_extension("tmp");
+    let mut file = options.open(&temporary)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path)
+}

@@ -1,0 +1,584 @@
+//! End to end with the real programs: the `gateway`, `agent` and `client` examples as
+//! processes on loopback. `cargo test` builds them next to the test binaries.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use ssm_session::aws::ApiClient;
+use ssm_session::client::SessionClient;
+use ssm_session::gateway::{self, DEV_ENCRYPTED_SHELL, GatewayConfig};
+use ssm_session::net::{Ending, Incoming, TlsConfig};
+use ssm_session::sigv4::Credentials;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn program(name: &str) -> PathBuf {
+    let deps = std::env::current_exe().unwrap().parent().unwrap().to_path_buf();
+    let path = deps
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(path.exists(), "{} not built; run the tests with `cargo test`", path.display());
+    path
+}
+
+/// A child process killed when dropped.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A gateway and an agent, as processes.
+struct System {
+    dev: Value,
+    state: PathBuf,
+    config_path: PathBuf,
+    _gateway: Running,
+    _agent: Running,
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "ssm-session-test-{name}-{}-{}",
+        std::process::id(),
+        Instant::now().elapsed().as_nanos()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+impl System {
+    /// `gateway --dev [--tls]` and `agent`, waiting until the agent is online.
+    fn start(name: &str, tls: bool) -> System {
+        let state = temp_dir(name);
+        let mut command = Command::new(program("gateway"));
+        command.args(["--dev", "--state-dir"]).arg(&state);
+        if tls {
+            command.arg("--tls");
+        }
+        let (gateway, dev) = spawn_with_line(command);
+        let system = Self::with_agent(dev, state.clone(), state.join("gateway.json"), gateway);
+        system.wait_online();
+        system
+    }
+
+    /// `gateway --config FILE` for a development configuration edited by `edit`.
+    fn start_with(name: &str, edit: impl FnOnce(&mut GatewayConfig)) -> System {
+        let state = temp_dir(name);
+        let mut dev = gateway::prepare_dev(&state, "127.0.0.1:0".parse().unwrap(), false).unwrap();
+        edit(&mut dev.config);
+        dev.config.save(&dev.config_path).unwrap();
+        let mut command = Command::new(program("gateway"));
+        command.arg("--config").arg(&dev.config_path);
+        let (gateway, line) = spawn_with_line(command);
+        let mut json = serde_json::to_value(&dev.setup).unwrap();
+        json["endpoint"] = line["endpoint"].clone();
+        let system = Self::with_agent(json, state, dev.config_path.clone(), gateway);
+        system.wait_online();
+        system
+    }
+
+    fn with_agent(dev: Value, state: PathBuf, config_path: PathBuf, gateway: Running) -> System {
+        let mut command = Command::new(program("agent"));
+        command
+            .env("SSM_AGENT_ENDPOINT", dev["endpoint"].as_str().unwrap())
+            .env("SSM_AGENT_ID", dev["agent_id"].as_str().unwrap())
+            .env("SSM_AGENT_SECRET", dev["agent_secret"].as_str().unwrap())
+            .env("SHELL", "/bin/sh")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(ca) = dev["ca_cert"].as_str() {
+            command.env("SSM_AGENT_CA_CERT", ca);
+        }
+        let agent = Running(command.spawn().unwrap());
+        System {
+            dev,
+            state,
+            config_path,
+            _gateway: gateway,
+            _agent: agent,
+        }
+    }
+
+    fn field(&self, name: &str) -> &str {
+        self.dev[name].as_str().unwrap_or_else(|| panic!("no {name} in {}", self.dev))
+    }
+
+    fn tls(&self) -> TlsConfig {
+        match self.dev["ca_cert"].as_str() {
+            Some(path) => TlsConfig::with_root_pem(&std::fs::read(path).unwrap()).unwrap(),
+            None => TlsConfig::default(),
+        }
+    }
+
+    fn api(&self, key: &str, secret: &str) -> ApiClient {
+        ApiClient::new(
+            self.field("endpoint"),
+            "us-east-1",
+            Credentials::new(key, secret, None),
+            self.tls(),
+        )
+        .unwrap()
+    }
+
+    fn admin(&self) -> SessionClient {
+        SessionClient::new(self.api(self.field("access_key_id"), self.field("secret_access_key")))
+    }
+
+    fn wait_online(&self) {
+        let api = self.api(self.field("access_key_id"), self.field("secret_access_key"));
+        let agent = self.field("agent_id").to_owned();
+        runtime().block_on(async {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let answer = api
+                    .call("ssm", "AmazonSSM.DescribeInstanceInformation", &serde_json::json!({}))
+                    .await
+                    .unwrap();
+                let online = answer["InstanceInformationList"].as_array().unwrap().iter().any(
+                    |instance| instance["InstanceId"] == agent.as_str() && instance["PingStatus"] == "Online",
+                );
+                if online {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "the agent did not come online");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+    }
+
+    /// Runs `client start-session` with `args`, `input` on stdin.
+    fn client(&self, args: &[&str], input: &str) -> Output {
+        let mut command = Command::new(program("client"));
+        command
+            .arg("start-session")
+            .args(["--target", self.field("agent_id"), "--endpoint-url", self.field("endpoint")])
+            .args(args)
+            .env("AWS_ACCESS_KEY_ID", self.field("access_key_id"))
+            .env("AWS_SECRET_ACCESS_KEY", self.field("secret_access_key"))
+            .env_remove("AWS_SESSION_TOKEN")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(ca) = self.dev["ca_cert"].as_str() {
+            command.env("AWS_CA_BUNDLE", ca);
+        }
+        let mut child = command.spawn().unwrap();
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        wait_with_timeout(child, Duration::from_secs(30))
+    }
+
+    fn audit(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.state.join("audit.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Spawns `command` and reads the JSON line it prints on stdout.
+fn spawn_with_line(mut command: Command) -> (Running, Value) {
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let json: Value = serde_json::from_str(&line).unwrap_or_else(|_| panic!("not a JSON line: {line:?}"));
+    (Running(child), json)
+}
+
+fn wait_with_timeout(mut child: Child, timeout: Duration) -> Output {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut stdout = Vec::new();
+            let mut stderr = Vec::new();
+            child.stdout.take().unwrap().read_to_end(&mut stdout).unwrap();
+            child.stderr.take().unwrap().read_to_end(&mut stderr).unwrap();
+            return Output { status, stdout, stderr };
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let output = child.wait_with_output().unwrap();
+            panic!(
+                "the client did not finish; stdout {:?} stderr {:?}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).replace('\r', "")
+}
+
+#[test]
+fn dev_line_has_every_field() {
+    let system = System::start("devline", true);
+    for field in [
+        "endpoint",
+        "region",
+        "access_key_id",
+        "secret_access_key",
+        "restricted_access_key_id",
+        "restricted_secret_access_key",
+        "agent_id",
+        "agent_secret",
+        "ca_cert",
+    ] {
+        assert!(system.dev[field].is_string(), "{field} missing from {}", system.dev);
+    }
+    assert!(system.field("endpoint").starts_with("https://"));
+    assert!(Path::new(system.field("ca_cert")).exists());
+}
+
+#[test]
+fn every_document_type_through_the_real_programs() {
+    let system = System::start("documents", true);
+
+    // The default shell: remote exit code becomes the client's.
+    let output = system.client(&[], "echo plain-$((6*7))\nexit 3\n");
+    assert_eq!(output.status.code(), Some(3), "stderr: {}", text(&output.stderr));
+    assert!(text(&output.stdout).contains("plain-42"), "{}", text(&output.stdout));
+    assert!(text(&output.stderr).contains("Starting session with SessionId"));
+    assert!(text(&output.stderr).contains("exit code 3"), "summary line: {}", text(&output.stderr));
+
+    // The encrypted shell document.
+    let output = system.client(&["--document-name", DEV_ENCRYPTED_SHELL], "echo secret-$((1+1))\nexit 7\n");
+    assert_eq!(output.status.code(), Some(7), "stderr: {}", text(&output.stderr));
+    assert!(text(&output.stdout).contains("secret-2"));
+
+    // Interactive command in a PTY: Ctrl-C goes to the PTY and does not end the session.
+    let output = system.client(
+        &[
+            "--document-name",
+            "AWS-StartInteractiveCommand",
+            "--parameters",
+            r#"{"command":["sh -c 'trap \"echo caught\" INT; read line; echo got-$line; exit 4'"]}"#,
+        ],
+        "\x03hello\n",
+    );
+    assert_eq!(output.status.code(), Some(4), "stderr: {}", text(&output.stderr));
+    assert!(text(&output.stdout).contains("got-hello"), "{}", text(&output.stdout));
+
+    // Non-interactive command: separate stdout and stderr, exit code.
+    let output = system.client(
+        &[
+            "--document-name",
+            "AWS-StartNonInteractiveCommand",
+            "--parameters",
+            r#"{"command":["echo to-out; echo to-err >&2; exit 5"]}"#,
+        ],
+        "",
+    );
+    assert_eq!(output.status.code(), Some(5), "stderr: {}", text(&output.stderr));
+    assert!(text(&output.stdout).contains("to-out"));
+    assert!(!text(&output.stdout).contains("to-err"));
+    assert!(text(&output.stderr).contains("to-err"));
+
+    // SSH-style port session: one stream on stdin/stdout; stdin EOF ends the client.
+    let echo = echo_server();
+    let mut command = Command::new(program("client"));
+    command
+        .arg("start-session")
+        .args(["--target", system.field("agent_id"), "--endpoint-url", system.field("endpoint")])
+        .args(["--document-name", "AWS-StartSSHSession", "--parameters"])
+        .arg(format!(r#"{{"portNumber":["{echo}"]}}"#))
+        .env("AWS_ACCESS_KEY_ID", system.field("access_key_id"))
+        .env("AWS_SECRET_ACCESS_KEY", system.field("secret_access_key"))
+        .env("AWS_CA_BUNDLE", system.field("ca_cert"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"ping-through-ssh\n").unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut echoed = String::new();
+    stdout.read_line(&mut echoed).unwrap();
+    assert_eq!(echoed, "ping-through-ssh\n");
+    drop(stdin);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "stdin EOF did not end the SSH-style session");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn port_forwarding_serves_many_connections_and_refuses_metadata() {
+    let system = System::start("ports", false);
+    let sessions = system.admin();
+    let target = system.field("agent_id").to_owned();
+    let echo = echo_server();
+    runtime().block_on(async {
+        for (document, parameters) in [
+            ("AWS-StartPortForwardingSession", BTreeMap::from([("portNumber".to_owned(), vec![echo.to_string()])])),
+            (
+                "AWS-StartPortForwardingSessionToRemoteHost",
+                BTreeMap::from([
+                    ("portNumber".to_owned(), vec![echo.to_string()]),
+                    ("host".to_owned(), vec!["127.0.0.1".to_owned()]),
+                ]),
+            ),
+        ] {
+            let started = sessions.start_session(&target, Some(document), parameters).await.unwrap();
+            let connection = sessions.connect(&started).await.unwrap();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let local = listener.local_addr().unwrap();
+            let forwarding = tokio::spawn(ssm_session::client::run_port_forwarding(connection, listener, |_| {}));
+            let mut clients = Vec::new();
+            for i in 0..8u8 {
+                clients.push(tokio::spawn(async move {
+                    let mut socket = tokio::net::TcpStream::connect(local).await.unwrap();
+                    let message: Vec<u8> = (0..100_000u32).map(|n| (n as u8).wrapping_mul(i + 1)).collect();
+                    let (mut read, mut write) = socket.split();
+                    let send = async { write.write_all(&message).await.unwrap() };
+                    let mut echoed = vec![0; message.len()];
+                    let receive = async { read.read_exact(&mut echoed).await.unwrap() };
+                    tokio::join!(send, receive);
+                    assert_eq!(echoed, message, "{document}: connection {i} corrupted");
+                }));
+            }
+            for client in clients {
+                client.await.unwrap();
+            }
+            sessions.terminate_session(&started.session_id).await.unwrap();
+            let summary = tokio::time::timeout(Duration::from_secs(5), forwarding).await.unwrap().unwrap().unwrap();
+            assert!(matches!(summary.ending, Ending::ChannelClosed { .. }), "{document}: {}", summary.ending);
+        }
+
+        // The metadata address is refused by the agent.
+        let parameters = BTreeMap::from([
+            ("portNumber".to_owned(), vec!["80".to_owned()]),
+            ("host".to_owned(), vec!["169.254.169.254".to_owned()]),
+        ]);
+        let started = sessions
+            .start_session(&target, Some("AWS-StartPortForwardingSessionToRemoteHost"), parameters)
+            .await
+            .unwrap();
+        let mut connection = sessions.connect(&started).await.unwrap();
+        let mut said = Vec::new();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), connection.recv()).await.unwrap() {
+                Some(Incoming::Data(bytes)) => said.extend_from_slice(&bytes),
+                Some(Incoming::Ended(_)) | None => break,
+                Some(_) => {}
+            }
+        }
+        assert!(text(&said).contains("link-local or metadata"), "{}", text(&said));
+    });
+    let streams = system.audit().into_iter().filter(|record| record["event"] == "stream.close").count();
+    assert!(streams >= 16, "one stream.close record per forwarded connection, got {streams}");
+}
+
+/// A TCP echo service on loopback; its port.
+fn echo_server() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut reader = stream.try_clone().unwrap();
+                let mut writer = stream;
+                let _ = std::io::copy(&mut reader, &mut writer);
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn refusals_are_typed_and_audited() {
+    let system = System::start_with("refusals", |config| config.token_lifetime_secs = 1);
+    let target = system.field("agent_id").to_owned();
+    runtime().block_on(async {
+        // Wrong secret: signature refused.
+        let forged = SessionClient::new(system.api(system.field("access_key_id"), "not-the-secret"));
+        let error = forged.start_session(&target, None, BTreeMap::new()).await.unwrap_err();
+        assert!(matches!(error.code(), Some("SignatureDoesNotMatch" | "InvalidSignatureException")), "{error}");
+        // Unknown key.
+        let stranger = SessionClient::new(system.api("AKIAUNKNOWN", "x"));
+        let error = stranger.start_session(&target, None, BTreeMap::new()).await.unwrap_err();
+        assert_eq!(error.code(), Some("UnrecognizedClientException"), "{error}");
+        // Restricted principal: denied, and told why.
+        let restricted = SessionClient::new(
+            system.api(system.field("restricted_access_key_id"), system.field("restricted_secret_access_key")),
+        );
+        let error = restricted.start_session(&target, None, BTreeMap::new()).await.unwrap_err();
+        assert_eq!(error.code(), Some("AccessDeniedException"), "{error}");
+        assert!(error.to_string().contains("ssm:StartSession"), "{error}");
+        // Offline target.
+        let admin = system.admin();
+        let error = admin.start_session("mi-00000000000000000", None, BTreeMap::new()).await.unwrap_err();
+        assert!(matches!(error.code(), Some("TargetNotConnected" | "AccessDeniedException")), "{error}");
+        // Unknown document and bad parameters.
+        let error = admin.start_session(&target, Some("No-Such-Document"), BTreeMap::new()).await.unwrap_err();
+        assert_eq!(error.code(), Some("InvalidDocument"), "{error}");
+        let bad = BTreeMap::from([("portNumber".to_owned(), vec!["99999".to_owned()])]);
+        let error = admin.start_session(&target, Some("AWS-StartPortForwardingSession"), bad).await.unwrap_err();
+        assert_eq!(error.code(), Some("InvalidParameters"), "{error}");
+
+        // A token is single-use: replaying it is refused.
+        let started = admin.start_session(&target, None, BTreeMap::new()).await.unwrap();
+        let first = admin.connect(&started).await.unwrap();
+        let replay = admin.connect(&started).await;
+        assert!(replay.is_err(), "a replayed token opened a data channel");
+        drop(first);
+        // A token not used within its lifetime (1 s here) is refused.
+        let started = admin.start_session(&target, None, BTreeMap::new()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(admin.connect(&started).await.is_err(), "an expired token opened a data channel");
+    });
+    let denied: Vec<Value> = system
+        .audit()
+        .into_iter()
+        .filter(|record| record["event"] == "api.call" && record["decision"] == "deny")
+        .collect();
+    assert!(denied.len() >= 6, "every refused call is audited: {denied:?}");
+}
+
+#[test]
+fn policy_change_revokes_live_sessions_within_a_second() {
+    let system = System::start_with("revoke", |_| {});
+    let target = system.field("agent_id").to_owned();
+    let sessions = system.admin();
+    runtime().block_on(async {
+        let started = sessions.start_session(&target, None, BTreeMap::new()).await.unwrap();
+        let mut connection = sessions.connect(&started).await.unwrap();
+        connection.write_all(b"echo alive\n").await.unwrap();
+        let mut config = GatewayConfig::load(&system.config_path).unwrap();
+        config.principals[0].policies.clear();
+        let edited = Instant::now();
+        config.save(&system.config_path).unwrap();
+        let ending = loop {
+            match tokio::time::timeout(Duration::from_secs(5), connection.recv()).await.unwrap() {
+                Some(Incoming::Ended(ending)) => break ending,
+                Some(_) => {}
+                None => panic!("no ending"),
+            }
+        };
+        let took = edited.elapsed();
+        assert!(matches!(&ending, Ending::ChannelClosed { output } if output.contains("revoked")), "{ending}");
+        assert!(took <= Duration::from_secs(1), "revocation took {took:?}");
+        // New sessions are refused too.
+        let error = sessions.start_session(&target, None, BTreeMap::new()).await.unwrap_err();
+        assert_eq!(error.code(), Some("AccessDeniedException"));
+    });
+    let revoked = system
+        .audit()
+        .into_iter()
+        .any(|record| record["event"] == "session.end" && record["end_reason"] == "revoked");
+    assert!(revoked, "the revocation is in the audit log");
+}
+
+#[test]
+fn hostile_client_does_not_disturb_other_sessions() {
+    let system = System::start_with("hostile", |_| {});
+    let target = system.field("agent_id").to_owned();
+    let sessions = system.admin();
+    let endpoint = system.field("endpoint").to_owned();
+    runtime().block_on(async {
+        let started = sessions.start_session(&target, None, BTreeMap::new()).await.unwrap();
+        let mut connection = sessions.connect(&started).await.unwrap();
+        // Garbage at the HTTP layer and on websockets, including the live session's path.
+        let authority = endpoint.trim_start_matches("http://").to_owned();
+        for garbage in [
+            b"\x00\x01\x02garbage\r\n\r\n".to_vec(),
+            b"POST / HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n".to_vec(),
+            format!("GET /v1/data-channel/{} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n", started.session_id).into_bytes().into_iter().chain(*b"\x82\x05hello").collect(),
+            vec![b'A'; 100_000],
+        ] {
+            let mut socket = tokio::net::TcpStream::connect(&authority).await.unwrap();
+            let _ = socket.write_all(&garbage).await;
+            let mut sink = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(2), socket.read_to_end(&mut sink)).await;
+        }
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!(
+            "ws://{authority}/v1/data-channel/{}?role=publish_subscribe",
+            started.session_id
+        ))
+        .await
+        .unwrap();
+        use futures_util::SinkExt;
+        let _ = ws.send(tokio_tungstenite::tungstenite::Message::text(r#"{"TokenValue":"forged","ClientId":"x"}"#)).await;
+        let _ = ws.send(tokio_tungstenite::tungstenite::Message::binary(vec![0u8; 500])).await;
+        drop(ws);
+        // The real session still works.
+        connection.write_all(b"echo still-$((20+1))\n").await.unwrap();
+        let mut seen = Vec::new();
+        while !text(&seen).contains("still-21") {
+            match tokio::time::timeout(Duration::from_secs(10), connection.recv()).await.unwrap() {
+                Some(Incoming::Data(bytes)) => seen.extend_from_slice(&bytes),
+                other => panic!("the session was disturbed: {other:?}"),
+            }
+        }
+        connection.write_all(b"exit 0\n").await.unwrap();
+    });
+}
+
+#[test]
+fn audit_chain_detects_an_edited_record() {
+    let system = System::start_with("audit", |_| {});
+    let output = system.client(&[], "exit 0\n");
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let path = system.state.join("audit.jsonl");
+    let log = std::fs::read_to_string(&path).unwrap();
+    let summary = ssm_session::audit::verify(log.as_bytes()).unwrap();
+    assert!(summary.to_string().contains("session"), "{summary}");
+    let edited = log.replacen("\"decision\":\"allow\"", "\"decision\":\"deny\"", 1);
+    assert_ne!(edited, log);
+    assert!(ssm_session::audit::verify(edited.as_bytes()).is_err(), "an edited record went unnoticed");
+}
+
+#[test]
+fn aws_cli_start_session_is_accepted() {
+    let Ok(version) = Command::new("aws").arg("--version").output() else {
+        eprintln!("aws CLI not installed: skipped (issue 6 installs it in CI)");
+        return;
+    };
+    assert!(version.status.success());
+    let system = System::start_with("awscli", |_| {});
+    // Without a session-manager-plugin on PATH the CLI calls StartSession, then
+    // TerminateSession, both signed by botocore: the gateway must accept both.
+    let output = Command::new("aws")
+        .args(["ssm", "start-session", "--target", system.field("agent_id")])
+        .args(["--endpoint-url", system.field("endpoint"), "--region", "us-east-1"])
+        .env("AWS_ACCESS_KEY_ID", system.field("access_key_id"))
+        .env("AWS_SECRET_ACCESS_KEY", system.field("secret_access_key"))
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    eprintln!("aws: {}", text(&output.stderr));
+    let calls: Vec<Value> = system
+        .audit()
+        .into_iter()
+        .filter(|record| record["event"] == "api.call")
+        .collect();
+    for action in ["ssm:StartSession", "ssm:TerminateSession"] {
+        assert!(
+            calls.iter().any(|call| call["action"] == action && call["decision"] == "allow"),
+            "the CLI's signed {action} was not accepted: {calls:?}"
+        );
+    }
+}
