@@ -108,7 +108,12 @@ impl World {
         let _ = std::fs::remove_dir_all(&state);
         let dev = gateway::prepare_dev(&state, "127.0.0.1:0".parse().unwrap(), false).unwrap();
         let gateway = Gateway::start(dev.config.clone(), None).await.unwrap();
-        let settings = AgentSettings::new(gateway.endpoint(), &dev.setup.agent_id, &dev.setup.agent_secret).unwrap();
+        let settings = AgentSettings::new(
+            gateway.endpoint(),
+            &dev.setup.agent_id,
+            &dev.setup.agent_secret,
+        )
+        .unwrap();
         tokio::spawn(agent::run(settings));
         let api = ApiClient::new(
             gateway.endpoint(),
@@ -120,7 +125,11 @@ impl World {
         let target = dev.setup.agent_id.clone();
         wait_online(&api, &target).await;
         let sessions = SessionClient::new(api);
-        World { _gateway: gateway, sessions, target }
+        World {
+            _gateway: gateway,
+            sessions,
+            target,
+        }
     }
 
     /// A port-forwarding session to `port`; the local address to connect to and its id.
@@ -128,7 +137,11 @@ impl World {
         let parameters = BTreeMap::from([("portNumber".to_owned(), vec![port.to_string()])]);
         let started = self
             .sessions
-            .start_session(&self.target, Some("AWS-StartPortForwardingSession"), parameters)
+            .start_session(
+                &self.target,
+                Some("AWS-StartPortForwardingSession"),
+                parameters,
+            )
             .await
             .unwrap();
         let connection = self.sessions.connect(&started).await.unwrap();
@@ -139,12 +152,21 @@ impl World {
     }
 
     async fn shell(&self) -> Connection {
-        let started = self.sessions.start_session(&self.target, None, BTreeMap::new()).await.unwrap();
+        let started = self
+            .sessions
+            .start_session(&self.target, None, BTreeMap::new())
+            .await
+            .unwrap();
         let mut connection = self.sessions.connect(&started).await.unwrap();
         // Raw, silent terminal so that one byte in is one byte echoed by `cat`.
-        connection.write_all(b"stty raw -echo; cat\n").await.unwrap();
+        connection
+            .write_all(b"stty raw -echo; cat\n")
+            .await
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(500)).await;
-        while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(200), connection.recv()).await {}
+        while let Ok(Some(_)) =
+            tokio::time::timeout(Duration::from_millis(200), connection.recv()).await
+        {}
         connection
     }
 }
@@ -152,12 +174,19 @@ impl World {
 async fn wait_online(api: &ApiClient, target: &str) {
     for _ in 0..200 {
         let answer = api
-            .call("ssm", "AmazonSSM.DescribeInstanceInformation", &serde_json::json!({}))
+            .call(
+                "ssm",
+                "AmazonSSM.DescribeInstanceInformation",
+                &serde_json::json!({}),
+            )
             .await
             .unwrap();
-        let online = answer["InstanceInformationList"].as_array().is_some_and(|list| {
-            list.iter().any(|i| i["InstanceId"] == target && i["PingStatus"] == "Online")
-        });
+        let online = answer["InstanceInformationList"]
+            .as_array()
+            .is_some_and(|list| {
+                list.iter()
+                    .any(|i| i["InstanceId"] == target && i["PingStatus"] == "Online")
+            });
         if online {
             return;
         }
@@ -214,7 +243,11 @@ async fn push(addr: std::net::SocketAddr) -> Duration {
 
 /// The child process: a dev gateway printing its JSON line.
 fn gateway_child() {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async {
         let state = std::env::temp_dir().join(format!("ssm-bench-gw-{}", std::process::id()));
         let dev = gateway::prepare_dev(&state, "127.0.0.1:0".parse().unwrap(), false).unwrap();
@@ -244,15 +277,22 @@ async fn idle_sessions_memory(count: usize) {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     let dev: serde_json::Value = serde_json::from_str(&line).unwrap();
     let field = |name: &str| dev[name].as_str().unwrap().to_owned();
-    let settings = AgentSettings::new(&field("endpoint"), &field("agent_id"), &field("agent_secret")).unwrap();
+    let settings = AgentSettings::new(
+        &field("endpoint"),
+        &field("agent_id"),
+        &field("agent_secret"),
+    )
+    .unwrap();
     let agent_task = tokio::spawn(agent::run(settings));
     let api = ApiClient::new(
         &field("endpoint"),
         "us-east-1",
-        Credentials::new(&field("access_key_id"), &field("secret_access_key"), None),
+        Credentials::new(field("access_key_id"), field("secret_access_key"), None),
         TlsConfig::default(),
     )
     .unwrap();

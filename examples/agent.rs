@@ -38,7 +38,8 @@ struct Args {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    let mut settings = match AgentSettings::new(&args.endpoint, &args.agent_id, &args.agent_secret) {
+    let mut settings = match AgentSettings::new(&args.endpoint, &args.agent_id, &args.agent_secret)
+    {
         Ok(settings) => settings,
         Err(error) => {
             eprintln!("agent: {error}");

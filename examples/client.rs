@@ -79,22 +79,32 @@ fn hint(error: &ApiCallError) -> String {
         Some("AccessDeniedException") => {
             "\nAsk an administrator for a policy that allows this action on this target and document."
         }
-        Some("TargetNotConnected") => "\nStart the agent on that host, or check its connection to the gateway.",
-        Some("InvalidSignatureException" | "SignatureDoesNotMatch" | "IncompleteSignatureException") => {
-            "\nCheck the secret access key and the clock of this machine."
+        Some("TargetNotConnected") => {
+            "\nStart the agent on that host, or check its connection to the gateway."
         }
-        Some("UnrecognizedClientException") => "\nCheck AWS_ACCESS_KEY_ID: the gateway does not know it.",
-        Some("InvalidDocument" | "InvalidParameters") => "\nCheck --document-name and --parameters.",
+        Some(
+            "InvalidSignatureException" | "SignatureDoesNotMatch" | "IncompleteSignatureException",
+        ) => "\nCheck the secret access key and the clock of this machine.",
+        Some("UnrecognizedClientException") => {
+            "\nCheck AWS_ACCESS_KEY_ID: the gateway does not know it."
+        }
+        Some("InvalidDocument" | "InvalidParameters") => {
+            "\nCheck --document-name and --parameters."
+        }
         _ => "",
     };
     format!("{error}{advice}")
 }
 
 fn parameters(text: Option<&str>) -> Result<BTreeMap<String, Vec<String>>, String> {
-    let Some(text) = text else { return Ok(BTreeMap::new()) };
+    let Some(text) = text else {
+        return Ok(BTreeMap::new());
+    };
     let value: serde_json::Value =
         serde_json::from_str(text).map_err(|error| format!("--parameters is not JSON: {error}"))?;
-    let object = value.as_object().ok_or("--parameters must be a JSON object")?;
+    let object = value
+        .as_object()
+        .ok_or("--parameters must be a JSON object")?;
     object
         .iter()
         .map(|(name, value)| {
@@ -102,7 +112,11 @@ fn parameters(text: Option<&str>) -> Result<BTreeMap<String, Vec<String>>, Strin
                 serde_json::Value::String(one) => vec![one.clone()],
                 serde_json::Value::Array(many) => many
                     .iter()
-                    .map(|item| item.as_str().map(str::to_owned).ok_or(format!("parameter {name}: values must be strings")))
+                    .map(|item| {
+                        item.as_str()
+                            .map(str::to_owned)
+                            .ok_or(format!("parameter {name}: values must be strings"))
+                    })
                     .collect::<Result<_, _>>()?,
                 _ => return Err(format!("parameter {name}: a string or a list of strings")),
             };
@@ -116,12 +130,21 @@ async fn start_session(args: StartArgs) -> Result<i32, Box<dyn std::error::Error
         Some(path) => TlsConfig::with_root_pem(&std::fs::read(path)?)?,
         None => TlsConfig::default(),
     };
-    let credentials = Credentials::new(&args.access_key_id, &args.secret_access_key, args.session_token.as_deref());
+    let credentials = Credentials::new(
+        &args.access_key_id,
+        &args.secret_access_key,
+        args.session_token.as_deref(),
+    );
     let api = ApiClient::new(&args.endpoint_url, &args.region, credentials, tls)?;
     let sessions = SessionClient::new(api);
     let parameters = parameters(args.parameters.as_deref())?;
-    let local_port: u16 = match parameters.get("localPortNumber").and_then(|values| values.first()) {
-        Some(port) => port.parse().map_err(|_| "localPortNumber must be a port number")?,
+    let local_port: u16 = match parameters
+        .get("localPortNumber")
+        .and_then(|values| values.first())
+    {
+        Some(port) => port
+            .parse()
+            .map_err(|_| "localPortNumber must be a port number")?,
         None => 0,
     };
     let started = sessions

@@ -56,8 +56,12 @@ async fn run() -> Result<()> {
     println!("endpoint {}  state {}", gateway.endpoint(), state.display());
 
     step("agent dials out (it listens on no port)");
-    let settings = AgentSettings::new(gateway.endpoint(), &dev.setup.agent_id, &dev.setup.agent_secret)?
-        .tls(tls.clone());
+    let settings = AgentSettings::new(
+        gateway.endpoint(),
+        &dev.setup.agent_id,
+        &dev.setup.agent_secret,
+    )?
+    .tls(tls.clone());
     let agent = tokio::spawn(agent::run(settings));
     let admin = ApiClient::new(
         gateway.endpoint(),
@@ -71,15 +75,36 @@ async fn run() -> Result<()> {
 
     step("encrypted shell session (KMS data key, end to end)");
     let started = sessions
-        .start_session(&dev.setup.agent_id, Some(DEV_ENCRYPTED_SHELL), BTreeMap::new())
+        .start_session(
+            &dev.setup.agent_id,
+            Some(DEV_ENCRYPTED_SHELL),
+            BTreeMap::new(),
+        )
         .await?;
     let connection = sessions.connect(&started).await?;
-    check(connection.info().encrypted, "the shell session is not encrypted")?;
-    println!("session {} encrypted: {}", started.session_id, connection.info().encrypted);
-    let (output, exit_code) = shell(connection, "echo hello from $(uname -s); printf 'sum=%d\\n' $((40+2)); exit 3\n").await?;
+    check(
+        connection.info().encrypted,
+        "the shell session is not encrypted",
+    )?;
+    println!(
+        "session {} encrypted: {}",
+        started.session_id,
+        connection.info().encrypted
+    );
+    let (output, exit_code) = shell(
+        connection,
+        "echo hello from $(uname -s); printf 'sum=%d\\n' $((40+2)); exit 3\n",
+    )
+    .await?;
     print!("{}", String::from_utf8_lossy(&output).replace('\r', ""));
-    check(exit_code == Some(3), format!("expected exit code 3, got {exit_code:?}"))?;
-    check(String::from_utf8_lossy(&output).contains("sum=42"), "the command output is missing")?;
+    check(
+        exit_code == Some(3),
+        format!("expected exit code 3, got {exit_code:?}"),
+    )?;
+    check(
+        String::from_utf8_lossy(&output).contains("sum=42"),
+        "the command output is missing",
+    )?;
     println!("remote exit code reported: 3");
     let recording = gateway.recording_path(&started.session_id);
 
@@ -98,16 +123,26 @@ async fn run() -> Result<()> {
         ),
         tls.clone(),
     )?);
-    match restricted.start_session(&dev.setup.agent_id, None, BTreeMap::new()).await {
-        Ok(started) => return Err(format!("restricted principal got session {}", started.session_id).into()),
+    match restricted
+        .start_session(&dev.setup.agent_id, None, BTreeMap::new())
+        .await
+    {
+        Ok(started) => {
+            return Err(format!("restricted principal got session {}", started.session_id).into());
+        }
         Err(error) => {
-            check(error.code() == Some("AccessDeniedException"), format!("unexpected refusal: {error}"))?;
+            check(
+                error.code() == Some("AccessDeniedException"),
+                format!("unexpected refusal: {error}"),
+            )?;
             println!("refused: {error}");
         }
     }
 
     step("a live session is cut by a policy change");
-    let started = sessions.start_session(&dev.setup.agent_id, None, BTreeMap::new()).await?;
+    let started = sessions
+        .start_session(&dev.setup.agent_id, None, BTreeMap::new())
+        .await?;
     let mut connection = sessions.connect(&started).await?;
     connection.write_all(b"echo still here\n").await?;
     let mut config = dev.config.clone();
@@ -132,17 +167,25 @@ async fn run() -> Result<()> {
         Ending::ChannelClosed { output } => println!("session cut after {cut_after:?}: {output}"),
         other => return Err(format!("expected channel_closed, got {other}").into()),
     }
-    check(cut_after <= Duration::from_secs(1), format!("revocation took {cut_after:?}"))?;
+    check(
+        cut_after <= Duration::from_secs(1),
+        format!("revocation took {cut_after:?}"),
+    )?;
 
     step("audit chain");
     agent.abort();
     gateway.shutdown().await;
     let audit_path = state.join("audit.jsonl");
-    let summary = ssm_session::audit::verify(std::io::BufReader::new(std::fs::File::open(&audit_path)?))?;
+    let summary =
+        ssm_session::audit::verify(std::io::BufReader::new(std::fs::File::open(&audit_path)?))?;
     println!("{} verified:\n{summary}", audit_path.display());
     let cast = std::fs::read_to_string(&recording)?;
     check(cast.lines().count() > 2, "the recording is empty")?;
-    println!("recording of the encrypted shell: {} ({} lines; play with `asciinema play`)", recording.display(), cast.lines().count());
+    println!(
+        "recording of the encrypted shell: {} ({} lines; play with `asciinema play`)",
+        recording.display(),
+        cast.lines().count()
+    );
     Ok(())
 }
 
@@ -150,15 +193,25 @@ async fn wait_online(api: &ApiClient, agent_id: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let answer = api
-            .call("ssm", "AmazonSSM.DescribeInstanceInformation", &serde_json::json!({}))
+            .call(
+                "ssm",
+                "AmazonSSM.DescribeInstanceInformation",
+                &serde_json::json!({}),
+            )
             .await?;
         let online = answer["InstanceInformationList"]
             .as_array()
-            .is_some_and(|list| list.iter().any(|i| i["InstanceId"] == agent_id && i["PingStatus"] == "Online"));
+            .is_some_and(|list| {
+                list.iter()
+                    .any(|i| i["InstanceId"] == agent_id && i["PingStatus"] == "Online")
+            });
         if online {
             return Ok(());
         }
-        check(Instant::now() < deadline, "the agent did not come online within 10 s")?;
+        check(
+            Instant::now() < deadline,
+            "the agent did not come online within 10 s",
+        )?;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -224,7 +277,10 @@ async fn port_forward(sessions: &SessionClient, target: &str) -> Result<f64> {
     let mut digest = [0u8; 32];
     socket.read_exact(&mut digest).await?;
     let seconds = begin.elapsed().as_secs_f64();
-    check(digest[..] == expected.finalize()[..], "the forwarded bytes differ (SHA-256)")?;
+    check(
+        digest[..] == expected.finalize()[..],
+        "the forwarded bytes differ (SHA-256)",
+    )?;
     sessions.terminate_session(&started.session_id).await?;
     let _ = tokio::time::timeout(Duration::from_secs(5), forwarding).await;
     Ok(TRANSFER as f64 / 1e6 / seconds)

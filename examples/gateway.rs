@@ -56,7 +56,11 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 )),
             };
             let dev = gateway::prepare_dev(&dir, args.listen, args.tls)?;
-            (dev.config, dev.config_path.clone(), Some((dev.setup, dev.ca_cert, dev.config_path)))
+            (
+                dev.config,
+                dev.config_path.clone(),
+                Some((dev.setup, dev.ca_cert, dev.config_path)),
+            )
         }
     };
     let gateway = Gateway::start(config, Some(config_path)).await?;

@@ -175,12 +175,19 @@ impl ApiClient {
             unix_seconds(),
         );
         headers.extend(signature);
-        let answer = http::post(&self.endpoint, &self.tls, path, &headers, &body, CALL_TIMEOUT)
-            .await
-            .map_err(|error| ApiCallError::Transport {
-                endpoint: self.url.clone(),
-                error,
-            })?;
+        let answer = http::post(
+            &self.endpoint,
+            &self.tls,
+            path,
+            &headers,
+            &body,
+            CALL_TIMEOUT,
+        )
+        .await
+        .map_err(|error| ApiCallError::Transport {
+            endpoint: self.url.clone(),
+            error,
+        })?;
         let json: Option<Value> = serde_json::from_slice(&answer.body).ok();
         if answer.status != 200 {
             let field = |name: &str| {

@@ -206,9 +206,7 @@ impl ControlMessage {
             ControlMessage::StartSession(start) => {
                 (MessageType::InteractiveShell, json(start).into_bytes())
             }
-            ControlMessage::ChannelClosed(closed) => {
-                (MessageType::ChannelClosed, closed.to_json())
-            }
+            ControlMessage::ChannelClosed(closed) => (MessageType::ChannelClosed, closed.to_json()),
             ControlMessage::SessionReport(report) => {
                 (MessageType::AgentTaskComplete, json(report).into_bytes())
             }

@@ -2,25 +2,33 @@
 //! connections, SPEC §8.4) run by [`crate::smux::Mux`] directly over the session's byte stream,
 //! and the basic mode (one connection at a time, SPEC §8.3).
 //!
-//! One task owns the mux; each TCP connection has a reader task feeding it through one bounded
-//! channel and a writer task fed through its own bounded channel, so a slow destination slows
-//! its sender instead of growing a buffer. smux v1 has no per-stream window: while one
-//! connection's writer is full, the whole session waits for it (as with the reference).
+//! One task owns the mux (or the basic-mode connection) and never waits on a write: the
+//! session's write side runs in its own task, and so does the write side of every TCP
+//! connection. The adapters only acknowledge what the application reads, so a loop that stopped
+//! reading the session while it waited for the session's window would wait forever on an echo.
+//! Memory stays bounded: TCP data is taken only while the session writer keeps up, and session
+//! data only while less than [`MAX_TO_TCP`] bytes wait for TCP connections. smux v1 has no
+//! per-stream window, so one connection that stops reading pauses the whole session once that
+//! limit is reached (as with the reference).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 use crate::net::{Ending, Incoming, ReadHalf, WriteHalf};
 use crate::payload::Flag;
 use crate::smux::{Mux, MuxEvent, StreamId};
 
-/// Chunks queued toward one TCP connection.
-const TCP_QUEUE: usize = 16;
+/// Bytes waiting for TCP connections above which the session is not read.
+pub const MAX_TO_TCP: usize = 8 << 20;
+/// Writes queued for the session's writer task.
+const SESSION_QUEUE: usize = 64;
 /// Read size from TCP connections.
 const READ_SIZE: usize = 32 * 1024;
 
@@ -64,6 +72,57 @@ pub enum ForwardEnd {
 
 type Report = Box<dyn FnMut(StreamEvent) + Send>;
 
+/// What the session writer task sends.
+enum Out {
+    Data(Bytes),
+    Flag(Flag),
+}
+
+/// The session's write side in its own task.
+fn spawn_session_writer(mut writer: WriteHalf) -> mpsc::Sender<Out> {
+    let (tx, mut rx) = mpsc::channel::<Out>(SESSION_QUEUE);
+    tokio::spawn(async move {
+        while let Some(out) = rx.recv().await {
+            let sent = match out {
+                Out::Data(bytes) => writer.write_all(&bytes).await.is_ok(),
+                Out::Flag(flag) => writer.send_flag(flag).await.is_ok(),
+            };
+            if !sent {
+                return;
+            }
+        }
+    });
+    tx
+}
+
+/// Moves queued writes into the session writer as far as it takes them; false once it is gone.
+fn flush(unsent: &mut VecDeque<Out>, out: &mpsc::Sender<Out>) -> bool {
+    while let Some(next) = unsent.pop_front() {
+        match out.try_send(next) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(next)) => {
+                unsent.push_front(next);
+                return true;
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => return false,
+        }
+    }
+    true
+}
+
+/// Bytes handed to TCP writer tasks and not yet written, with a wake-up when they drain.
+#[derive(Clone, Default)]
+struct ToTcp {
+    bytes: Arc<AtomicUsize>,
+    drained: Arc<Notify>,
+}
+
+impl ToTcp {
+    fn full(&self) -> bool {
+        self.bytes.load(Ordering::Relaxed) > MAX_TO_TCP
+    }
+}
+
 enum FromTcp {
     Data(StreamId, Bytes),
     Eof(StreamId, String),
@@ -71,25 +130,66 @@ enum FromTcp {
 }
 
 struct StreamState {
-    to_tcp: Option<mpsc::Sender<Bytes>>,
+    to_tcp: Option<mpsc::UnboundedSender<Bytes>>,
+    /// Data that arrived while the destination was being dialled.
+    early: Vec<Bytes>,
     destination: String,
     opened: Instant,
     bytes_out: u64,
     bytes_in: u64,
 }
 
-/// Runs `mux` over the session until it ends.
+fn session_over(reader: &ReadHalf) -> ForwardEnd {
+    ForwardEnd::Session(reader.ending().cloned().unwrap_or(Ending::Closed))
+}
+
+/// Runs `mux` over the session until it ends; streams still open then are reported closed.
 pub async fn run_mux(
+    reader: ReadHalf,
+    writer: WriteHalf,
+    mux: Mux,
+    streams: Streams,
+    report: impl FnMut(StreamEvent) + Send + 'static,
+) -> ForwardEnd {
+    let mut report: Report = Box::new(report);
+    let mut table: HashMap<StreamId, StreamState> = HashMap::new();
+    let to_tcp = ToTcp::default();
+    let end = mux_loop(
+        reader,
+        writer,
+        mux,
+        streams,
+        &mut report,
+        &mut table,
+        &to_tcp,
+    )
+    .await;
+    let open: Vec<StreamId> = table.keys().copied().collect();
+    for id in open {
+        close_stream(
+            &mut table,
+            id,
+            "the session ended".into(),
+            &mut report,
+            &to_tcp,
+        );
+    }
+    end
+}
+
+async fn mux_loop(
     mut reader: ReadHalf,
-    mut writer: WriteHalf,
+    writer: WriteHalf,
     mut mux: Mux,
     mut streams: Streams,
-    mut report: impl FnMut(StreamEvent) + Send + 'static,
+    report: &mut Report,
+    table: &mut HashMap<StreamId, StreamState>,
+    to_tcp: &ToTcp,
 ) -> ForwardEnd {
+    let out = spawn_session_writer(writer);
+    let mut unsent: VecDeque<Out> = VecDeque::new();
     let (from_tcp_tx, mut from_tcp) = mpsc::channel::<FromTcp>(64);
-    let mut table: HashMap<StreamId, StreamState> = HashMap::new();
     let mut pending: Option<(StreamId, Bytes)> = None;
-    let report: &mut Report = &mut (Box::new(move |event| report(event)) as Report);
     loop {
         let deadline = mux.poll_timeout();
         let accept = async {
@@ -104,8 +204,9 @@ pub async fn run_mux(
                 None => std::future::pending().await,
             }
         };
+        let tcp_full = to_tcp.full();
         tokio::select! {
-            incoming = reader.recv(), if mux.wants_input() => match incoming {
+            incoming = reader.recv(), if mux.wants_input() && !tcp_full => match incoming {
                 Some(Incoming::Data(bytes)) => {
                     if let Err(error) = mux.handle_input(&bytes, Instant::now()) {
                         return ForwardEnd::Mux(error.to_string());
@@ -116,10 +217,17 @@ pub async fn run_mux(
                     eprintln!("\nConnection to destination port failed, check SSM Agent logs.");
                 }
                 Some(Incoming::Ended(ending)) => return ForwardEnd::Session(ending),
-                None => return ForwardEnd::Session(Ending::Closed),
+                None => return session_over(&reader),
                 Some(_) => {}
             },
-            message = from_tcp.recv(), if pending.is_none() => match message {
+            () = to_tcp.drained.notified(), if tcp_full => {}
+            permit = out.reserve(), if !unsent.is_empty() => {
+                if permit.is_err() {
+                    return session_over(&reader);
+                }
+                drop(permit); // room again: the flush below uses it
+            }
+            message = from_tcp.recv(), if pending.is_none() && unsent.is_empty() => match message {
                 Some(FromTcp::Data(id, bytes)) => {
                     if let Some(state) = table.get_mut(&id) {
                         state.bytes_in += bytes.len() as u64;
@@ -128,18 +236,22 @@ pub async fn run_mux(
                 }
                 Some(FromTcp::Eof(id, why)) => {
                     mux.close(id);
-                    close_stream(&mut table, id, why, report);
+                    close_stream(table, id, why, report, to_tcp);
                 }
                 Some(FromTcp::Dialed(id, Ok(tcp))) => {
                     if let Some(state) = table.get_mut(&id) {
-                        state.to_tcp = Some(spawn_tcp(id, tcp, from_tcp_tx.clone()));
+                        let writer = spawn_tcp(id, tcp, from_tcp_tx.clone(), to_tcp.clone());
+                        for bytes in state.early.drain(..) {
+                            let _ = writer.send(bytes); // already counted in `to_tcp`
+                        }
+                        state.to_tcp = Some(writer);
                         report(opened_event(id, state));
                     }
                 }
                 Some(FromTcp::Dialed(id, Err(error))) => {
                     mux.close(id);
-                    let _ = writer.send_flag(Flag::ConnectToPortError).await;
-                    close_stream(&mut table, id, format!("dial failed: {error}"), report);
+                    unsent.push_back(Out::Flag(Flag::ConnectToPortError));
+                    close_stream(table, id, format!("dial failed: {error}"), report, to_tcp);
                 }
                 None => {}
             },
@@ -148,7 +260,7 @@ pub async fn run_mux(
                     match mux.open() {
                         Ok(id) => {
                             let mut state = new_stream(peer.to_string());
-                            state.to_tcp = Some(spawn_tcp(id, tcp, from_tcp_tx.clone()));
+                            state.to_tcp = Some(spawn_tcp(id, tcp, from_tcp_tx.clone(), to_tcp.clone()));
                             report(opened_event(id, &state));
                             table.insert(id, state);
                         }
@@ -159,30 +271,8 @@ pub async fn run_mux(
             () = sleep => mux.handle_timeout(Instant::now()),
         }
 
-        // Hand TCP data to the mux and its frames to the session until all of it is taken;
-        // writing to the session waits for its window, which is the back-pressure.
-        loop {
-            if let Some((id, bytes)) = pending.take() {
-                let taken = mux.write(id, &bytes);
-                if taken < bytes.len() {
-                    pending = Some((id, bytes.slice(taken..)));
-                }
-            }
-            let mut moved = false;
-            while let Some(frames) = mux.poll_transmit() {
-                moved = true;
-                if writer.write_all(&frames).await.is_err() {
-                    return ForwardEnd::Session(reader.ending().cloned().unwrap_or(Ending::Closed));
-                }
-            }
-            if pending.is_none() {
-                break;
-            }
-            if !moved {
-                pending = None; // the stream is gone: nothing will take these bytes
-                break;
-            }
-        }
+        // Deliver what arrived to the TCP connections (their writers queue without limit;
+        // the accounting above stops reading the session instead).
         while let Some(event) = mux.poll_event() {
             match event {
                 MuxEvent::Opened(id) => {
@@ -203,23 +293,46 @@ pub async fn run_mux(
                 MuxEvent::Data(id, bytes) => {
                     if let Some(state) = table.get_mut(&id) {
                         state.bytes_out += bytes.len() as u64;
-                        if let Some(to_tcp) = &state.to_tcp
-                            && to_tcp.send(bytes).await.is_err()
-                        {
-                            state.to_tcp = None;
+                        let len = bytes.len();
+                        let queued = match &state.to_tcp {
+                            Some(to) => to.send(bytes).is_ok(),
+                            None => {
+                                state.early.push(bytes);
+                                true
+                            }
+                        };
+                        if queued {
+                            to_tcp.bytes.fetch_add(len, Ordering::Relaxed);
                         }
                     }
                 }
                 MuxEvent::Closed(id) => {
-                    close_stream(&mut table, id, "closed by the peer".into(), report);
+                    close_stream(table, id, "closed by the peer".into(), report, to_tcp);
                 }
                 MuxEvent::Dead => return ForwardEnd::Mux("smux keep-alive timed out".into()),
             }
         }
-        // Frames produced while handling events (FIN for refused streams).
-        while let Some(frames) = mux.poll_transmit() {
-            if writer.write_all(&frames).await.is_err() {
-                return ForwardEnd::Session(reader.ending().cloned().unwrap_or(Ending::Closed));
+        // Hand TCP data to the mux while the session writer keeps up.
+        loop {
+            while let Some(frames) = mux.poll_transmit() {
+                unsent.push_back(Out::Data(frames));
+            }
+            if !flush(&mut unsent, &out) {
+                return session_over(&reader);
+            }
+            let Some((id, bytes)) = pending.take() else {
+                break;
+            };
+            if !unsent.is_empty() {
+                pending = Some((id, bytes));
+                break;
+            }
+            let taken = mux.write(id, &bytes);
+            if taken == 0 && mux.outgoing_len() == 0 {
+                break; // the stream is gone: nothing will take these bytes
+            }
+            if taken < bytes.len() {
+                pending = Some((id, bytes.slice(taken..)));
             }
         }
     }
@@ -228,6 +341,7 @@ pub async fn run_mux(
 fn new_stream(destination: String) -> StreamState {
     StreamState {
         to_tcp: None,
+        early: Vec::new(),
         destination,
         opened: Instant::now(),
         bytes_out: 0,
@@ -252,8 +366,11 @@ fn close_stream(
     id: StreamId,
     detail: String,
     report: &mut Report,
+    to_tcp: &ToTcp,
 ) {
     if let Some(state) = table.remove(&id) {
+        let early: usize = state.early.iter().map(Bytes::len).sum();
+        to_tcp.bytes.fetch_sub(early, Ordering::Relaxed);
         report(StreamEvent {
             stream_id: u64::from(id),
             destination: state.destination,
@@ -267,18 +384,15 @@ fn close_stream(
 }
 
 /// Starts the reader and writer tasks of one TCP connection; returns the writer's queue.
-fn spawn_tcp(id: StreamId, tcp: TcpStream, from_tcp: mpsc::Sender<FromTcp>) -> mpsc::Sender<Bytes> {
+fn spawn_tcp(
+    id: StreamId,
+    tcp: TcpStream,
+    from_tcp: mpsc::Sender<FromTcp>,
+    to_tcp: ToTcp,
+) -> mpsc::UnboundedSender<Bytes> {
     let _ = tcp.set_nodelay(true);
-    let (mut read, mut write) = tcp.into_split();
-    let (to_tcp, mut queue) = mpsc::channel::<Bytes>(TCP_QUEUE);
-    tokio::spawn(async move {
-        while let Some(bytes) = queue.recv().await {
-            if write.write_all(&bytes).await.is_err() {
-                return;
-            }
-        }
-        let _ = write.shutdown().await;
-    });
+    let (mut read, write) = tcp.into_split();
+    let queue = spawn_tcp_writer(write, to_tcp);
     tokio::spawn(async move {
         let mut buffer = vec![0; READ_SIZE];
         let why = loop {
@@ -295,80 +409,175 @@ fn spawn_tcp(id: StreamId, tcp: TcpStream, from_tcp: mpsc::Sender<FromTcp>) -> m
         };
         let _ = from_tcp.send(FromTcp::Eof(id, why)).await;
     });
-    to_tcp
+    queue
 }
 
-/// Basic mode at the agent: one TCP connection to `destination`, re-dialled when the client
-/// reports a new local connection (`DisconnectToPort` then data); ends when the session does.
-pub async fn run_basic_agent(
+/// A task writing what it is sent to `write`, counting it out of `to_tcp`; shuts the write
+/// side down when the queue is dropped.
+fn spawn_tcp_writer(
+    mut write: tokio::net::tcp::OwnedWriteHalf,
+    to_tcp: ToTcp,
+) -> mpsc::UnboundedSender<Bytes> {
+    let (queue, mut rx) = mpsc::unbounded_channel::<Bytes>();
+    tokio::spawn(async move {
+        let mut failed = false;
+        while let Some(bytes) = rx.recv().await {
+            if !failed && write.write_all(&bytes).await.is_err() {
+                failed = true; // keep draining so the accounting stays right
+            }
+            to_tcp.bytes.fetch_sub(bytes.len(), Ordering::Relaxed);
+            to_tcp.drained.notify_one();
+        }
+        let _ = write.shutdown().await;
+    });
+    queue
+}
+
+/// One basic-mode TCP connection: its read half here, its write half in a task.
+struct Basic {
+    read: tokio::net::tcp::OwnedReadHalf,
+    write: mpsc::UnboundedSender<Bytes>,
+    number: u64,
+    opened: Instant,
+    bytes_out: u64,
+    bytes_in: u64,
+}
+
+/// Basic mode (SPEC §8.3), one TCP connection at a time. The client (`Streams::Accept`)
+/// forwards each local connection in turn and sends `DisconnectToPort` when it closes; the
+/// agent (`Streams::Dial`) dials when data arrives and again after `DisconnectToPort`.
+/// `end_on_tcp_close` ends the session with the connection (standard-stream sessions).
+pub async fn run_basic(
     mut reader: ReadHalf,
-    mut writer: WriteHalf,
-    destination: String,
+    writer: WriteHalf,
+    mut streams: Streams,
     end_on_tcp_close: bool,
     mut report: impl FnMut(StreamEvent) + Send,
 ) -> ForwardEnd {
-    let mut tcp: Option<(tokio::net::tcp::OwnedReadHalf, tokio::net::tcp::OwnedWriteHalf)> = None;
+    let out = spawn_session_writer(writer);
+    let to_tcp = ToTcp::default();
+    let mut tcp: Option<Basic> = None;
+    let mut held: Option<mpsc::OwnedPermit<Out>> = None;
     let mut buffer = vec![0; READ_SIZE];
-    let mut stream = 0u64;
-    let mut counters = (0u64, 0u64, Instant::now());
+    let mut count = 0u64;
+    let closed = |connection: Basic, destination: &str, detail: &str| StreamEvent {
+        stream_id: connection.number,
+        destination: destination.to_owned(),
+        closed: true,
+        bytes_out: connection.bytes_out,
+        bytes_in: connection.bytes_in,
+        duration_ms: connection.opened.elapsed().as_millis() as u64,
+        detail: detail.to_owned(),
+    };
+    let destination = match &streams {
+        Streams::Dial(destination) => destination.clone(),
+        Streams::Accept(listener) => listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
+    };
     loop {
-        let read = async {
-            match tcp.as_mut() {
-                Some((read, _)) => read.read(&mut buffer).await,
-                None => std::future::pending().await,
-            }
-        };
+        let tcp_full = to_tcp.full();
+        let (idle, reading) = (tcp.is_none(), held.is_some());
         tokio::select! {
-            incoming = reader.recv() => match incoming {
+            incoming = reader.recv(), if !tcp_full => match incoming {
                 Some(Incoming::Data(bytes)) => {
-                    if tcp.is_none() {
-                        stream += 1;
-                        match TcpStream::connect(&destination).await {
+                    if tcp.is_none()
+                        && let Streams::Dial(destination) = &streams
+                    {
+                        count += 1;
+                        match TcpStream::connect(destination).await {
                             Ok(connection) => {
-                                let _ = connection.set_nodelay(true);
-                                tcp = Some(connection.into_split());
-                                counters = (0, 0, Instant::now());
-                                report(StreamEvent { stream_id: stream, destination: destination.clone(), closed: false, bytes_out: 0, bytes_in: 0, duration_ms: 0, detail: String::new() });
+                                tcp = Some(basic(connection, count, &to_tcp));
+                                report(StreamEvent { stream_id: count, destination: destination.clone(), closed: false, bytes_out: 0, bytes_in: 0, duration_ms: 0, detail: String::new() });
                             }
                             Err(error) => {
-                                let _ = writer.send_flag(Flag::ConnectToPortError).await;
-                                report(StreamEvent { stream_id: stream, destination: destination.clone(), closed: true, bytes_out: 0, bytes_in: 0, duration_ms: 0, detail: format!("dial failed: {error}") });
+                                let _ = out.send(Out::Flag(Flag::ConnectToPortError)).await;
+                                report(StreamEvent { stream_id: count, destination: destination.clone(), closed: true, bytes_out: 0, bytes_in: 0, duration_ms: 0, detail: format!("dial failed: {error}") });
                                 continue;
                             }
                         }
                     }
-                    if let Some((_, write)) = tcp.as_mut() {
-                        counters.0 += bytes.len() as u64;
-                        if write.write_all(&bytes).await.is_err() {
-                            tcp = None;
+                    // With no local connection (client side) the bytes have nowhere to go.
+                    if let Some(connection) = tcp.as_mut() {
+                        connection.bytes_out += bytes.len() as u64;
+                        let len = bytes.len();
+                        if connection.write.send(bytes).is_ok() {
+                            to_tcp.bytes.fetch_add(len, Ordering::Relaxed);
                         }
                     }
                 }
                 Some(Incoming::Flag(Flag::DisconnectToPort)) => {
-                    if tcp.take().is_some() {
-                        report(StreamEvent { stream_id: stream, destination: destination.clone(), closed: true, bytes_out: counters.0, bytes_in: counters.1, duration_ms: counters.2.elapsed().as_millis() as u64, detail: "client disconnected".into() });
+                    if let Some(connection) = tcp.take() {
+                        report(closed(connection, &destination, "client disconnected"));
+                    }
+                }
+                Some(Incoming::Flag(Flag::ConnectToPortError)) => {
+                    eprintln!("\nConnection to destination port failed, check SSM Agent logs.");
+                    if let Some(connection) = tcp.take() {
+                        report(closed(connection, &destination, "destination unreachable"));
                     }
                 }
                 Some(Incoming::Flag(Flag::TerminateSession)) => return ForwardEnd::Terminated,
                 Some(Incoming::Ended(ending)) => return ForwardEnd::Session(ending),
-                None => return ForwardEnd::Session(Ending::Closed),
+                None => return session_over(&reader),
                 Some(_) => {}
             },
-            read = read => match read {
+            () = to_tcp.drained.notified(), if tcp_full => {}
+            permit = out.clone().reserve_owned(), if !idle && !reading => match permit {
+                Ok(permit) => held = Some(permit),
+                Err(_) => return session_over(&reader),
+            },
+            read = async {
+                match tcp.as_mut() {
+                    Some(connection) => connection.read.read(&mut buffer).await,
+                    None => std::future::pending().await,
+                }
+            }, if reading => match read {
                 Ok(n) if n > 0 => {
-                    counters.1 += n as u64;
-                    if writer.write_all(&buffer[..n]).await.is_err() {
-                        return ForwardEnd::Session(reader.ending().cloned().unwrap_or(Ending::Closed));
+                    if let (Some(connection), Some(permit)) = (tcp.as_mut(), held.take()) {
+                        connection.bytes_in += n as u64;
+                        permit.send(Out::Data(Bytes::copy_from_slice(&buffer[..n])));
                     }
                 }
                 _ => {
-                    tcp = None;
-                    report(StreamEvent { stream_id: stream, destination: destination.clone(), closed: true, bytes_out: counters.0, bytes_in: counters.1, duration_ms: counters.2.elapsed().as_millis() as u64, detail: "closed by the destination".into() });
+                    held = None;
+                    if let Some(connection) = tcp.take() {
+                        report(closed(connection, &destination, "connection closed"));
+                    }
                     if end_on_tcp_close {
                         return ForwardEnd::Terminated;
                     }
+                    if matches!(streams, Streams::Accept(_)) {
+                        let _ = out.send(Out::Flag(Flag::DisconnectToPort)).await;
+                    }
                 }
             },
+            accepted = async {
+                match &mut streams {
+                    Streams::Accept(listener) => listener.accept().await.ok(),
+                    Streams::Dial(_) => std::future::pending().await,
+                }
+            }, if idle => {
+                if let Some((connection, peer)) = accepted {
+                    count += 1;
+                    tcp = Some(basic(connection, count, &to_tcp));
+                    report(StreamEvent { stream_id: count, destination: peer.to_string(), closed: false, bytes_out: 0, bytes_in: 0, duration_ms: 0, detail: String::new() });
+                }
+            }
         }
+    }
+}
+
+fn basic(connection: TcpStream, number: u64, to_tcp: &ToTcp) -> Basic {
+    let _ = connection.set_nodelay(true);
+    let (read, write) = connection.into_split();
+    Basic {
+        read,
+        write: spawn_tcp_writer(write, to_tcp.clone()),
+        number,
+        opened: Instant::now(),
+        bytes_out: 0,
+        bytes_in: 0,
     }
 }

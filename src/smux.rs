@@ -15,6 +15,9 @@
 //!
 //! As in xtaci/smux, only PSH frames are followed by data: the length field of SYN, FIN and NOP
 //! is read but no bytes are consumed for it.
+//!
+//! [`Mux`] is the session on top: the stream table both the client and the agent run directly
+//! over that byte stream.
 
 use std::fmt;
 
@@ -141,10 +144,7 @@ impl Frame {
         let len = u16::try_from(self.data.len()).map_err(|_| SmuxError::DataTooLong {
             len: self.data.len(),
         })?;
-        out.put_u8(VERSION);
-        out.put_u8(self.command.to_wire());
-        out.put_u16_le(len);
-        out.put_u32_le(self.stream_id);
+        put_header(out, self.command, len, self.stream_id);
         out.put_slice(&self.data);
         Ok(())
     }
@@ -166,6 +166,16 @@ impl fmt::Debug for Frame {
             .field("data_len", &self.data.len())
             .finish()
     }
+}
+
+/// Appends a frame header; `len` bytes of data must follow for PSH, none otherwise.
+///
+/// [`Mux`] writes headers this way to encode data straight from the caller's slice.
+fn put_header(out: &mut impl BufMut, command: Command, len: u16, stream_id: u32) {
+    out.put_u8(VERSION);
+    out.put_u8(command.to_wire());
+    out.put_u16_le(len);
+    out.put_u32_le(stream_id);
 }
 
 /// Turns a byte stream, delivered in pieces split anywhere, into frames.

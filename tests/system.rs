@@ -16,13 +16,21 @@ use ssm_session::sigv4::Credentials;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn program(name: &str) -> PathBuf {
-    let deps = std::env::current_exe().unwrap().parent().unwrap().to_path_buf();
+    let deps = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
     let path = deps
         .parent()
         .unwrap()
         .join("examples")
         .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    assert!(path.exists(), "{} not built; run the tests with `cargo test`", path.display());
+    assert!(
+        path.exists(),
+        "{} not built; run the tests with `cargo test`",
+        path.display()
+    );
     path
 }
 
@@ -110,7 +118,9 @@ impl System {
     }
 
     fn field(&self, name: &str) -> &str {
-        self.dev[name].as_str().unwrap_or_else(|| panic!("no {name} in {}", self.dev))
+        self.dev[name]
+            .as_str()
+            .unwrap_or_else(|| panic!("no {name} in {}", self.dev))
     }
 
     fn tls(&self) -> TlsConfig {
@@ -141,12 +151,21 @@ impl System {
             let deadline = Instant::now() + Duration::from_secs(20);
             loop {
                 let answer = api
-                    .call("ssm", "AmazonSSM.DescribeInstanceInformation", &serde_json::json!({}))
+                    .call(
+                        "ssm",
+                        "AmazonSSM.DescribeInstanceInformation",
+                        &serde_json::json!({}),
+                    )
                     .await
                     .unwrap();
-                let online = answer["InstanceInformationList"].as_array().unwrap().iter().any(
-                    |instance| instance["InstanceId"] == agent.as_str() && instance["PingStatus"] == "Online",
-                );
+                let online = answer["InstanceInformationList"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|instance| {
+                        instance["InstanceId"] == agent.as_str()
+                            && instance["PingStatus"] == "Online"
+                    });
                 if online {
                     return;
                 }
@@ -156,12 +175,41 @@ impl System {
         });
     }
 
+    /// `client start-session` with `args`, all three standard streams piped.
+    fn client_process(&self, args: &[&str]) -> Child {
+        let mut command = Command::new(program("client"));
+        command
+            .arg("start-session")
+            .args([
+                "--target",
+                self.field("agent_id"),
+                "--endpoint-url",
+                self.field("endpoint"),
+            ])
+            .args(args)
+            .env("AWS_ACCESS_KEY_ID", self.field("access_key_id"))
+            .env("AWS_SECRET_ACCESS_KEY", self.field("secret_access_key"))
+            .env_remove("AWS_SESSION_TOKEN")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if let Some(ca) = self.dev["ca_cert"].as_str() {
+            command.env("AWS_CA_BUNDLE", ca);
+        }
+        command.spawn().unwrap()
+    }
+
     /// Runs `client start-session` with `args`, `input` on stdin.
     fn client(&self, args: &[&str], input: &str) -> Output {
         let mut command = Command::new(program("client"));
         command
             .arg("start-session")
-            .args(["--target", self.field("agent_id"), "--endpoint-url", self.field("endpoint")])
+            .args([
+                "--target",
+                self.field("agent_id"),
+                "--endpoint-url",
+                self.field("endpoint"),
+            ])
             .args(args)
             .env("AWS_ACCESS_KEY_ID", self.field("access_key_id"))
             .env("AWS_SECRET_ACCESS_KEY", self.field("secret_access_key"))
@@ -173,7 +221,12 @@ impl System {
             command.env("AWS_CA_BUNDLE", ca);
         }
         let mut child = command.spawn().unwrap();
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
         wait_with_timeout(child, Duration::from_secs(30))
     }
 
@@ -196,10 +249,17 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// Spawns `command` and reads the JSON line it prints on stdout.
 fn spawn_with_line(mut command: Command) -> (Running, Value) {
-    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let json: Value = serde_json::from_str(&line).unwrap_or_else(|_| panic!("not a JSON line: {line:?}"));
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let json: Value =
+        serde_json::from_str(&line).unwrap_or_else(|_| panic!("not a JSON line: {line:?}"));
     (Running(child), json)
 }
 
@@ -209,9 +269,23 @@ fn wait_with_timeout(mut child: Child, timeout: Duration) -> Output {
         if let Some(status) = child.try_wait().unwrap() {
             let mut stdout = Vec::new();
             let mut stderr = Vec::new();
-            child.stdout.take().unwrap().read_to_end(&mut stdout).unwrap();
-            child.stderr.take().unwrap().read_to_end(&mut stderr).unwrap();
-            return Output { status, stdout, stderr };
+            child
+                .stdout
+                .take()
+                .unwrap()
+                .read_to_end(&mut stdout)
+                .unwrap();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_end(&mut stderr)
+                .unwrap();
+            return Output {
+                status,
+                stdout,
+                stderr,
+            };
         }
         if Instant::now() > deadline {
             let _ = child.kill();
@@ -222,6 +296,45 @@ fn wait_with_timeout(mut child: Child, timeout: Duration) -> Output {
                 String::from_utf8_lossy(&output.stderr)
             );
         }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Everything `stream` produces, gathered by a thread.
+fn collect(mut stream: impl Read + Send + 'static) -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    std::thread::spawn(move || {
+        let mut buffer = [0; 4096];
+        while let Ok(n) = stream.read(&mut buffer) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().extend_from_slice(&buffer[..n]);
+        }
+    });
+    seen
+}
+
+fn wait_for(seen: &std::sync::Mutex<Vec<u8>>, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !text(&seen.lock().unwrap()).contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "{needle:?} never appeared in {:?}",
+            text(&seen.lock().unwrap())
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "the client did not exit");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -244,7 +357,11 @@ fn dev_line_has_every_field() {
         "agent_secret",
         "ca_cert",
     ] {
-        assert!(system.dev[field].is_string(), "{field} missing from {}", system.dev);
+        assert!(
+            system.dev[field].is_string(),
+            "{field} missing from {}",
+            system.dev
+        );
     }
     assert!(system.field("endpoint").starts_with("https://"));
     assert!(Path::new(system.field("ca_cert")).exists());
@@ -256,28 +373,80 @@ fn every_document_type_through_the_real_programs() {
 
     // The default shell: remote exit code becomes the client's.
     let output = system.client(&[], "echo plain-$((6*7))\nexit 3\n");
-    assert_eq!(output.status.code(), Some(3), "stderr: {}", text(&output.stderr));
-    assert!(text(&output.stdout).contains("plain-42"), "{}", text(&output.stdout));
+    assert_eq!(
+        output.status.code(),
+        Some(3),
+        "stderr: {}",
+        text(&output.stderr)
+    );
+    assert!(
+        text(&output.stdout).contains("plain-42"),
+        "{}",
+        text(&output.stdout)
+    );
     assert!(text(&output.stderr).contains("Starting session with SessionId"));
-    assert!(text(&output.stderr).contains("exit code 3"), "summary line: {}", text(&output.stderr));
+    assert!(
+        text(&output.stderr).contains("exit code 3"),
+        "summary line: {}",
+        text(&output.stderr)
+    );
 
     // The encrypted shell document.
-    let output = system.client(&["--document-name", DEV_ENCRYPTED_SHELL], "echo secret-$((1+1))\nexit 7\n");
-    assert_eq!(output.status.code(), Some(7), "stderr: {}", text(&output.stderr));
+    let output = system.client(
+        &["--document-name", DEV_ENCRYPTED_SHELL],
+        "echo secret-$((1+1))\nexit 7\n",
+    );
+    assert_eq!(
+        output.status.code(),
+        Some(7),
+        "stderr: {}",
+        text(&output.stderr)
+    );
     assert!(text(&output.stdout).contains("secret-2"));
 
-    // Interactive command in a PTY: Ctrl-C goes to the PTY and does not end the session.
+    // Ctrl-C goes to the PTY (interrupting the foreground command), not to the session.
+    let mut child = system.client_process(&[]);
+    let mut stdin = child.stdin.take().unwrap();
+    let output = collect(child.stdout.take().unwrap());
+    stdin.write_all(b"echo ready-$((2+2))\n").unwrap();
+    wait_for(&output, "ready-4");
+    stdin
+        .write_all(b"sleep 20; echo not-interrupted\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    stdin.write_all(b"\x03").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    stdin.write_all(b"echo after-$((1+1))\nexit 6\n").unwrap();
+    let status = wait_exit(&mut child, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(6));
+    let seen = text(&output.lock().unwrap());
+    // The command line is echoed once; its output would be a second occurrence.
+    assert!(
+        seen.contains("after-2") && seen.matches("not-interrupted").count() == 1,
+        "{seen}"
+    );
+
+    // Interactive command in a PTY.
     let output = system.client(
         &[
             "--document-name",
             "AWS-StartInteractiveCommand",
             "--parameters",
-            r#"{"command":["sh -c 'trap \"echo caught\" INT; read line; echo got-$line; exit 4'"]}"#,
+            r#"{"command":["sh -c 'read line; echo got-$line; exit 4'"]}"#,
         ],
-        "\x03hello\n",
+        "hello\n",
     );
-    assert_eq!(output.status.code(), Some(4), "stderr: {}", text(&output.stderr));
-    assert!(text(&output.stdout).contains("got-hello"), "{}", text(&output.stdout));
+    assert_eq!(
+        output.status.code(),
+        Some(4),
+        "stderr: {}",
+        text(&output.stderr)
+    );
+    assert!(
+        text(&output.stdout).contains("got-hello"),
+        "{}",
+        text(&output.stdout)
+    );
 
     // Non-interactive command: separate stdout and stderr, exit code.
     let output = system.client(
@@ -289,7 +458,12 @@ fn every_document_type_through_the_real_programs() {
         ],
         "",
     );
-    assert_eq!(output.status.code(), Some(5), "stderr: {}", text(&output.stderr));
+    assert_eq!(
+        output.status.code(),
+        Some(5),
+        "stderr: {}",
+        text(&output.stderr)
+    );
     assert!(text(&output.stdout).contains("to-out"));
     assert!(!text(&output.stdout).contains("to-err"));
     assert!(text(&output.stderr).contains("to-err"));
@@ -299,7 +473,12 @@ fn every_document_type_through_the_real_programs() {
     let mut command = Command::new(program("client"));
     command
         .arg("start-session")
-        .args(["--target", system.field("agent_id"), "--endpoint-url", system.field("endpoint")])
+        .args([
+            "--target",
+            system.field("agent_id"),
+            "--endpoint-url",
+            system.field("endpoint"),
+        ])
         .args(["--document-name", "AWS-StartSSHSession", "--parameters"])
         .arg(format!(r#"{{"portNumber":["{echo}"]}}"#))
         .env("AWS_ACCESS_KEY_ID", system.field("access_key_id"))
@@ -318,7 +497,10 @@ fn every_document_type_through_the_real_programs() {
     drop(stdin);
     let deadline = Instant::now() + Duration::from_secs(10);
     while child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "stdin EOF did not end the SSH-style session");
+        assert!(
+            Instant::now() < deadline,
+            "stdin EOF did not end the SSH-style session"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -331,7 +513,10 @@ fn port_forwarding_serves_many_connections_and_refuses_metadata() {
     let echo = echo_server();
     runtime().block_on(async {
         for (document, parameters) in [
-            ("AWS-StartPortForwardingSession", BTreeMap::from([("portNumber".to_owned(), vec![echo.to_string()])])),
+            (
+                "AWS-StartPortForwardingSession",
+                BTreeMap::from([("portNumber".to_owned(), vec![echo.to_string()])]),
+            ),
             (
                 "AWS-StartPortForwardingSessionToRemoteHost",
                 BTreeMap::from([
@@ -340,16 +525,25 @@ fn port_forwarding_serves_many_connections_and_refuses_metadata() {
                 ]),
             ),
         ] {
-            let started = sessions.start_session(&target, Some(document), parameters).await.unwrap();
+            let started = sessions
+                .start_session(&target, Some(document), parameters)
+                .await
+                .unwrap();
             let connection = sessions.connect(&started).await.unwrap();
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let local = listener.local_addr().unwrap();
-            let forwarding = tokio::spawn(ssm_session::client::run_port_forwarding(connection, listener, |_| {}));
+            let forwarding = tokio::spawn(ssm_session::client::run_port_forwarding(
+                connection,
+                listener,
+                |_| {},
+            ));
             let mut clients = Vec::new();
             for i in 0..8u8 {
                 clients.push(tokio::spawn(async move {
                     let mut socket = tokio::net::TcpStream::connect(local).await.unwrap();
-                    let message: Vec<u8> = (0..100_000u32).map(|n| (n as u8).wrapping_mul(i + 1)).collect();
+                    let message: Vec<u8> = (0..100_000u32)
+                        .map(|n| (n as u8).wrapping_mul(i + 1))
+                        .collect();
                     let (mut read, mut write) = socket.split();
                     let send = async { write.write_all(&message).await.unwrap() };
                     let mut echoed = vec![0; message.len()];
@@ -361,9 +555,23 @@ fn port_forwarding_serves_many_connections_and_refuses_metadata() {
             for client in clients {
                 client.await.unwrap();
             }
-            sessions.terminate_session(&started.session_id).await.unwrap();
-            let summary = tokio::time::timeout(Duration::from_secs(5), forwarding).await.unwrap().unwrap().unwrap();
-            assert!(matches!(summary.ending, Ending::ChannelClosed { .. }), "{document}: {}", summary.ending);
+            sessions
+                .terminate_session(&started.session_id)
+                .await
+                .unwrap();
+            let summary = tokio::time::timeout(Duration::from_secs(5), forwarding)
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            assert!(
+                matches!(
+                    summary.ending,
+                    Ending::ChannelClosed { .. } | Ending::Closed
+                ),
+                "{document}: {}",
+                summary.ending
+            );
         }
 
         // The metadata address is refused by the agent.
@@ -372,22 +580,48 @@ fn port_forwarding_serves_many_connections_and_refuses_metadata() {
             ("host".to_owned(), vec!["169.254.169.254".to_owned()]),
         ]);
         let started = sessions
-            .start_session(&target, Some("AWS-StartPortForwardingSessionToRemoteHost"), parameters)
+            .start_session(
+                &target,
+                Some("AWS-StartPortForwardingSessionToRemoteHost"),
+                parameters,
+            )
             .await
             .unwrap();
         let mut connection = sessions.connect(&started).await.unwrap();
         let mut said = Vec::new();
         loop {
-            match tokio::time::timeout(Duration::from_secs(10), connection.recv()).await.unwrap() {
+            match tokio::time::timeout(Duration::from_secs(10), connection.recv())
+                .await
+                .unwrap()
+            {
                 Some(Incoming::Data(bytes)) => said.extend_from_slice(&bytes),
                 Some(Incoming::Ended(_)) | None => break,
                 Some(_) => {}
             }
         }
-        assert!(text(&said).contains("link-local or metadata"), "{}", text(&said));
+        assert!(
+            text(&said).contains("link-local or metadata"),
+            "{}",
+            text(&said)
+        );
     });
-    let streams = system.audit().into_iter().filter(|record| record["event"] == "stream.close").count();
-    assert!(streams >= 16, "one stream.close record per forwarded connection, got {streams}");
+    // The agent reports each stream as it closes; the last reports may trail the session.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let streams = system
+            .audit()
+            .into_iter()
+            .filter(|record| record["event"] == "stream.close")
+            .count();
+        if streams >= 16 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "one stream.close record per forwarded connection, got {streams}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// A TCP echo service on loopback; its port.
@@ -412,48 +646,92 @@ fn refusals_are_typed_and_audited() {
     let target = system.field("agent_id").to_owned();
     runtime().block_on(async {
         // Wrong secret: signature refused.
-        let forged = SessionClient::new(system.api(system.field("access_key_id"), "not-the-secret"));
-        let error = forged.start_session(&target, None, BTreeMap::new()).await.unwrap_err();
-        assert!(matches!(error.code(), Some("SignatureDoesNotMatch" | "InvalidSignatureException")), "{error}");
+        let forged =
+            SessionClient::new(system.api(system.field("access_key_id"), "not-the-secret"));
+        let error = forged
+            .start_session(&target, None, BTreeMap::new())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                error.code(),
+                Some("SignatureDoesNotMatch" | "InvalidSignatureException")
+            ),
+            "{error}"
+        );
         // Unknown key.
         let stranger = SessionClient::new(system.api("AKIAUNKNOWN", "x"));
-        let error = stranger.start_session(&target, None, BTreeMap::new()).await.unwrap_err();
+        let error = stranger
+            .start_session(&target, None, BTreeMap::new())
+            .await
+            .unwrap_err();
         assert_eq!(error.code(), Some("UnrecognizedClientException"), "{error}");
         // Restricted principal: denied, and told why.
-        let restricted = SessionClient::new(
-            system.api(system.field("restricted_access_key_id"), system.field("restricted_secret_access_key")),
-        );
-        let error = restricted.start_session(&target, None, BTreeMap::new()).await.unwrap_err();
+        let restricted = SessionClient::new(system.api(
+            system.field("restricted_access_key_id"),
+            system.field("restricted_secret_access_key"),
+        ));
+        let error = restricted
+            .start_session(&target, None, BTreeMap::new())
+            .await
+            .unwrap_err();
         assert_eq!(error.code(), Some("AccessDeniedException"), "{error}");
         assert!(error.to_string().contains("ssm:StartSession"), "{error}");
         // Offline target.
         let admin = system.admin();
-        let error = admin.start_session("mi-00000000000000000", None, BTreeMap::new()).await.unwrap_err();
-        assert!(matches!(error.code(), Some("TargetNotConnected" | "AccessDeniedException")), "{error}");
+        let error = admin
+            .start_session("mi-00000000000000000", None, BTreeMap::new())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                error.code(),
+                Some("TargetNotConnected" | "AccessDeniedException")
+            ),
+            "{error}"
+        );
         // Unknown document and bad parameters.
-        let error = admin.start_session(&target, Some("No-Such-Document"), BTreeMap::new()).await.unwrap_err();
+        let error = admin
+            .start_session(&target, Some("No-Such-Document"), BTreeMap::new())
+            .await
+            .unwrap_err();
         assert_eq!(error.code(), Some("InvalidDocument"), "{error}");
         let bad = BTreeMap::from([("portNumber".to_owned(), vec!["99999".to_owned()])]);
-        let error = admin.start_session(&target, Some("AWS-StartPortForwardingSession"), bad).await.unwrap_err();
+        let error = admin
+            .start_session(&target, Some("AWS-StartPortForwardingSession"), bad)
+            .await
+            .unwrap_err();
         assert_eq!(error.code(), Some("InvalidParameters"), "{error}");
 
         // A token is single-use: replaying it is refused.
-        let started = admin.start_session(&target, None, BTreeMap::new()).await.unwrap();
+        let started = admin
+            .start_session(&target, None, BTreeMap::new())
+            .await
+            .unwrap();
         let first = admin.connect(&started).await.unwrap();
         let replay = admin.connect(&started).await;
         assert!(replay.is_err(), "a replayed token opened a data channel");
         drop(first);
         // A token not used within its lifetime (1 s here) is refused.
-        let started = admin.start_session(&target, None, BTreeMap::new()).await.unwrap();
+        let started = admin
+            .start_session(&target, None, BTreeMap::new())
+            .await
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        assert!(admin.connect(&started).await.is_err(), "an expired token opened a data channel");
+        assert!(
+            admin.connect(&started).await.is_err(),
+            "an expired token opened a data channel"
+        );
     });
     let denied: Vec<Value> = system
         .audit()
         .into_iter()
         .filter(|record| record["event"] == "api.call" && record["decision"] == "deny")
         .collect();
-    assert!(denied.len() >= 6, "every refused call is audited: {denied:?}");
+    assert!(
+        denied.len() >= 6,
+        "every refused call is audited: {denied:?}"
+    );
 }
 
 #[test]
@@ -462,7 +740,10 @@ fn policy_change_revokes_live_sessions_within_a_second() {
     let target = system.field("agent_id").to_owned();
     let sessions = system.admin();
     runtime().block_on(async {
-        let started = sessions.start_session(&target, None, BTreeMap::new()).await.unwrap();
+        let started = sessions
+            .start_session(&target, None, BTreeMap::new())
+            .await
+            .unwrap();
         let mut connection = sessions.connect(&started).await.unwrap();
         connection.write_all(b"echo alive\n").await.unwrap();
         let mut config = GatewayConfig::load(&system.config_path).unwrap();
@@ -470,17 +751,26 @@ fn policy_change_revokes_live_sessions_within_a_second() {
         let edited = Instant::now();
         config.save(&system.config_path).unwrap();
         let ending = loop {
-            match tokio::time::timeout(Duration::from_secs(5), connection.recv()).await.unwrap() {
+            match tokio::time::timeout(Duration::from_secs(5), connection.recv())
+                .await
+                .unwrap()
+            {
                 Some(Incoming::Ended(ending)) => break ending,
                 Some(_) => {}
                 None => panic!("no ending"),
             }
         };
         let took = edited.elapsed();
-        assert!(matches!(&ending, Ending::ChannelClosed { output } if output.contains("revoked")), "{ending}");
+        assert!(
+            matches!(&ending, Ending::ChannelClosed { output } if output.contains("revoked")),
+            "{ending}"
+        );
         assert!(took <= Duration::from_secs(1), "revocation took {took:?}");
         // New sessions are refused too.
-        let error = sessions.start_session(&target, None, BTreeMap::new()).await.unwrap_err();
+        let error = sessions
+            .start_session(&target, None, BTreeMap::new())
+            .await
+            .unwrap_err();
         assert_eq!(error.code(), Some("AccessDeniedException"));
     });
     let revoked = system
@@ -546,7 +836,10 @@ fn audit_chain_detects_an_edited_record() {
     assert!(summary.to_string().contains("session"), "{summary}");
     let edited = log.replacen("\"decision\":\"allow\"", "\"decision\":\"deny\"", 1);
     assert_ne!(edited, log);
-    assert!(ssm_session::audit::verify(edited.as_bytes()).is_err(), "an edited record went unnoticed");
+    assert!(
+        ssm_session::audit::verify(edited.as_bytes()).is_err(),
+        "an edited record went unnoticed"
+    );
 }
 
 #[test]
@@ -561,7 +854,12 @@ fn aws_cli_start_session_is_accepted() {
     // TerminateSession, both signed by botocore: the gateway must accept both.
     let output = Command::new("aws")
         .args(["ssm", "start-session", "--target", system.field("agent_id")])
-        .args(["--endpoint-url", system.field("endpoint"), "--region", "us-east-1"])
+        .args([
+            "--endpoint-url",
+            system.field("endpoint"),
+            "--region",
+            "us-east-1",
+        ])
         .env("AWS_ACCESS_KEY_ID", system.field("access_key_id"))
         .env("AWS_SECRET_ACCESS_KEY", system.field("secret_access_key"))
         .env("AWS_CONFIG_FILE", "/dev/null")
@@ -577,7 +875,9 @@ fn aws_cli_start_session_is_accepted() {
         .collect();
     for action in ["ssm:StartSession", "ssm:TerminateSession"] {
         assert!(
-            calls.iter().any(|call| call["action"] == action && call["decision"] == "allow"),
+            calls
+                .iter()
+                .any(|call| call["action"] == action && call["decision"] == "allow"),
             "the CLI's signed {action} was not accepted: {calls:?}"
         );
     }

@@ -373,12 +373,14 @@ async fn open_data_channel(
         let api = api.clone();
         let id = id.clone();
         Box::pin(async move {
-            create_data_channel(&api, &id).await.map_err(|error| match error.code() {
-                Some("DoesNotExistException" | "AccessDeniedException") => {
-                    TokenError::Final(error.to_string())
-                }
-                _ => TokenError::Retry(error.to_string()),
-            })
+            create_data_channel(&api, &id)
+                .await
+                .map_err(|error| match error.code() {
+                    Some("DoesNotExistException" | "AccessDeniedException") => {
+                        TokenError::Final(error.to_string())
+                    }
+                    _ => TokenError::Retry(error.to_string()),
+                })
         })
     };
     let options = Options::default()

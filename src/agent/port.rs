@@ -19,7 +19,10 @@ pub(crate) fn is_link_local_or_metadata(ip: IpAddr) -> bool {
         IpAddr::V4(v4) => v4.is_link_local(),
         IpAddr::V6(v6) => {
             (v6.segments()[0] & 0xffc0) == 0xfe80
-                || v6 == "fd00:ec2::254".parse::<std::net::Ipv6Addr>().expect("valid literal")
+                || v6
+                    == "fd00:ec2::254"
+                        .parse::<std::net::Ipv6Addr>()
+                        .expect("valid literal")
                 || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_link_local())
         }
     }
@@ -48,7 +51,9 @@ pub(crate) async fn run(
         })
         .await;
         if let Ok(Ok(addresses)) = addresses
-            && addresses.iter().any(|address| is_link_local_or_metadata(address.ip()))
+            && addresses
+                .iter()
+                .any(|address| is_link_local_or_metadata(address.ip()))
         {
             return super::shell::refuse(
                 connection,
@@ -76,17 +81,22 @@ pub(crate) async fn run(
     let (reader, writer) = connection.split();
     let run = async {
         if local && version::agent_uses_mux(&peer_version) {
-            let mut config = MuxConfig::default();
-            config.keep_alive = !version::agent_disables_smux_keepalive(&peer_version);
+            let config = MuxConfig::new(!version::agent_disables_smux_keepalive(&peer_version));
             let mux = Mux::server(config, std::time::Instant::now());
             forward::run_mux(reader, writer, mux, Streams::Dial(destination), report).await
         } else {
-            forward::run_basic_agent(reader, writer, destination, !local, report).await
+            forward::run_basic(reader, writer, Streams::Dial(destination), !local, report).await
         }
     };
+    tokio::pin!(run);
     let end = tokio::select! {
-        end = run => end,
-        () = cancel.cancelled() => ForwardEnd::Session(crate::net::Ending::ChannelClosed { output: String::new() }),
+        end = &mut run => end,
+        // The data channel is being closed too: give it a moment to end the run cleanly,
+        // so that every open stream is reported.
+        () = cancel.cancelled() => match tokio::time::timeout(std::time::Duration::from_secs(1), &mut run).await {
+            Ok(end) => end,
+            Err(_) => ForwardEnd::Session(crate::net::Ending::ChannelClosed { output: String::new() }),
+        },
     };
     match end {
         ForwardEnd::Session(ending) => Outcome::from_ending(&ending),
@@ -105,11 +115,23 @@ mod tests {
 
     #[test]
     fn link_local_and_metadata_addresses_are_recognised() {
-        for refused in ["169.254.169.254", "169.254.1.1", "fe80::1", "fd00:ec2::254", "::ffff:169.254.169.254"] {
-            assert!(is_link_local_or_metadata(refused.parse().unwrap()), "{refused}");
+        for refused in [
+            "169.254.169.254",
+            "169.254.1.1",
+            "fe80::1",
+            "fd00:ec2::254",
+            "::ffff:169.254.169.254",
+        ] {
+            assert!(
+                is_link_local_or_metadata(refused.parse().unwrap()),
+                "{refused}"
+            );
         }
         for allowed in ["127.0.0.1", "10.0.0.1", "::1", "2001:db8::1"] {
-            assert!(!is_link_local_or_metadata(allowed.parse().unwrap()), "{allowed}");
+            assert!(
+                !is_link_local_or_metadata(allowed.parse().unwrap()),
+                "{allowed}"
+            );
         }
     }
 }

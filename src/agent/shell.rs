@@ -240,9 +240,7 @@ pub(crate) fn exit_code(status: &std::process::ExitStatus) -> i32 {
 /// Tells the client why the session cannot run, then ends it.
 pub(crate) async fn refuse(connection: Connection, why: String) -> Outcome {
     let (_, mut writer) = connection.split();
-    let _ = writer
-        .write_all(format!("\r\n{why}\r\n").as_bytes())
-        .await;
+    let _ = writer.write_all(format!("\r\n{why}\r\n").as_bytes()).await;
     let _ = writer.send_exit_code(1).await;
     let _ = writer.close().await;
     Outcome::failed(why)
@@ -254,7 +252,8 @@ mod tests {
 
     #[test]
     fn accounts_are_found_by_exact_name() {
-        let passwd = "root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000::/home/alice:/bin/sh\nbad:line\n";
+        let passwd =
+            "root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000::/home/alice:/bin/sh\nbad:line\n";
         assert_eq!(
             find_account(passwd, "alice"),
             Some(Account {

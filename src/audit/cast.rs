@@ -1,11 +1,23 @@
-//! asciicast v2 lines for terminal recordings (plays in asciinema): a header line, then one
-//! `[time, code, data]` array per event, times in seconds since the start.
+//! asciicast v2 recordings (play with `asciinema play`): a header line, then one
+//! `[time, code, data]` array per event, `time` in seconds since the start.
+//!
+//! The writer returns lines instead of writing them, because the agent ships them to the
+//! gateway in chunks while the session runs; the gateway logs each chunk's
+//! [`chunk_digest`] in the audit chain.
 
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 
-/// Writes asciicast v2 lines; the caller ships or stores them.
+/// The terminal type the agent gives its shells, and what [`CastWriter::new`] records.
+pub const DEFAULT_TERM: &str = "xterm-256color";
+
+/// Turns terminal output and events into asciicast v2 lines.
+///
+/// Output must be valid UTF-8 in the file, but reads split characters anywhere: an
+/// incomplete sequence at the end of one read is held back until the next completes it, and
+/// bytes that can never be UTF-8 become U+FFFD and are counted.
 ///
 /// # Examples
 ///
@@ -13,168 +25,155 @@ use serde_json::{Value, json};
 /// use std::time::Duration;
 /// use ssm_session::audit::cast::CastWriter;
 ///
-/// let (mut cast, header) = CastWriter::new(80, 24, 1_767_225_600, serde_json::json!({"session_id": "s-1"}));
-/// assert!(header.starts_with(r#"{"version":2"#));
-/// // "é" split across two reads is held back, then written whole.
-/// assert_eq!(cast.output(Duration::from_millis(1), b"caf\xc3"), Some(r#"[0.001000,"o","caf"]"#.to_owned()));
-/// assert_eq!(cast.output(Duration::from_millis(2), b"\xa9"), Some(r#"[0.002000,"o","é"]"#.to_owned()));
+/// let identity = serde_json::json!({"session_id": "alice-0abc", "target": "mi-1"});
+/// let (mut cast, header) = CastWriter::new(80, 24, 1_795_879_840, identity);
+/// assert!(header.starts_with(r#"{"version":2,"width":80,"height":24,"#));
+///
+/// // "é" (C3 A9) split across two reads is written whole, with the second read.
+/// let first = cast.output(Duration::from_millis(1), b"caf\xc3");
+/// assert_eq!(first.as_deref(), Some(r#"[0.001000,"o","caf"]"#));
+/// let second = cast.output(Duration::from_micros(2_500_117), b"\xa9");
+/// assert_eq!(second.as_deref(), Some(r#"[2.500117,"o","é"]"#));
+/// assert_eq!(cast.exit(Duration::from_secs(3), 0), r#"[3.000000,"x","0"]"#);
 /// ```
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct CastWriter {
+    /// An incomplete UTF-8 sequence (at most 3 bytes) waiting for the rest.
     pending: Vec<u8>,
     invalid_bytes: u64,
 }
 
 impl CastWriter {
-    /// A recording of a `cols`×`rows` terminal started at `start_unix` (seconds); `identity`
-    /// goes under the header's one namespaced key, `ssm_session`. Returns the header line.
+    /// A recording of a `cols`×`rows` terminal started at `start_unix` (seconds), with
+    /// `TERM` = [`DEFAULT_TERM`]; see [`CastWriter::with_env`]. Returns the header line.
+    #[must_use = "the line belongs in the recording"]
     pub fn new(cols: u32, rows: u32, start_unix: u64, identity: Value) -> (CastWriter, String) {
-        let header = json!({
-            "version": 2,
-            "width": cols,
-            "height": rows,
-            "timestamp": start_unix,
-            "env": {"TERM": "xterm-256color", "SHELL": "/bin/sh"},
-            "ssm_session": identity,
-        });
-        (
-            CastWriter {
-                pending: Vec::new(),
-                invalid_bytes: 0,
-            },
-            header.to_string(),
-        )
+        CastWriter::with_env(cols, rows, start_unix, identity, DEFAULT_TERM, None)
     }
 
-    /// An output event for `bytes`, holding back an incomplete UTF-8 sequence at the end until
-    /// the next call completes it; invalid bytes become U+FFFD (and are counted).
+    /// A recording with the header's `env` holding `TERM` and, if given, `SHELL` (nothing
+    /// else from the environment, which may hold secrets). `identity` (session id,
+    /// principal, target, document, run-as user…) goes under the one namespaced key
+    /// `ssm_session`, which players ignore and future asciicast keys cannot clash with; it
+    /// is left out when `Null`. Returns the header line.
+    #[must_use = "the line belongs in the recording"]
+    pub fn with_env(
+        cols: u32,
+        rows: u32,
+        start_unix: u64,
+        identity: Value,
+        term: &str,
+        shell: Option<&str>,
+    ) -> (CastWriter, String) {
+        let mut env = Map::new();
+        env.insert("TERM".into(), term.into());
+        if let Some(shell) = shell {
+            env.insert("SHELL".into(), shell.into());
+        }
+        // Written by hand to keep `version` first, whatever order serde_json's maps use.
+        let mut header = format!(
+            r#"{{"version":2,"width":{cols},"height":{rows},"timestamp":{start_unix},"env":{}"#,
+            Value::Object(env)
+        );
+        if !identity.is_null() {
+            header.push_str(&format!(r#","ssm_session":{identity}"#));
+        }
+        header.push('}');
+        (CastWriter::default(), header)
+    }
+
+    /// An output event for `bytes` read `elapsed` after the start, or `None` if nothing is
+    /// complete yet.
+    #[must_use = "the line belongs in the recording"]
     pub fn output(&mut self, elapsed: Duration, bytes: &[u8]) -> Option<String> {
         self.pending.extend_from_slice(bytes);
-        let keep = incomplete_tail(&self.pending);
-        let complete: Vec<u8> = self.pending.drain(..self.pending.len() - keep).collect();
-        self.event(elapsed, "o", &complete)
+        let text = self.decode(false);
+        (!text.is_empty()).then(|| event(elapsed, "o", text))
     }
 
-    /// Flushes a held-back partial sequence (as U+FFFD) at the end of a recording.
+    /// Ends the output: a sequence still held back can no longer complete, so it is written
+    /// as U+FFFD (and counted). `None` if nothing was held back.
+    #[must_use = "the line belongs in the recording"]
     pub fn finish(&mut self, elapsed: Duration) -> Option<String> {
-        let rest = std::mem::take(&mut self.pending);
-        self.event(elapsed, "o", &rest)
-    }
-
-    fn event(&mut self, elapsed: Duration, code: &str, bytes: &[u8]) -> Option<String> {
-        if bytes.is_empty() {
-            return None;
-        }
-        let text = String::from_utf8_lossy(bytes);
-        if let std::borrow::Cow::Owned(_) = text {
-            self.invalid_bytes += text.matches('\u{fffd}').count() as u64;
-        }
-        Some(line(elapsed, code, &text))
+        let text = self.decode(true);
+        (!text.is_empty()).then(|| event(elapsed, "o", text))
     }
 
     /// A resize event, data `COLSxROWS`.
+    #[must_use = "the line belongs in the recording"]
     pub fn resize(&self, elapsed: Duration, cols: u32, rows: u32) -> String {
-        line(elapsed, "r", &format!("{cols}x{rows}"))
+        event(elapsed, "r", format!("{cols}x{rows}"))
     }
 
-    /// A marker an auditor should see on the timeline.
+    /// A marker an auditor should see on the timeline: a reconnect, an idle or duration
+    /// warning, a recording gap.
+    #[must_use = "the line belongs in the recording"]
     pub fn marker(&self, elapsed: Duration, label: &str) -> String {
-        line(elapsed, "m", label)
+        event(elapsed, "m", label.to_owned())
     }
 
-    /// The exit status (asciicast v3's `x`, skipped by v2 players).
+    /// The exit status: asciicast v3's `x` event, which v2 players skip.
+    #[must_use = "the line belongs in the recording"]
     pub fn exit(&self, elapsed: Duration, code: i32) -> String {
-        line(elapsed, "x", &code.to_string())
+        event(elapsed, "x", code.to_string())
     }
 
-    /// Replacement characters written for invalid UTF-8 so far.
+    /// Bytes replaced by U+FFFD so far, because they were not UTF-8.
     pub fn invalid_bytes(&self) -> u64 {
         self.invalid_bytes
     }
+
+    /// Takes the text out of `pending`, leaving an incomplete sequence at its end unless
+    /// `at_end`.
+    fn decode(&mut self, at_end: bool) -> String {
+        let mut text = String::with_capacity(self.pending.len());
+        let mut held = 0;
+        let mut chunks = self.pending.utf8_chunks().peekable();
+        while let Some(chunk) = chunks.next() {
+            text.push_str(chunk.valid());
+            let invalid = chunk.invalid();
+            if invalid.is_empty() {
+                continue;
+            }
+            // Only the input's end can hold a sequence that is incomplete rather than wrong.
+            let incomplete = chunks.peek().is_none()
+                && std::str::from_utf8(invalid).is_err_and(|error| error.error_len().is_none());
+            if incomplete && !at_end {
+                held = invalid.len();
+            } else {
+                text.push(char::REPLACEMENT_CHARACTER);
+                self.invalid_bytes += invalid.len() as u64;
+            }
+        }
+        self.pending.drain(..self.pending.len() - held);
+        text
+    }
 }
 
-fn line(elapsed: Duration, code: &str, data: &str) -> String {
+/// `[time,"code",data]`, time in seconds with exactly six decimals.
+fn event(elapsed: Duration, code: &str, data: String) -> String {
     format!(
-        "[{}.{:06},{},{}]",
+        r#"[{}.{:06},"{code}",{}]"#,
         elapsed.as_secs(),
         elapsed.subsec_micros(),
-        Value::from(code),
-        Value::from(data)
+        Value::String(data)
     )
 }
 
-/// How many bytes at the end of `bytes` start a UTF-8 sequence that is not complete yet.
-fn incomplete_tail(bytes: &[u8]) -> usize {
-    for back in 1..=bytes.len().min(3) {
-        let byte = bytes[bytes.len() - back];
-        if byte & 0xC0 == 0x80 {
-            continue; // continuation: look further back for the lead byte
-        }
-        let needed = match byte {
-            0xC2..=0xDF => 2,
-            0xE0..=0xEF => 3,
-            0xF0..=0xF4 => 4,
-            _ => return 0,
-        };
-        return if needed > back { back } else { 0 };
-    }
-    0
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    #[test]
-    fn header_and_events_are_json() {
-        let (mut cast, header) = CastWriter::new(120, 40, 1, json!({"session_id": "s"}));
-        let header: Value = serde_json::from_str(&header).unwrap();
-        assert_eq!((header["version"].as_u64(), header["width"].as_u64()), (Some(2), Some(120)));
-        assert_eq!(header["ssm_session"]["session_id"], "s");
-        let elapsed = Duration::from_micros(2_500_117);
-        for text in [
-            cast.output(elapsed, b"a\"b\x1b[0m").unwrap(),
-            cast.resize(elapsed, 132, 43),
-            cast.marker(elapsed, "idle"),
-            cast.exit(elapsed, 3),
-        ] {
-            let event: Value = serde_json::from_str(&text).unwrap();
-            assert!(text.starts_with("[2.500117,"), "{text}");
-            assert_eq!(event.as_array().unwrap().len(), 3);
-        }
-        assert!(cast.resize(elapsed, 132, 43).ends_with(r#""r","132x43"]"#));
-    }
-
-    #[test]
-    fn invalid_bytes_are_replaced_and_counted() {
-        let (mut cast, _) = CastWriter::new(80, 24, 0, Value::Null);
-        let text = cast.output(Duration::ZERO, b"ok\xff\xfeok").unwrap();
-        assert!(text.contains("ok\u{fffd}\u{fffd}ok"));
-        assert_eq!(cast.invalid_bytes(), 2);
-        assert_eq!(cast.output(Duration::ZERO, b"\xe2\x82"), None, "held back");
-        assert!(cast.finish(Duration::ZERO).unwrap().contains('\u{fffd}'));
-    }
-
-    proptest! {
-        #[test]
-        fn any_split_of_valid_utf8_reassembles_exactly(text in "\\PC{0,40}", cuts in proptest::collection::vec(0usize..200, 0..6)) {
-            let bytes = text.as_bytes();
-            let mut points: Vec<usize> = cuts.into_iter().map(|cut| cut % (bytes.len() + 1)).collect();
-            points.sort();
-            let (mut cast, _) = CastWriter::new(80, 24, 0, Value::Null);
-            let mut out = String::new();
-            let mut start = 0;
-            for point in points.into_iter().chain([bytes.len()]) {
-                if let Some(line) = cast.output(Duration::ZERO, &bytes[start..point]) {
-                    let event: Value = serde_json::from_str(&line).unwrap();
-                    out.push_str(event[2].as_str().unwrap());
-                }
-                start = point;
-            }
-            prop_assert!(cast.finish(Duration::ZERO).is_none());
-            prop_assert_eq!(out, text);
-            prop_assert_eq!(cast.invalid_bytes(), 0);
-        }
-    }
+/// SHA-256 (hex) of a chunk of recording lines, exactly as shipped: what the gateway puts in
+/// the chunk's `recording.chunk` record, so the stored recording can be checked against the
+/// chain.
+///
+/// # Examples
+///
+/// ```
+/// use ssm_session::audit::cast::chunk_digest;
+///
+/// assert_eq!(
+///     chunk_digest(""),
+///     "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+/// );
+/// ```
+pub fn chunk_digest(lines: &str) -> String {
+    hex::encode(Sha256::digest(lines.as_bytes()))
 }

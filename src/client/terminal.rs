@@ -59,7 +59,8 @@ async fn run_io(connection: Connection, end_on_eof: bool) -> io::Result<SessionS
         true => Some(RawMode::enter(io::stdin())?),
         false => None,
     };
-    let mut resized = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())?;
+    let mut resized =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())?;
     let (mut reader, mut writer) = connection.split();
     if let Some((cols, rows)) = window_size() {
         let _ = writer.resize(cols, rows).await;

@@ -54,7 +54,9 @@ impl Registry {
         let Some(sender) = agents.get(agent_id).and_then(|p| p.sender.as_ref()) else {
             return false;
         };
-        sender.try_send(message.encode(random_uuid(), wall_ms())).is_ok()
+        sender
+            .try_send(message.encode(random_uuid(), wall_ms()))
+            .is_ok()
     }
 
     pub(crate) fn presence(&self, agent_id: &str) -> Option<Presence> {
@@ -87,7 +89,9 @@ pub(crate) fn authenticate(
     let auth = inner.auth();
     let refusal = match auth.verify_agent(request, wall_ms() / 1000) {
         Ok(id) if id == agent_id => None,
-        Ok(id) => Some(format!("agent {id} may not open the control channel of {agent_id}")),
+        Ok(id) => Some(format!(
+            "agent {id} may not open the control channel of {agent_id}"
+        )),
         Err(error) => Some(error.to_string()),
     };
     let Some(why) = refusal else { return Ok(()) };

@@ -80,7 +80,11 @@ fn dispatch(inner: &Inner, request: &HttpRequest, call: &mut Call) -> Result<Val
         return create_data_channel(inner, &caller, session_id);
     }
     let target = request.header("x-amz-target").unwrap_or("");
-    call.record.action = Some(target.replace("AmazonSSM.", "ssm:").replace("TrentService.", "kms:"));
+    call.record.action = Some(
+        target
+            .replace("AmazonSSM.", "ssm:")
+            .replace("TrentService.", "kms:"),
+    );
     let body: Value = match request.body.is_empty() {
         true => json!({}),
         false => serde_json::from_slice(&request.body).map_err(|error| {
@@ -445,7 +449,11 @@ fn describe_instances(inner: &Inner, caller: &Caller) -> Result<Value, ApiError>
     Ok(json!({ "InstanceInformationList": list }))
 }
 
-fn create_data_channel(inner: &Inner, caller: &Caller, session_id: &str) -> Result<Value, ApiError> {
+fn create_data_channel(
+    inner: &Inner,
+    caller: &Caller,
+    session_id: &str,
+) -> Result<Value, ApiError> {
     let Caller::Agent(agent_id) = caller else {
         return Err(ApiError::new(
             403,
@@ -497,7 +505,13 @@ fn generate_data_key(
         .encryption_context
         .get(crate::kms::CONTEXT_SESSION_ID)
         .cloned();
-    authorize(inner, name, "kms:GenerateDataKey", &[arn.clone()], call)?;
+    authorize(
+        inner,
+        name,
+        "kms:GenerateDataKey",
+        std::slice::from_ref(&arn),
+        call,
+    )?;
     let length = match (input.number_of_bytes, input.key_spec.as_deref()) {
         (Some(64), _) | (None, None) => 64,
         (None, Some(_)) | (Some(_), _) => {
@@ -513,9 +527,10 @@ fn generate_data_key(
     let mut entropy = crate::entropy::SystemEntropy::new();
     crate::entropy::Entropy::fill(&mut entropy, &mut plaintext);
     crate::entropy::Entropy::fill(&mut entropy, &mut nonce);
-    let key = inner
-        .kms
-        .generate_data_key_with(&key_id, &input.encryption_context, plaintext, nonce);
+    let key =
+        inner
+            .kms
+            .generate_data_key_with(&key_id, &input.encryption_context, plaintext, nonce);
     let b64 = base64::engine::general_purpose::STANDARD;
     Ok(json!({
         "CiphertextBlob": b64.encode(&key.ciphertext_blob),
@@ -534,7 +549,12 @@ struct DecryptInput {
     encryption_context: EncryptionContext,
 }
 
-fn decrypt(inner: &Inner, caller: &Caller, body: Value, call: &mut Call) -> Result<Value, ApiError> {
+fn decrypt(
+    inner: &Inner,
+    caller: &Caller,
+    body: Value,
+    call: &mut Call,
+) -> Result<Value, ApiError> {
     let input: DecryptInput = parse(body)?;
     let key_id = resolve_key(
         inner,
@@ -567,11 +587,19 @@ fn decrypt(inner: &Inner, caller: &Caller, body: Value, call: &mut Call) -> Resu
             }
             call.record.reason = Some("agent of the session".into());
         }
-        Caller::User(name) => authorize(inner, name, "kms:Decrypt", &[arn.clone()], call)?,
+        Caller::User(name) => {
+            authorize(inner, name, "kms:Decrypt", std::slice::from_ref(&arn), call)?
+        }
     }
     let blob = base64::engine::general_purpose::STANDARD
         .decode(input.ciphertext_blob.as_bytes())
-        .map_err(|_| ApiError::new(400, "InvalidCiphertextException", "CiphertextBlob is not base64"))?;
+        .map_err(|_| {
+            ApiError::new(
+                400,
+                "InvalidCiphertextException",
+                "CiphertextBlob is not base64",
+            )
+        })?;
     let plaintext = inner
         .kms
         .decrypt_now(&key_id, &blob, &input.encryption_context)

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::fmt;
 
 use super::config::{ConfigError, GatewayConfig};
-use crate::document::{Document, DocumentStore};
+use crate::document::DocumentStore;
 use crate::net::http::HttpRequest;
 use crate::policy::{self, Policy};
 use crate::sigv4;
@@ -69,9 +69,8 @@ impl Auth {
     pub(crate) fn build(config: &GatewayConfig) -> Result<Auth, ConfigError> {
         let mut policies = HashMap::new();
         for (name, document) in &config.policies {
-            let policy = Policy::from_json(&document.to_string()).map_err(|error| {
-                ConfigError::Invalid(format!("policy {name:?}: {error}"))
-            })?;
+            let policy = Policy::from_json(&document.to_string())
+                .map_err(|error| ConfigError::Invalid(format!("policy {name:?}: {error}")))?;
             policies.insert(name.clone(), policy);
         }
         let users = config
@@ -140,12 +139,8 @@ impl Auth {
 
     /// Verifies a request signed by an agent; its id.
     pub(crate) fn verify_agent(&self, request: &HttpRequest, now: u64) -> Result<String, ApiError> {
-        let verified = sigv4::verify(
-            &signed(request),
-            |key| self.agents.get(key).cloned(),
-            now,
-        )
-        .map_err(|error| ApiError::new(403, error.aws_code(), error.to_string()))?;
+        let verified = sigv4::verify(&signed(request), |key| self.agents.get(key).cloned(), now)
+            .map_err(|error| ApiError::new(403, error.aws_code(), error.to_string()))?;
         Ok(verified.access_key_id)
     }
 
@@ -208,11 +203,6 @@ impl Auth {
     /// The key id behind a key id, alias or ARN.
     pub(crate) fn key_id(&self, name: &str) -> Option<String> {
         self.keys.get(name).cloned()
-    }
-
-    #[allow(dead_code)]
-    fn document(&self, name: &str) -> Option<&Document> {
-        self.documents.get(name)
     }
 }
 

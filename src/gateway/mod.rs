@@ -50,11 +50,11 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role as WsRole;
 
+pub(crate) use config::random_hex;
 pub use config::{
     AgentIdentity, ConfigError, DEV_ENCRYPTED_SHELL, DEV_KEY_ALIAS, DevSetup, GatewayConfig,
     KmsKeyConfig, PrincipalConfig, TlsFiles,
 };
-pub(crate) use config::random_hex;
 
 use crate::audit::{ChainWriter, EventKind, Record};
 use crate::kms::LocalKms;
@@ -327,8 +327,9 @@ fn load_tls(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, GatewayError>
 /// Writes a self-signed certificate for `localhost` and `127.0.0.1` into `dir`
 /// (`gateway-cert.pem`, `gateway-key.pem`) for `--tls` development setups.
 pub fn generate_dev_certificate(dir: &Path) -> Result<TlsFiles, GatewayError> {
-    let certified = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
-        .map_err(|error| GatewayError::Tls(error.to_string()))?;
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+            .map_err(|error| GatewayError::Tls(error.to_string()))?;
     let files = TlsFiles {
         cert: dir.join("gateway-cert.pem"),
         key: dir.join("gateway-key.pem"),
@@ -378,8 +379,11 @@ pub fn prepare_dev(
         }
     });
     let document_path = documents.join(format!("{DEV_ENCRYPTED_SHELL}.json"));
-    std::fs::write(&document_path, serde_json::to_vec_pretty(&encrypted).unwrap_or_default())
-        .map_err(io_error(format!("writing {}", document_path.display())))?;
+    std::fs::write(
+        &document_path,
+        serde_json::to_vec_pretty(&encrypted).unwrap_or_default(),
+    )
+    .map_err(io_error(format!("writing {}", document_path.display())))?;
     let ca_cert = match tls {
         false => None,
         true => {
@@ -400,7 +404,11 @@ pub fn prepare_dev(
 }
 
 async fn watch_config(path: PathBuf, inner: Arc<Inner>) {
-    let modified = |path: &Path| std::fs::metadata(path).and_then(|meta| meta.modified()).ok();
+    let modified = |path: &Path| {
+        std::fs::metadata(path)
+            .and_then(|meta| meta.modified())
+            .ok()
+    };
     let mut last = modified(&path);
     loop {
         tokio::time::sleep(WATCH_INTERVAL).await;
@@ -456,7 +464,10 @@ where
 {
     let mut buffer = BytesMut::with_capacity(4096);
     loop {
-        let read = tokio::time::timeout(REQUEST_TIMEOUT, http::read_request(&mut stream, &mut buffer));
+        let read = tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            http::read_request(&mut stream, &mut buffer),
+        );
         let request = match read.await {
             Ok(Ok(Some(request))) => request,
             Ok(Err(error)) => {

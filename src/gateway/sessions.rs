@@ -113,6 +113,20 @@ impl Sessions {
             .map(|session| (session.owner.clone(), session.target.clone()))
     }
 
+    /// Owner and target of a live or recently ended session (late reports still count).
+    pub(crate) fn owner_and_target_any(&self, id: &str) -> Option<(String, String)> {
+        let table = lock(&self.table);
+        if let Some(session) = table.live.get(id) {
+            return Some((session.owner.clone(), session.target.clone()));
+        }
+        table
+            .history
+            .iter()
+            .rev()
+            .find(|summary| summary.id == id)
+            .map(|summary| (summary.owner.clone(), summary.target.clone()))
+    }
+
     /// Live sessions first, then ended ones, newest first.
     pub(crate) fn describe(&self, active: bool) -> Vec<SessionSummary> {
         let table = lock(&self.table);
@@ -167,19 +181,6 @@ pub(crate) fn end(
         }
         session
     };
-    inner.hub.end(id, output);
-    let closed = ChannelClosed {
-        message_id: String::new(),
-        created_date: wall_ms().to_string(),
-        destination_id: id.to_owned(),
-        session_id: id.to_owned(),
-        message_type: "channel_closed".into(),
-        schema_version: 1,
-        output: output.to_owned(),
-    };
-    inner
-        .agents
-        .send(&session.target, ControlMessage::ChannelClosed(closed));
     let mut record = Record::new(EventKind::SessionEnd);
     record.principal = Some(session.owner.clone());
     record.source = Some(session.source.to_string());
@@ -202,7 +203,21 @@ pub(crate) fn end(
     if !detail.is_empty() {
         record.detail = Some(detail);
     }
+    // Written before either end hears of it, so the log never lags what users saw.
     inner.audit(record);
+    inner.hub.end(id, output);
+    let closed = ChannelClosed {
+        message_id: String::new(),
+        created_date: wall_ms().to_string(),
+        destination_id: id.to_owned(),
+        session_id: id.to_owned(),
+        message_type: "channel_closed".into(),
+        schema_version: 1,
+        output: output.to_owned(),
+    };
+    inner
+        .agents
+        .send(&session.target, ControlMessage::ChannelClosed(closed));
     true
 }
 
@@ -224,7 +239,13 @@ pub(crate) fn agent_report(inner: &Inner, agent_id: &str, report: SessionReport)
         crate::control::EndReason::NetworkLost => EndReason::NetworkLost,
         _ => EndReason::HandshakeFailed,
     };
-    end(inner, &report.task_id, reason, report.exit_code, &report.output);
+    end(
+        inner,
+        &report.task_id,
+        reason,
+        report.exit_code,
+        &report.output,
+    );
 }
 
 /// The agent sent the next piece of a recording: append it and chain its digest.
@@ -273,7 +294,7 @@ pub(crate) fn recording_chunk(inner: &Inner, agent_id: &str, chunk: RecordingChu
 
 /// The agent opened or closed a forwarded TCP stream.
 pub(crate) fn stream_report(inner: &Inner, agent_id: &str, report: StreamReport) {
-    let Some((owner, target)) = inner.sessions.owner_and_target(&report.session_id) else {
+    let Some((owner, target)) = inner.sessions.owner_and_target_any(&report.session_id) else {
         return;
     };
     if target != agent_id {

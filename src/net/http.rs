@@ -399,7 +399,10 @@ mod tests {
         let wire = b"POST /?a=1 HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabcGET";
         let mut stream = &wire[..];
         let mut buffer = BytesMut::new();
-        let request = read_request(&mut stream, &mut buffer).await.unwrap().unwrap();
+        let request = read_request(&mut stream, &mut buffer)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(
             (request.method.as_str(), request.path.as_str()),
             ("POST", "/")
@@ -414,7 +417,10 @@ mod tests {
             read_request(&mut stream, &mut BytesMut::new()).await,
             Err(HttpError::Malformed(_))
         ));
-        let huge = format!("POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", MAX_BODY + 1);
+        let huge = format!(
+            "POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+            MAX_BODY + 1
+        );
         let mut stream = huge.as_bytes();
         assert!(matches!(
             read_request(&mut stream, &mut BytesMut::new()).await,
@@ -422,7 +428,11 @@ mod tests {
         ));
         let endless = vec![b'a'; MAX_HEAD + 10];
         let mut stream = &endless[..];
-        assert!(read_request(&mut stream, &mut BytesMut::new()).await.is_err());
+        assert!(
+            read_request(&mut stream, &mut BytesMut::new())
+                .await
+                .is_err()
+        );
         let mut empty: &[u8] = b"";
         assert!(
             read_request(&mut empty, &mut BytesMut::new())

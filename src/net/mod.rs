@@ -45,9 +45,9 @@
 
 mod dial;
 pub(crate) use dial::websocket_config;
-pub mod http;
 mod driver;
 mod handle;
+pub mod http;
 pub mod relay;
 mod tls;
 

@@ -504,13 +504,15 @@ fn opening_side(state: &State, session_id: &str, text: &[u8]) -> Result<Role, &'
 /// Registers a new connection for `side`, replacing (and dropping) any previous one.
 fn attach(state: &State, session_id: &str, side: Role) -> (Arc<Notify>, u64) {
     let mut sessions = lock(&state.sessions);
-    let slot = sessions.entry(session_id.to_owned()).or_insert_with(|| Slot {
-        sides: Default::default(),
-        stats: lock(&state.stats)
-            .get(session_id)
-            .cloned()
-            .unwrap_or_default(),
-    });
+    let slot = sessions
+        .entry(session_id.to_owned())
+        .or_insert_with(|| Slot {
+            sides: Default::default(),
+            stats: lock(&state.stats)
+                .get(session_id)
+                .cloned()
+                .unwrap_or_default(),
+        });
     let endpoint = &mut slot.sides[index(side)];
     if let Some(previous) = endpoint.connection.take() {
         previous.notify_one();
@@ -594,7 +596,11 @@ fn channel_closed_frame(session_id: &str, output: &str) -> Bytes {
         schema_version: 1,
         output: output.to_owned(),
     };
-    relay_frame(MessageType::ChannelClosed, message_id, payload.to_json().into())
+    relay_frame(
+        MessageType::ChannelClosed,
+        message_id,
+        payload.to_json().into(),
+    )
 }
 
 fn random_uuid() -> uuid::Uuid {

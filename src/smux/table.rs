@@ -1,38 +1,55 @@
 //! A sans-IO smux v1 session: the stream table both ends run directly over the session's byte
 //! stream (the reference bridges smux onto the data channel through a socket pair, SPEC §14.20).
 //!
-//! Drive it like the session itself: feed what arrived ([`Mux::handle_input`]), deadlines
-//! ([`Mux::handle_timeout`]) and application commands ([`Mux::open`], [`Mux::write`],
-//! [`Mux::close`]); after each, drain [`Mux::poll_transmit`] (bytes to send as session data)
-//! and [`Mux::poll_event`]. Memory is bounded: [`Mux::write`] takes only what fits under the
-//! outgoing limit, and [`Mux::wants_input`] turns false while the application has not taken
-//! what arrived (smux v1 has no per-stream window; not reading is the only lever).
+//! Peer behaviour follows xtaci/smux v1.5, the library both Go peers use: a SYN for an id that
+//! is open is ignored, data and FIN for an id that is not open are dropped, and only a bad
+//! version or command byte ends the session.
 
 use std::collections::{HashSet, VecDeque};
+use std::fmt;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
-use super::{Command, Frame, SmuxError, StreamDecoder};
+use super::{Command, Frame, HEADER_SIZE, MAX_DATA_LEN, SmuxError, StreamDecoder, put_header};
 
-/// A stream id (odd, from 3, when the client opens it).
+/// A stream id: odd from 3 in the order the client opens them.
 pub type StreamId = u32;
 
 /// Bounds and keep-alive of a [`Mux`].
-#[derive(Debug, Clone)]
+///
+/// `#[non_exhaustive]`: start from [`MuxConfig::new`] or [`MuxConfig::default`] (xtaci's
+/// defaults, keep-alive on) and set fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct MuxConfig {
-    /// Send NOP every 10 s and declare the peer dead after 30 s of silence. Both ends must
-    /// agree (SPEC §8.4); callers decide from the peer's version (`crate::version`).
+    /// Send a NOP every 10 s and declare the mux dead after 30 s without input. Both ends must
+    /// agree or the one sending NOPs kills the session (SPEC §8.4); decide it from the peer's
+    /// version with [`crate::version::client_disables_smux_keepalive`] or
+    /// [`crate::version::agent_disables_smux_keepalive`].
     pub keep_alive: bool,
-    /// Most data per PSH frame (xtaci default 32 KiB).
+    /// Most data per PSH frame (xtaci's MaxFrameSize, 32 KiB), clamped to 1..=65 535.
     pub max_frame_data: usize,
-    /// Received bytes waiting for the application above which input should pause.
+    /// Received bytes waiting in events above which [`Mux::wants_input`] turns false
+    /// (xtaci's MaxReceiveBuffer, 4 MiB). v1 has no per-stream window, so this one budget is
+    /// shared by all streams.
     pub max_receive_buffer: usize,
-    /// Encoded bytes waiting for the session above which writes are refused.
+    /// Encoded bytes waiting for [`Mux::poll_transmit`] above which [`Mux::write`] takes
+    /// nothing.
     pub max_outgoing: usize,
-    /// Open streams at most; more SYNs are answered with FIN.
+    /// Streams open at once; the client's [`Mux::open`] fails beyond it and the server answers
+    /// further SYNs with FIN.
     pub max_streams: usize,
+}
+
+impl MuxConfig {
+    /// xtaci's defaults with keep-alive on or off: the one setting each end must decide.
+    pub fn new(keep_alive: bool) -> MuxConfig {
+        MuxConfig {
+            keep_alive,
+            ..MuxConfig::default()
+        }
+    }
 }
 
 impl Default for MuxConfig {
@@ -49,42 +66,92 @@ impl Default for MuxConfig {
 
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Frames are coalesced into transmits of at most this many bytes.
+/// Most bytes per [`Mux::poll_transmit`]. Frames may be cut anywhere: the peer reassembles
+/// the byte stream.
 const TRANSMIT: usize = 64 * 1024;
 
-/// What happened on the mux.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
+/// What the peer did, or that the mux died.
+#[derive(Clone, PartialEq, Eq)]
 pub enum MuxEvent {
-    /// The peer opened a stream (server side).
+    /// The peer opened a stream (server side only; the client refuses SYNs with FIN).
     Opened(StreamId),
-    /// Data for a stream.
+    /// Data for an open stream, in order.
     Data(StreamId, Bytes),
-    /// The peer closed a stream (v1 FIN is a full close).
+    /// The peer closed the stream. v1 FIN is a full close: the stream is gone, writes to it
+    /// take nothing, and no FIN needs to be sent back (calling [`Mux::close`] is harmless).
     Closed(StreamId),
-    /// Nothing arrived for the keep-alive timeout: the mux is dead.
+    /// Nothing arrived for 30 s with keep-alive on: the mux is dead, end the session.
     Dead,
+}
+
+impl MuxEvent {
+    fn stream(&self) -> Option<StreamId> {
+        match self {
+            MuxEvent::Opened(id) | MuxEvent::Data(id, _) | MuxEvent::Closed(id) => Some(*id),
+            MuxEvent::Dead => None,
+        }
+    }
+
+    /// What the event counts against [`MuxConfig::max_receive_buffer`]: the size of the frame
+    /// it came from, so that a flood of empty control frames is bounded too.
+    fn cost(&self) -> usize {
+        match self {
+            MuxEvent::Data(_, data) => HEADER_SIZE + data.len(),
+            _ => HEADER_SIZE,
+        }
+    }
+}
+
+impl fmt::Debug for MuxEvent {
+    // Data is forwarded port traffic: show its size, not its bytes (as `Frame` does).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MuxEvent::Opened(id) => f.debug_tuple("Opened").field(id).finish(),
+            MuxEvent::Data(id, data) => write!(f, "Data({id}, {} bytes)", data.len()),
+            MuxEvent::Closed(id) => f.debug_tuple("Closed").field(id).finish(),
+            MuxEvent::Dead => f.write_str("Dead"),
+        }
+    }
 }
 
 /// Why a mux operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum MuxError {
-    /// The peer's bytes are not smux v1; the mux is unusable.
+    /// The peer's bytes are not smux v1 (version or command byte); the mux is dead.
     #[error("smux protocol error: {0}")]
     Protocol(#[from] SmuxError),
-    /// [`MuxConfig::max_streams`] streams are open; close one first.
+    /// [`MuxConfig::max_streams`] streams are open already; close one first.
     #[error("{0} smux streams are open already")]
     TooManyStreams(usize),
-    /// Only the client side opens streams.
+    /// Only the client side opens streams (SPEC §8.4).
     #[error("only the smux client opens streams")]
     NotClient,
-    /// The mux is dead (protocol error or keep-alive timeout).
+    /// All odd 32-bit ids have been used; a new mux session is needed (xtaci's ErrGoAway).
+    #[error("smux stream ids are exhausted")]
+    IdsExhausted,
+    /// The mux died earlier (protocol error or keep-alive timeout).
     #[error("the smux session is over")]
     Dead,
 }
 
-/// One smux v1 session, client or server side.
+/// One smux v1 session, client or server side, without IO or clock.
+///
+/// # Driving it
+///
+/// 1. Feed what happened: [`Mux::handle_input`] with the bytes of each received Output
+///    payload (only while [`Mux::wants_input`] is true), [`Mux::handle_timeout`] once
+///    [`Mux::poll_timeout`] has passed, and application commands ([`Mux::open`],
+///    [`Mux::write`], [`Mux::close`]).
+/// 2. After each call drain [`Mux::poll_transmit`] (send every buffer, in order, as session
+///    data) and [`Mux::poll_event`]; then re-arm the timer from [`Mux::poll_timeout`].
+///
+/// Memory is bounded. Toward the application: events wait in one queue, and once they hold
+/// [`MuxConfig::max_receive_buffer`] bytes [`Mux::wants_input`] turns false — stop reading
+/// the session until the application has polled them (v1 has no per-stream window; not
+/// reading is the only lever, and the keep-alive timeout is suspended meanwhile, as in xtaci).
+/// Toward the peer: [`Mux::write`] takes only what fits under [`MuxConfig::max_outgoing`];
+/// poll the transmit queue and retry the rest.
 ///
 /// # Examples
 ///
@@ -95,29 +162,55 @@ pub enum MuxError {
 /// let now = Instant::now();
 /// let mut client = Mux::client(MuxConfig::default(), now);
 /// let mut server = Mux::server(MuxConfig::default(), now);
+///
 /// let id = client.open()?;
-/// assert_eq!(client.write(id, b"hello"), 5);
+/// assert_eq!(client.write(id, b"ping"), 4);
 /// while let Some(bytes) = client.poll_transmit() {
-///     server.handle_input(&bytes, now)?;
+///     server.handle_input(&bytes, now)?; // in real use: session Output both ways
 /// }
 /// assert_eq!(server.poll_event(), Some(MuxEvent::Opened(id)));
-/// assert_eq!(server.poll_event(), Some(MuxEvent::Data(id, "hello".into())));
+/// assert_eq!(server.poll_event(), Some(MuxEvent::Data(id, "ping".into())));
+///
+/// server.write(id, b"pong");
+/// server.close(id);
+/// while let Some(bytes) = server.poll_transmit() {
+///     client.handle_input(&bytes, now)?;
+/// }
+/// assert_eq!(client.poll_event(), Some(MuxEvent::Data(id, "pong".into())));
+/// assert_eq!(client.poll_event(), Some(MuxEvent::Closed(id)));
+/// assert_eq!((client.stream_count(), server.stream_count()), (0, 0));
 /// # Ok::<(), ssm_session::smux::MuxError>(())
 /// ```
-#[derive(Debug)]
 pub struct Mux {
     config: MuxConfig,
     client: bool,
-    next_id: StreamId,
+    /// The last id the client opened; 1 before the first, so that the first is 3.
+    last_id: StreamId,
     streams: HashSet<StreamId>,
     decoder: StreamDecoder,
-    outgoing: VecDeque<Bytes>,
-    outgoing_bytes: usize,
+    /// Encoded frames not yet handed out by `poll_transmit`.
+    outgoing: BytesMut,
     events: VecDeque<MuxEvent>,
-    event_bytes: usize,
+    /// Sum of the events' [`MuxEvent::cost`].
+    events_cost: usize,
+    /// The event budget ran out since the last keep-alive check: we stopped reading, so the
+    /// silence is ours, not the peer's.
+    stalled: bool,
     last_received: Instant,
     next_ping: Instant,
     dead: bool,
+}
+
+impl fmt::Debug for Mux {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Mux")
+            .field("client", &self.client)
+            .field("streams", &self.streams.len())
+            .field("outgoing", &self.outgoing.len())
+            .field("events", &self.events.len())
+            .field("dead", &self.dead)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Mux {
@@ -135,13 +228,13 @@ impl Mux {
         Mux {
             config,
             client,
-            next_id: 1,
+            last_id: 1,
             streams: HashSet::new(),
             decoder: StreamDecoder::new(),
-            outgoing: VecDeque::new(),
-            outgoing_bytes: 0,
+            outgoing: BytesMut::new(),
             events: VecDeque::new(),
-            event_bytes: 0,
+            events_cost: 0,
+            stalled: false,
             last_received: now,
             next_ping: now + KEEP_ALIVE_INTERVAL,
             dead: false,
@@ -149,57 +242,75 @@ impl Mux {
     }
 
     /// Feeds bytes received from the peer, split anywhere.
+    ///
+    /// A bad version or command byte kills the mux and returns [`MuxError::Protocol`];
+    /// afterwards every call returns [`MuxError::Dead`]. Events decoded before the bad frame
+    /// stay available.
     pub fn handle_input(&mut self, bytes: &[u8], now: Instant) -> Result<(), MuxError> {
         if self.dead {
             return Err(MuxError::Dead);
         }
+        if bytes.is_empty() {
+            return Ok(());
+        }
         self.last_received = now;
         self.decoder.push(bytes);
         loop {
-            let frame = match self.decoder.next_frame() {
-                Ok(Some(frame)) => frame,
+            match self.decoder.next_frame() {
+                Ok(Some(frame)) => self.receive(frame),
                 Ok(None) => return Ok(()),
                 Err(error) => {
-                    self.dead = true;
+                    self.die();
                     return Err(error.into());
                 }
-            };
-            self.receive(frame);
+            }
         }
     }
 
     fn receive(&mut self, frame: Frame) {
         let id = frame.stream_id;
         match frame.command {
+            Command::Nop => {}
             Command::Syn => {
-                // The client never accepts streams; a known id is ignored, as xtaci does.
-                if self.client || self.streams.contains(&id) {
-                    return;
+                if self.streams.contains(&id) {
+                    return; // xtaci ignores a SYN for an open id
                 }
-                if self.streams.len() >= self.config.max_streams {
-                    self.queue(Frame::fin(id));
+                if self.client || self.streams.len() >= self.config.max_streams {
+                    // Refuse, but only while there is room: a SYN flood must not grow the
+                    // queue when nobody drains it. A dropped refusal leaves the peer with a
+                    // stream whose data we discard, as for any unknown id.
+                    if self.outgoing.len() < self.config.max_outgoing {
+                        self.queue_control(Command::Fin, id);
+                    }
                     return;
                 }
                 self.streams.insert(id);
-                self.events.push_back(MuxEvent::Opened(id));
+                self.push_event(MuxEvent::Opened(id));
             }
             Command::Psh => {
-                // Data for a stream that is not open is discarded (xtaci).
-                if self.streams.contains(&id) && !frame.data.is_empty() {
-                    self.event_bytes += frame.data.len();
-                    self.events.push_back(MuxEvent::Data(id, frame.data));
+                // Data for a stream that is not open is dropped, as in xtaci.
+                if !frame.data.is_empty() && self.streams.contains(&id) {
+                    self.push_event(MuxEvent::Data(id, frame.data));
                 }
             }
             Command::Fin => {
+                // The peer has forgotten the stream once it sends FIN, so we do too.
                 if self.streams.remove(&id) {
-                    self.events.push_back(MuxEvent::Closed(id));
+                    self.push_event(MuxEvent::Closed(id));
                 }
             }
-            Command::Nop => {}
         }
     }
 
-    /// Opens a stream (client side).
+    fn push_event(&mut self, event: MuxEvent) {
+        self.events_cost += event.cost();
+        self.events.push_back(event);
+        if !self.wants_input() {
+            self.stalled = true;
+        }
+    }
+
+    /// Opens a stream (client side): queues its SYN and returns its id (3, 5, 7, …).
     pub fn open(&mut self) -> Result<StreamId, MuxError> {
         if self.dead {
             return Err(MuxError::Dead);
@@ -210,105 +321,140 @@ impl Mux {
         if self.streams.len() >= self.config.max_streams {
             return Err(MuxError::TooManyStreams(self.streams.len()));
         }
-        self.next_id = self.next_id.wrapping_add(2);
-        let id = self.next_id;
+        let id = self.last_id.checked_add(2).ok_or(MuxError::IdsExhausted)?;
+        self.last_id = id;
         self.streams.insert(id);
-        self.queue(Frame::syn(id));
+        self.queue_control(Command::Syn, id);
         Ok(id)
     }
 
-    /// Queues `data` on stream `id`; returns how much was taken (0 when the outgoing buffer
-    /// is full or the stream is not open). Send what [`Mux::poll_transmit`] gives, then retry.
+    /// Queues `data` on stream `id` as PSH frames of at most [`MuxConfig::max_frame_data`]
+    /// bytes and returns how many bytes were taken: fewer than `data.len()` when the outgoing
+    /// queue is full (poll [`Mux::poll_transmit`], then write the rest), 0 when the stream is
+    /// not open (see [`Mux::is_open`]).
     pub fn write(&mut self, id: StreamId, data: &[u8]) -> usize {
-        if self.dead || !self.streams.contains(&id) {
+        if !self.is_open(id) {
             return 0;
         }
-        let room = self.config.max_outgoing.saturating_sub(self.outgoing_bytes);
-        let take = data.len().min(room);
-        for chunk in data[..take].chunks(self.config.max_frame_data.clamp(1, super::MAX_DATA_LEN)) {
-            self.queue(Frame::psh(id, Bytes::copy_from_slice(chunk)));
-        }
-        take
-    }
-
-    /// Closes stream `id` (sends FIN); nothing more is delivered for it.
-    pub fn close(&mut self, id: StreamId) {
-        if self.streams.remove(&id) {
-            self.queue(Frame::fin(id));
-        }
-    }
-
-    fn queue(&mut self, frame: Frame) {
-        if let Ok(bytes) = frame.to_bytes() {
-            self.outgoing_bytes += bytes.len();
-            self.outgoing.push_back(bytes);
-        }
-    }
-
-    /// Encoded frames to send, coalesced.
-    pub fn poll_transmit(&mut self) -> Option<Bytes> {
-        let first = self.outgoing.pop_front()?;
-        self.outgoing_bytes -= first.len();
-        if self.outgoing.front().is_none_or(|next| first.len() + next.len() > TRANSMIT) {
-            return Some(first);
-        }
-        let mut batch = BytesMut::from(&first[..]);
-        while let Some(next) = self.outgoing.front() {
-            if batch.len() + next.len() > TRANSMIT {
+        let frame_limit = self.config.max_frame_data.clamp(1, MAX_DATA_LEN);
+        let mut taken = 0;
+        while taken < data.len() {
+            let room = self.config.max_outgoing.saturating_sub(self.outgoing.len());
+            if room <= HEADER_SIZE {
                 break;
             }
-            let next = self.outgoing.pop_front().expect("front exists");
-            self.outgoing_bytes -= next.len();
-            batch.extend_from_slice(&next);
+            let size = (data.len() - taken)
+                .min(frame_limit)
+                .min(room - HEADER_SIZE);
+            // `size` ≤ `frame_limit` ≤ 65 535: the cast is lossless.
+            put_header(&mut self.outgoing, Command::Psh, size as u16, id);
+            self.outgoing.extend_from_slice(&data[taken..taken + size]);
+            taken += size;
         }
-        Some(batch.freeze())
+        taken
     }
 
-    /// The next event for the application.
+    /// Closes stream `id`: queues its FIN (v1 has no half-close) and drops its events not
+    /// yet polled, so nothing more is reported for it. Unknown ids are ignored.
+    ///
+    /// Events are dropped by scanning the queue, which holds at most
+    /// [`MuxConfig::max_receive_buffer`] / 8 events while input is paused as asked.
+    pub fn close(&mut self, id: StreamId) {
+        if self.streams.remove(&id) {
+            self.queue_control(Command::Fin, id);
+        }
+        let cost = &mut self.events_cost;
+        self.events.retain(|event| {
+            let keep = event.stream() != Some(id);
+            if !keep {
+                *cost -= event.cost();
+            }
+            keep
+        });
+    }
+
+    fn queue_control(&mut self, command: Command, id: StreamId) {
+        put_header(&mut self.outgoing, command, 0, id);
+    }
+
+    /// The next bytes to send to the peer (several frames coalesced, ≤ 64 KiB, possibly cut
+    /// mid-frame), `None` when nothing waits.
+    pub fn poll_transmit(&mut self) -> Option<Bytes> {
+        if self.outgoing.is_empty() {
+            return None;
+        }
+        let size = self.outgoing.len().min(TRANSMIT);
+        Some(self.outgoing.split_to(size).freeze())
+    }
+
+    /// The next event for the application. Polling a [`MuxEvent::Data`] counts it as
+    /// consumed: only poll when its bytes can be taken.
     pub fn poll_event(&mut self) -> Option<MuxEvent> {
         let event = self.events.pop_front()?;
-        if let MuxEvent::Data(_, data) = &event {
-            self.event_bytes -= data.len();
-        }
+        self.events_cost -= event.cost();
         Some(event)
     }
 
-    /// Whether to keep feeding input: false while more than
-    /// [`MuxConfig::max_receive_buffer`] bytes wait in events.
+    /// Whether to keep feeding input: false while the events not yet polled hold
+    /// [`MuxConfig::max_receive_buffer`] bytes or more. Stop reading the session until it is
+    /// true again; input fed anyway is still processed.
     pub fn wants_input(&self) -> bool {
-        self.event_bytes < self.config.max_receive_buffer
+        self.events_cost < self.config.max_receive_buffer
     }
 
     /// Encoded bytes waiting for [`Mux::poll_transmit`].
     pub fn outgoing_len(&self) -> usize {
-        self.outgoing_bytes
+        self.outgoing.len()
     }
 
-    /// Open streams.
+    /// Whether stream `id` is open: opened (or accepted) and closed by neither side.
+    pub fn is_open(&self, id: StreamId) -> bool {
+        self.streams.contains(&id)
+    }
+
+    /// Streams open now.
     pub fn stream_count(&self) -> usize {
         self.streams.len()
     }
 
-    /// When [`Mux::handle_timeout`] must be called next (keep-alive only).
+    /// When [`Mux::handle_timeout`] must be called next; `None` without keep-alive or once
+    /// dead.
     pub fn poll_timeout(&self) -> Option<Instant> {
         (self.config.keep_alive && !self.dead)
             .then(|| self.next_ping.min(self.last_received + KEEP_ALIVE_TIMEOUT))
     }
 
-    /// Sends due keep-alives and declares the peer dead after the keep-alive timeout.
+    /// Queues a keep-alive NOP when one is due and declares the mux dead
+    /// ([`MuxEvent::Dead`]) after 30 s without input, unless input was paused for
+    /// back-pressure meanwhile. Does nothing without keep-alive.
     pub fn handle_timeout(&mut self, now: Instant) {
         if !self.config.keep_alive || self.dead {
             return;
         }
         if now >= self.last_received + KEEP_ALIVE_TIMEOUT {
-            self.dead = true;
-            self.events.push_back(MuxEvent::Dead);
-            return;
+            if !self.stalled {
+                self.die();
+                self.push_event(MuxEvent::Dead);
+                return;
+            }
+            // xtaci likewise spares a session whose receive budget is exhausted.
+            self.stalled = !self.wants_input();
+            self.last_received = now;
         }
         if now >= self.next_ping {
-            self.queue(Frame::nop());
+            // Anything already queued proves we are alive just as well once sent.
+            if self.outgoing.is_empty() {
+                self.queue_control(Command::Nop, 0);
+            }
             self.next_ping = now + KEEP_ALIVE_INTERVAL;
         }
+    }
+
+    /// Ends the mux: nothing more is sent or accepted; queued events stay for the application.
+    fn die(&mut self) {
+        self.dead = true;
+        self.streams.clear();
+        self.outgoing.clear();
     }
 }
 
@@ -316,95 +462,22 @@ impl Mux {
 mod tests {
     use super::*;
 
-    fn pump(from: &mut Mux, to: &mut Mux, now: Instant) {
-        while let Some(bytes) = from.poll_transmit() {
-            to.handle_input(&bytes, now).unwrap();
-        }
-    }
-
     #[test]
-    fn streams_open_carry_data_and_close_both_ways() {
+    fn client_ids_run_out_like_xtaci() {
         let now = Instant::now();
         let mut client = Mux::client(MuxConfig::default(), now);
-        let mut server = Mux::server(MuxConfig::default(), now);
-        let a = client.open().unwrap();
-        let b = client.open().unwrap();
-        assert_eq!((a, b), (3, 5), "client ids are odd from 3");
-        let big = vec![9u8; 100_000];
-        assert_eq!(client.write(b, &big), big.len());
-        pump(&mut client, &mut server, now);
-        let mut received = Vec::new();
-        let mut opened = Vec::new();
-        while let Some(event) = server.poll_event() {
-            match event {
-                MuxEvent::Opened(id) => opened.push(id),
-                MuxEvent::Data(id, data) => {
-                    assert_eq!(id, b);
-                    received.extend_from_slice(&data);
-                }
-                other => panic!("unexpected {other:?}"),
-            }
-        }
-        assert_eq!(opened, vec![a, b]);
-        assert_eq!(received, big);
-        server.write(a, b"back");
-        server.close(a);
-        pump(&mut server, &mut client, now);
-        assert_eq!(client.poll_event(), Some(MuxEvent::Data(a, "back".into())));
-        assert_eq!(client.poll_event(), Some(MuxEvent::Closed(a)));
-        assert_eq!(client.write(a, b"late"), 0, "a closed stream takes nothing");
-    }
-
-    #[test]
-    fn keep_alive_pings_and_times_out_only_when_on() {
-        let start = Instant::now();
-        let mut on = Mux::server(MuxConfig::default(), start);
-        on.handle_timeout(start + Duration::from_secs(10));
-        assert!(on.poll_transmit().is_some(), "a NOP after 10 s");
-        on.handle_timeout(start + Duration::from_secs(30));
-        assert_eq!(on.poll_event(), Some(MuxEvent::Dead));
-        let mut config = MuxConfig::default();
-        config.keep_alive = false;
-        let mut off = Mux::server(config, start);
-        assert_eq!(off.poll_timeout(), None);
-        off.handle_timeout(start + Duration::from_secs(300));
-        assert!(off.poll_transmit().is_none() && off.poll_event().is_none());
-    }
-
-    #[test]
-    fn refusals_and_bounds() {
-        let now = Instant::now();
-        let mut config = MuxConfig::default();
-        config.max_streams = 1;
-        config.max_receive_buffer = 10;
-        let mut server = Mux::server(config, now);
-        let mut wire = Vec::new();
-        for id in [3u32, 5] {
-            Frame::syn(id).encode(&mut wire).unwrap();
-        }
-        Frame::psh(3, Bytes::from_static(b"0123456789abc")).encode(&mut wire).unwrap();
-        Frame::psh(99, Bytes::from_static(b"lost")).encode(&mut wire).unwrap();
-        server.handle_input(&wire, now).unwrap();
-        assert!(!server.wants_input(), "13 bytes wait against a 10-byte limit");
-        let fin = server.poll_transmit().unwrap();
-        let mut decoder = StreamDecoder::new();
-        decoder.push(&fin);
-        assert_eq!(decoder.next_frame().unwrap(), Some(Frame::fin(5)), "the extra stream is refused");
-        assert_eq!(server.poll_event(), Some(MuxEvent::Opened(3)));
-        assert!(matches!(server.poll_event(), Some(MuxEvent::Data(3, _))));
-        assert!(server.wants_input());
-        assert_eq!(server.poll_event(), None, "data for an unknown stream is dropped");
-        assert!(server.handle_input(&[2, 0, 0, 0, 0, 0, 0, 0], now).is_err());
-        assert!(matches!(server.handle_input(b"", now), Err(MuxError::Dead)));
-        assert_eq!(server.open(), Err(MuxError::Dead));
-
-        let mut small = MuxConfig::default();
-        small.max_outgoing = 100;
-        let mut client = Mux::client(small, now);
-        let id = client.open().unwrap();
-        let taken = client.write(id, &[1; 1000]);
-        assert!(taken < 100, "writes stop at the outgoing limit");
-        while client.poll_transmit().is_some() {}
-        assert!(client.write(id, &[1; 10]) > 0, "and resume once transmitted");
+        client.last_id = u32::MAX - 2;
+        assert_eq!(
+            client.open(),
+            Ok(u32::MAX),
+            "the last odd id is still usable"
+        );
+        assert_eq!(client.open(), Err(MuxError::IdsExhausted));
+        client.close(u32::MAX);
+        assert_eq!(
+            client.open(),
+            Err(MuxError::IdsExhausted),
+            "ids are never reused"
+        );
     }
 }
