@@ -206,13 +206,13 @@ pub fn session_ops(data: &[u8]) {
 
 /// Feeds `data` to the decoders of the system layer, chosen by its first byte: control-channel
 /// messages, SigV4 verification of an arbitrary request, session documents and agent session
-/// requests, policies, and audit logs. Nothing may panic; what decodes must re-encode.
+/// requests, policies, audit logs, and the smux stream table. Nothing may panic; what decodes must re-encode.
 pub fn gateway_inputs(data: &[u8]) {
     let Some((&which, rest)) = data.split_first() else {
         return;
     };
     let text = String::from_utf8_lossy(rest);
-    match which % 5 {
+    match which % 6 {
         0 => {
             use crate::control::ControlMessage;
             if let Ok(message) = ControlMessage::decode(Bytes::copy_from_slice(rest)) {
@@ -261,8 +261,20 @@ pub fn gateway_inputs(data: &[u8]) {
                 let _ = decision.to_string();
             }
         }
-        _ => {
+        4 => {
             let _ = crate::audit::verify(rest);
+        }
+        _ => {
+            // The smux stream table at the agent, fed hostile bytes in pieces.
+            let now = std::time::Instant::now();
+            let mut mux = smux::Mux::server(smux::MuxConfig::default(), now);
+            for piece in rest.chunks(usize::from(which % 7) + 1) {
+                if mux.handle_input(piece, now).is_err() {
+                    break;
+                }
+                while mux.poll_event().is_some() {}
+                while mux.poll_transmit().is_some() {}
+            }
         }
     }
 }

@@ -29,6 +29,18 @@
 //!   runs the loop below against the socket; it resumes after transport loss with fresh tokens.
 //!   [`net::relay`] pairs the two ends of a session by id, as the gateway does.
 //!
+//! The self-hosted system, behind the default feature `system`:
+//!
+//! * `gateway` — the service: the Systems Manager JSON API subset (SigV4 via [`sigv4`],
+//!   IAM-style [`policy`], session [`document`]s), agents' control channels ([`control`]), the
+//!   relay, instant revocation on policy reload, and the hash-chained [`audit`] log.
+//! * `agent` — dials out to the gateway and runs shells in a PTY, commands and port forwards
+//!   (basic, or smux via [`smux::Mux`]), recording terminals as asciicast.
+//! * `client` — `StartSession` and friends through `aws::ApiClient`, then an interactive
+//!   terminal or a local port forwarder.
+//!
+//! The programs in `examples/` (`gateway`, `agent`, `client`, `demo`) are thin layers over these.
+//!
 //! # The run loop
 //!
 //! A [`session::Session`] is driven the same way by tests, the simulator and the socket

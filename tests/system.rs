@@ -53,6 +53,12 @@ struct System {
     _agent: Running,
 }
 
+impl Drop for System {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.state);
+    }
+}
+
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
         "ssm-session-test-{name}-{}-{}",

@@ -65,6 +65,8 @@ use sessions::Sessions;
 
 /// How long a connection may take to send a request head, and to open TLS.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// Read buffer of each websocket the gateway serves.
+const GATEWAY_READ_BUFFER: usize = 16 * 1024;
 /// How often the configuration file's modification time is checked.
 const WATCH_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -542,12 +544,10 @@ async fn upgrade<S>(
         return;
     }
     let stream = Rewind::new(buffer.freeze(), stream);
-    let ws = WebSocketStream::from_raw_socket(
-        stream,
-        WsRole::Server,
-        Some(crate::net::websocket_config()),
-    )
-    .await;
+    // Smaller read buffers than tungstenite's 128 KiB: a gateway holds two sockets per session
+    // (see BENCHMARKS.md, idle sessions).
+    let config = crate::net::websocket_config().read_buffer_size(GATEWAY_READ_BUFFER);
+    let ws = WebSocketStream::from_raw_socket(stream, WsRole::Server, Some(config)).await;
     match route {
         Route::Data(session_id) => inner.hub.serve(ws, session_id).await,
         Route::Control(agent_id) => agents::serve(inner, ws, agent_id, peer).await,
