@@ -274,9 +274,16 @@ async fn hundred_megabytes_each_way_verified_by_sha256() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_reader_holds_back_the_writer() {
     let mut lo = Loopback::start(false).await;
+    // The stalled side's liveness deadline is short (the point: it must not fire while the
+    // application is behind); the writer's stays generous so a CPU-starved CI run cannot
+    // mistake slowness for a dead link.
+    let client_options = lo.options(Role::Client);
     lo.pong_timeout = Duration::from_secs(3);
     let (client_config, agent_config) = lo.configs(false, false);
-    let (client, agent) = lo.connect_pair(client_config, agent_config).await.unwrap();
+    let (client, agent) = lo
+        .connect_pair_with(client_config, agent_config, client_options)
+        .await
+        .unwrap();
     let counters = [client.counters(), agent.counters()];
     let total: u64 = 64 << 20;
     let accepted = Arc::new(AtomicU64::new(0));
