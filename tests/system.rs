@@ -181,8 +181,8 @@ impl System {
         });
     }
 
-    /// `client start-session` with `args`, all three standard streams piped.
-    fn client_process(&self, args: &[&str]) -> Child {
+    /// `client start-session` with `args`; stdin and stdout piped, stderr as given.
+    fn client_process(&self, args: &[&str], stderr: Stdio) -> Child {
         let mut command = Command::new(program("client"));
         command
             .arg("start-session")
@@ -198,7 +198,7 @@ impl System {
             .env_remove("AWS_SESSION_TOKEN")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(stderr);
         if let Some(ca) = self.dev["ca_cert"].as_str() {
             command.env("AWS_CA_BUNDLE", ca);
         }
@@ -207,26 +207,7 @@ impl System {
 
     /// Runs `client start-session` with `args`, `input` on stdin.
     fn client(&self, args: &[&str], input: &str) -> Output {
-        let mut command = Command::new(program("client"));
-        command
-            .arg("start-session")
-            .args([
-                "--target",
-                self.field("agent_id"),
-                "--endpoint-url",
-                self.field("endpoint"),
-            ])
-            .args(args)
-            .env("AWS_ACCESS_KEY_ID", self.field("access_key_id"))
-            .env("AWS_SECRET_ACCESS_KEY", self.field("secret_access_key"))
-            .env_remove("AWS_SESSION_TOKEN")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        if let Some(ca) = self.dev["ca_cert"].as_str() {
-            command.env("AWS_CA_BUNDLE", ca);
-        }
-        let mut child = command.spawn().unwrap();
+        let mut child = self.client_process(args, Stdio::piped());
         child
             .stdin
             .take()
@@ -411,7 +392,7 @@ fn every_document_type_through_the_real_programs() {
     assert!(text(&output.stdout).contains("secret-2"));
 
     // Ctrl-C goes to the PTY (interrupting the foreground command), not to the session.
-    let mut child = system.client_process(&[]);
+    let mut child = system.client_process(&[], Stdio::inherit());
     let mut stdin = child.stdin.take().unwrap();
     let output = collect(child.stdout.take().unwrap());
     stdin.write_all(b"echo ready-$((2+2))\n").unwrap();

@@ -28,51 +28,27 @@ pub async fn run_port_forwarding(
         .and_then(|kind| kind.as_str())
         == Some("LocalPortForwarding");
     let (reader, writer) = connection.split();
-    let (end, sent, received) = if local && version::client_uses_mux(&agent_version) {
+    // Totals of closed connections: bytes read from them (sent) and written to them.
+    let counters = std::sync::Arc::new(std::sync::Mutex::new((0u64, 0u64)));
+    let totals = counters.clone();
+    let mut on_stream = on_stream;
+    let report = move |event: forward::StreamEvent| {
+        if event.closed {
+            let mut totals = crate::gateway::lock(&totals);
+            totals.0 += event.bytes_in;
+            totals.1 += event.bytes_out;
+        }
+        on_stream(event);
+    };
+    let streams = Streams::Accept(listener);
+    let end = if local && version::client_uses_mux(&agent_version) {
         let config = MuxConfig::new(!version::client_disables_smux_keepalive(&agent_version));
         let mux = Mux::client(config, std::time::Instant::now());
-        let counters = std::sync::Arc::new(std::sync::Mutex::new((0u64, 0u64)));
-        let totals = counters.clone();
-        let mut on_stream = on_stream;
-        let end = forward::run_mux(
-            reader,
-            writer,
-            mux,
-            Streams::Accept(listener),
-            move |event| {
-                if event.closed {
-                    let mut totals = crate::gateway::lock(&totals);
-                    totals.0 += event.bytes_in;
-                    totals.1 += event.bytes_out;
-                }
-                on_stream(event);
-            },
-        )
-        .await;
-        let (sent, received) = *crate::gateway::lock(&counters);
-        (end, sent, received)
+        forward::run_mux(reader, writer, mux, streams, report).await
     } else {
-        let counters = std::sync::Arc::new(std::sync::Mutex::new((0u64, 0u64)));
-        let totals = counters.clone();
-        let mut on_stream = on_stream;
-        let end = forward::run_basic(
-            reader,
-            writer,
-            Streams::Accept(listener),
-            false,
-            move |event| {
-                if event.closed {
-                    let mut totals = crate::gateway::lock(&totals);
-                    totals.0 += event.bytes_in;
-                    totals.1 += event.bytes_out;
-                }
-                on_stream(event);
-            },
-        )
-        .await;
-        let (sent, received) = *crate::gateway::lock(&counters);
-        (end, sent, received)
+        forward::run_basic(reader, writer, streams, false, report).await
     };
+    let (sent, received) = *crate::gateway::lock(&counters);
     let ending = match end {
         ForwardEnd::Session(ending) => ending,
         ForwardEnd::Terminated => Ending::Closed,
