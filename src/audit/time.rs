@@ -27,25 +27,9 @@ pub fn rfc3339_ms(unix_ms: u64) -> String {
     )
 }
 
-/// Year, month and day of the proleptic Gregorian calendar, `days` after 1970-01-01.
-///
-/// Counts in 400-year eras of years starting on March 1st, so that the leap day is the last
-/// day of a year and March to January repeat a 153-days-per-five-months pattern.
+/// Year, month and day of the proleptic Gregorian calendar, `days` after 1970-01-01 (the
+/// same conversion SigV4 timestamps use).
 fn civil_date(days: u64) -> (u64, u64, u64) {
-    // Days since 0000-03-01; 719_468 days separate it from 1970-01-01.
-    let shifted = days + 719_468;
-    let era = shifted / 146_097;
-    let day_of_era = shifted % 146_097;
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_from_march = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
-    let month = if month_from_march < 10 {
-        month_from_march + 3
-    } else {
-        month_from_march - 9
-    };
-    let year = era * 400 + year_of_era + u64::from(month <= 2);
-    (year, month, day)
+    let (year, month, day) = crate::sigv4::civil_from_days(i64::try_from(days).unwrap_or(i64::MAX));
+    (year as u64, month as u64, day as u64)
 }
