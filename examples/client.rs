@@ -1,24 +1,33 @@
-//! The client program: `start-session` against a gateway, as `aws ssm start-session` does.
+//! The client program, two ways:
 //!
-//! ```text
-//! cargo run --example client -- start-session --target ID [--document-name NAME] \
-//!     [--parameters '{"portNumber":["80"]}'] --endpoint-url URL
-//! ```
-//! Credentials come from `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` / `AWS_SESSION_TOKEN`
-//! (or the flags), the region from `AWS_REGION` / `AWS_DEFAULT_REGION`, a private CA from
-//! `AWS_CA_BUNDLE` or `--ca-cert`. The remote exit code becomes this process's exit code.
+//! * its own command line, against a gateway:
+//!   ```text
+//!   cargo run --example client -- start-session --target ID [--document-name NAME] \
+//!       [--parameters '{"portNumber":["80"]}'] --endpoint-url URL
+//!   ```
+//! * the `session-manager-plugin` contract (SPEC §11): installed under that name on `PATH`,
+//!   `aws ssm start-session` runs it — against AWS or against a gateway (`--endpoint-url`).
+//!
+//! Credentials: `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` / `AWS_SESSION_TOKEN`, else the
+//! profile's keys in `~/.aws/credentials` (built with `--features aws-kms`: the AWS SDK's whole
+//! credential chain, and AWS KMS through the SDK). Region from `AWS_REGION`, a private CA from
+//! `AWS_CA_BUNDLE`, a KMS endpoint other than the gateway's from `AWS_ENDPOINT_URL_KMS`. The
+//! remote exit code becomes this process's exit code.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use ssm_session::aws::{ApiCallError, ApiClient};
-use ssm_session::client::{self, SessionClient, StartedSession};
+use ssm_session::aws::{ApiCallError, ApiClient, HttpKms};
+use ssm_session::client::plugin::{self, LegacyCliKms, PluginCall, PluginStart};
+use ssm_session::client::{SessionClient, StartedSession};
+use ssm_session::kms::KeyProvider;
 use ssm_session::net::TlsConfig;
 use ssm_session::sigv4::Credentials;
 
 #[derive(Parser)]
-#[command(about = "Session Manager client")]
+#[command(about = "Session Manager client (also usable as session-manager-plugin)")]
 struct Args {
     #[command(subcommand)]
     command: Command,
@@ -61,17 +70,149 @@ struct StartArgs {
     ca_cert: Option<PathBuf>,
 }
 
-#[tokio::main]
-async fn main() {
-    let Command::StartSession(args) = Args::parse().command;
-    let code = match start_session(args).await {
+type Error = Box<dyn std::error::Error>;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let own_command_line = matches!(
+        args.first().map(String::as_str),
+        Some("start-session" | "help" | "--help" | "-h")
+    );
+    if own_command_line {
+        let Command::StartSession(args) = Args::parse().command;
+        exit_with(runtime().block_on(start_session(args)));
+    }
+    // The answer's variable is read and removed before any thread exists, so that the token
+    // does not reach child processes.
+    let call = plugin::parse(&args, |name| {
+        let value = std::env::var(name).ok();
+        // SAFETY: single-threaded: the runtime is built after this.
+        unsafe { std::env::remove_var(name) };
+        value
+    });
+    match call {
+        Ok(PluginCall::Installed) => println!("{}", plugin::INSTALLED_MESSAGE),
+        Ok(PluginCall::Version) => println!("{}", ssm_session::version::CLIENT_VERSION),
+        Ok(PluginCall::Start(start)) => exit_with(runtime().block_on(plugin_session(*start))),
+        Err(error) => {
+            eprintln!("\n{error}\n");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+fn exit_with(outcome: Result<i32, Error>) -> ! {
+    std::process::exit(match outcome {
         Ok(code) => code,
         Err(error) => {
             eprintln!("\nError: {error}");
             255
         }
+    })
+}
+
+/// Trust for https/wss: the system's roots, or `AWS_CA_BUNDLE`'s.
+fn tls(ca_bundle: Option<PathBuf>) -> Result<TlsConfig, Error> {
+    Ok(match ca_bundle {
+        Some(path) => TlsConfig::with_root_pem(&std::fs::read(path)?)?,
+        None => TlsConfig::default(),
+    })
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|value| !value.is_empty())
+}
+
+/// `aws ssm start-session` handed a started session over.
+async fn plugin_session(start: PluginStart) -> Result<i32, Error> {
+    let tls = tls(env("AWS_CA_BUNDLE").map(PathBuf::from))?;
+    let kms_endpoint = start.kms_endpoint(env("AWS_ENDPOINT_URL_KMS").as_deref());
+    let (credentials, kms) = identity(&start, &kms_endpoint, &tls).await?;
+    let api = ApiClient::new(&start.endpoint, &start.region, credentials, tls)?;
+    let kms: Arc<dyn KeyProvider> = match start.legacy_cli {
+        true => Arc::new(LegacyCliKms),
+        false => kms,
     };
-    std::process::exit(code);
+    run(SessionClient::new(api).key_provider(kms), &start.session).await
+}
+
+/// Credentials and KMS from the AWS SDK's standard configuration.
+#[cfg(feature = "aws-kms")]
+async fn identity(
+    start: &PluginStart,
+    kms_endpoint: &str,
+    _tls: &TlsConfig,
+) -> Result<(Credentials, Arc<dyn KeyProvider>), Error> {
+    use ssm_session::aws_sdk::{self, AwsKms, SdkOptions};
+    let mut options = SdkOptions::new(start.profile.as_deref(), Some(&start.region));
+    if let Some(path) = env("AWS_CA_BUNDLE") {
+        options = options.ca_pem(std::fs::read(path)?);
+    }
+    let config = aws_sdk::load_config(&options).await?;
+    let credentials = aws_sdk::credentials(&config).await?;
+    Ok((
+        credentials,
+        Arc::new(AwsKms::new(&config, Some(kms_endpoint))),
+    ))
+}
+
+/// Static credentials from the environment or the shared files; KMS over signed JSON.
+#[cfg(not(feature = "aws-kms"))]
+async fn identity(
+    start: &PluginStart,
+    kms_endpoint: &str,
+    tls: &TlsConfig,
+) -> Result<(Credentials, Arc<dyn KeyProvider>), Error> {
+    let credentials = ssm_session::aws::load_credentials(start.profile.as_deref())?;
+    let kms = ApiClient::new(
+        kms_endpoint,
+        &start.region,
+        credentials.clone(),
+        tls.clone(),
+    )?;
+    Ok((credentials, Arc::new(HttpKms::new(kms))))
+}
+
+/// Runs the session and reports how it ended; the remote exit code, if any.
+async fn run(sessions: SessionClient, started: &StartedSession) -> Result<i32, Error> {
+    eprintln!("\nStarting session with SessionId: {}", started.session_id);
+    let summary = sessions.run_session(started).await?;
+    if let ssm_session::net::Ending::ChannelClosed { output } = &summary.ending
+        && !output.is_empty()
+    {
+        eprintln!("\n{output}");
+    }
+    eprintln!("\n{}: {summary}", started.session_id);
+    Ok(summary.exit_code.unwrap_or(0))
+}
+
+/// This program's own `start-session`.
+async fn start_session(args: StartArgs) -> Result<i32, Error> {
+    let tls = tls(args.ca_cert)?;
+    let credentials = Credentials::new(
+        &args.access_key_id,
+        &args.secret_access_key,
+        args.session_token.as_deref(),
+    );
+    let api = ApiClient::new(&args.endpoint_url, &args.region, credentials.clone(), tls)?;
+    let mut sessions = SessionClient::new(api.clone());
+    if let Some(endpoint) = env("AWS_ENDPOINT_URL_KMS") {
+        let kms = ApiClient::new(&endpoint, &args.region, credentials, api.tls().clone())?;
+        sessions = sessions.key_provider(Arc::new(HttpKms::new(kms)));
+    }
+    let parameters = parameters(args.parameters.as_deref())?;
+    let started = sessions
+        .start_session(&args.target, args.document_name.as_deref(), parameters)
+        .await
+        .map_err(|error| hint(&error))?;
+    run(sessions, &started).await
 }
 
 fn hint(error: &ApiCallError) -> String {
@@ -123,89 +264,4 @@ fn parameters(text: Option<&str>) -> Result<BTreeMap<String, Vec<String>>, Strin
             Ok((name.clone(), values))
         })
         .collect()
-}
-
-async fn start_session(args: StartArgs) -> Result<i32, Box<dyn std::error::Error>> {
-    let tls = match &args.ca_cert {
-        Some(path) => TlsConfig::with_root_pem(&std::fs::read(path)?)?,
-        None => TlsConfig::default(),
-    };
-    let credentials = Credentials::new(
-        &args.access_key_id,
-        &args.secret_access_key,
-        args.session_token.as_deref(),
-    );
-    let api = ApiClient::new(&args.endpoint_url, &args.region, credentials, tls)?;
-    let sessions = SessionClient::new(api);
-    let parameters = parameters(args.parameters.as_deref())?;
-    let local_port: u16 = match parameters
-        .get("localPortNumber")
-        .and_then(|values| values.first())
-    {
-        Some(port) => port
-            .parse()
-            .map_err(|_| "localPortNumber must be a port number")?,
-        None => 0,
-    };
-    let started = sessions
-        .start_session(&args.target, args.document_name.as_deref(), parameters)
-        .await
-        .map_err(|error| hint(&error))?;
-    eprintln!("\nStarting session with SessionId: {}", started.session_id);
-    let connection = sessions.connect(&started).await?;
-    let local_forwarding = connection
-        .info()
-        .properties
-        .as_ref()
-        .and_then(|properties| properties.get("type"))
-        .and_then(|kind| kind.as_str())
-        == Some("LocalPortForwarding");
-    // Port sessions of other kinds (SSH) carry one stream on stdin/stdout (SPEC §8.5).
-    let summary = if connection.info().session_type == "Port" && local_forwarding {
-        port_forwarding(&sessions, &started, connection, local_port).await?
-    } else if connection.info().session_type == "Port" {
-        client::run_standard_stream(connection).await?
-    } else {
-        client::run_terminal(connection).await?
-    };
-    if let ssm_session::net::Ending::ChannelClosed { output } = &summary.ending
-        && !output.is_empty()
-    {
-        eprintln!("\n{output}");
-    }
-    eprintln!("\n{}: {summary}", started.session_id);
-    Ok(summary.exit_code.unwrap_or(0))
-}
-
-async fn port_forwarding(
-    sessions: &SessionClient,
-    started: &StartedSession,
-    connection: ssm_session::net::Connection,
-    local_port: u16,
-) -> Result<client::SessionSummary, Box<dyn std::error::Error>> {
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", local_port)).await?;
-    eprintln!(
-        "Port {} opened for sessionId {}.\nWaiting for connections...",
-        listener.local_addr()?.port(),
-        started.session_id
-    );
-    let forward = client::run_port_forwarding(connection, listener, |event| {
-        if !event.closed {
-            eprintln!("Connection accepted for session [{}]", event.destination);
-        }
-    });
-    tokio::select! {
-        summary = forward => Ok(summary?),
-        _ = tokio::signal::ctrl_c() => {
-            sessions.terminate_session(&started.session_id).await?;
-            eprintln!("\nExiting session with sessionId: {}.", started.session_id);
-            Ok(client::SessionSummary {
-                exit_code: None,
-                ending: ssm_session::net::Ending::Closed,
-                bytes_sent: 0,
-                bytes_received: 0,
-                duration: std::time::Duration::ZERO,
-            })
-        }
-    }
 }

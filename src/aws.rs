@@ -298,3 +298,156 @@ impl KeyProvider for HttpKms {
         })
     }
 }
+
+/// Why no credentials were found.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+#[error(
+    "no AWS credentials for profile {profile:?}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or aws_access_key_id and aws_secret_access_key in ~/.aws/credentials (profiles using SSO, roles or processes need the `aws-kms` build, which uses the AWS SDK's credential chain)"
+)]
+pub struct CredentialsError {
+    /// The profile looked for.
+    pub profile: String,
+}
+
+/// Static credentials the way the AWS tools find them, without the SDK: with no `profile`,
+/// `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` / `AWS_SESSION_TOKEN`; otherwise (or if those
+/// are unset) the keys of the profile (`profile`, else `AWS_PROFILE`, else `default`) in
+/// `AWS_SHARED_CREDENTIALS_FILE` (`~/.aws/credentials`), then in `AWS_CONFIG_FILE`
+/// (`~/.aws/config`).
+pub fn load_credentials(profile: Option<&str>) -> Result<Credentials, CredentialsError> {
+    credentials_from(
+        profile,
+        |name| std::env::var(name).ok(),
+        |path| std::fs::read_to_string(path).ok(),
+    )
+}
+
+fn credentials_from(
+    profile: Option<&str>,
+    env: impl Fn(&str) -> Option<String>,
+    read: impl Fn(&std::path::Path) -> Option<String>,
+) -> Result<Credentials, CredentialsError> {
+    let profile = profile.filter(|name| !name.is_empty());
+    if profile.is_none()
+        && let (Some(id), Some(secret)) = (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY"))
+    {
+        return Ok(Credentials::new(
+            id,
+            secret,
+            env("AWS_SESSION_TOKEN").as_deref(),
+        ));
+    }
+    let profile = profile
+        .map(str::to_owned)
+        .or_else(|| env("AWS_PROFILE"))
+        .unwrap_or_else(|| "default".into());
+    let home = env("HOME").unwrap_or_default();
+    let file = |variable: &str, default: &str| {
+        env(variable).unwrap_or_else(|| format!("{home}/.aws/{default}"))
+    };
+    let sources = [
+        (
+            file("AWS_SHARED_CREDENTIALS_FILE", "credentials"),
+            profile.clone(),
+        ),
+        (
+            file("AWS_CONFIG_FILE", "config"),
+            match profile.as_str() {
+                "default" => profile.clone(),
+                other => format!("profile {other}"),
+            },
+        ),
+    ];
+    for (path, section) in sources {
+        let Some(text) = read(std::path::Path::new(&path)) else {
+            continue;
+        };
+        let keys = ini_section(&text, &section);
+        let key = |name: &str| keys.iter().find(|(key, _)| key == name).map(|(_, v)| v);
+        if let (Some(id), Some(secret)) = (key("aws_access_key_id"), key("aws_secret_access_key")) {
+            return Ok(Credentials::new(
+                id.as_str(),
+                secret.as_str(),
+                key("aws_session_token").map(String::as_str),
+            ));
+        }
+    }
+    Err(CredentialsError { profile })
+}
+
+/// The `key = value` pairs of `[section]` in an AWS shared file.
+fn ini_section(text: &str, section: &str) -> Vec<(String, String)> {
+    let mut inside = false;
+    let mut pairs = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if let Some(name) = line
+            .strip_prefix('[')
+            .and_then(|rest| rest.strip_suffix(']'))
+        {
+            inside = name.trim() == section;
+        } else if inside
+            && !line.starts_with(['#', ';'])
+            && let Some((key, value)) = line.split_once('=')
+        {
+            pairs.push((key.trim().to_owned(), value.trim().to_owned()));
+        }
+    }
+    pairs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CREDENTIALS: &str = "[default]\naws_access_key_id = AKIDDEFAULT\naws_secret_access_key = s1\n\n# comment\n[dev]\naws_access_key_id=AKIDDEV\naws_secret_access_key=s2\naws_session_token = tok\n";
+    const CONFIG: &str = "[default]\nregion = eu-west-1\n[profile ops]\naws_access_key_id = AKIDOPS\naws_secret_access_key = s3\n[profile sso]\nsso_start_url = https://x\n";
+
+    fn load(profile: Option<&str>, vars: &[(&str, &str)]) -> Result<Credentials, CredentialsError> {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        credentials_from(
+            profile,
+            |name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()),
+            |path| match path.to_str() {
+                Some("/home/u/.aws/credentials") => Some(CREDENTIALS.into()),
+                Some("/home/u/.aws/config") => Some(CONFIG.into()),
+                _ => None,
+            },
+        )
+    }
+
+    #[test]
+    fn environment_first_unless_a_profile_is_named() {
+        let env = [
+            ("HOME", "/home/u"),
+            ("AWS_ACCESS_KEY_ID", "AKIDENV"),
+            ("AWS_SECRET_ACCESS_KEY", "s0"),
+        ];
+        assert_eq!(load(None, &env).unwrap().access_key_id, "AKIDENV");
+        assert_eq!(load(Some(""), &env).unwrap().access_key_id, "AKIDENV");
+        let dev = load(Some("dev"), &env).unwrap();
+        assert_eq!(dev.access_key_id, "AKIDDEV");
+        assert_eq!(dev.session_token.as_deref(), Some("tok"));
+    }
+
+    #[test]
+    fn profiles_from_both_files() {
+        let home = [("HOME", "/home/u")];
+        assert_eq!(load(None, &home).unwrap().access_key_id, "AKIDDEFAULT");
+        assert_eq!(load(Some("ops"), &home).unwrap().access_key_id, "AKIDOPS");
+        let chosen = [("HOME", "/home/u"), ("AWS_PROFILE", "dev")];
+        assert_eq!(load(None, &chosen).unwrap().access_key_id, "AKIDDEV");
+    }
+
+    #[test]
+    fn profiles_without_static_keys_are_refused() {
+        let home = [("HOME", "/home/u")];
+        let error = load(Some("sso"), &home).unwrap_err();
+        assert_eq!(error.profile, "sso");
+        assert!(error.to_string().contains("aws-kms"));
+        assert!(load(None, &[("HOME", "/nowhere")]).is_err());
+    }
+}

@@ -206,13 +206,14 @@ pub fn session_ops(data: &[u8]) {
 
 /// Feeds `data` to the decoders of the system layer, chosen by its first byte: control-channel
 /// messages, SigV4 verification of an arbitrary request, session documents and agent session
-/// requests, policies, audit logs, and the smux stream table. Nothing may panic; what decodes must re-encode.
+/// requests, policies, audit logs, the smux stream table, and the gateway KMS's ciphertext
+/// blobs. Nothing may panic; what decodes must re-encode.
 pub fn gateway_inputs(data: &[u8]) {
     let Some((&which, rest)) = data.split_first() else {
         return;
     };
     let text = String::from_utf8_lossy(rest);
-    match which % 6 {
+    match which % 7 {
         0 => {
             use crate::control::ControlMessage;
             if let Ok(message) = ControlMessage::decode(Bytes::copy_from_slice(rest)) {
@@ -263,6 +264,20 @@ pub fn gateway_inputs(data: &[u8]) {
         }
         4 => {
             let _ = crate::audit::verify(rest);
+        }
+        6 => {
+            // A `Decrypt` blob from the network: refused, never forged; our own blobs round-trip.
+            use crate::kms::LocalKms;
+            let kms = LocalKms::from_master_key([1; 32]);
+            let context = crate::kms::EncryptionContext::new();
+            let _ = LocalKms::blob_key_id(rest);
+            assert!(kms.open(rest, &context).is_err(), "a forged blob opened");
+            let blob = kms.encrypt_with(&text, &context, rest, [which; 12]);
+            assert_eq!(LocalKms::blob_key_id(&blob), Some(&*text));
+            assert_eq!(
+                kms.open(&blob, &context).ok(),
+                Some((text.to_string(), rest.to_vec()))
+            );
         }
         _ => {
             // The smux stream table at the agent, fed hostile bytes in pieces.

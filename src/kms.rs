@@ -114,7 +114,8 @@ impl fmt::Debug for LocalKms {
     }
 }
 
-const BLOB_MAGIC: &[u8; 4] = b"LKM1";
+/// Blob layout: magic, key id length (u16 BE), key id, nonce, ciphertext, tag.
+const BLOB_MAGIC: &[u8; 4] = b"LKM2";
 
 impl LocalKms {
     /// A KMS whose master key is `master`.
@@ -166,54 +167,89 @@ impl LocalKms {
         plaintext: [u8; DATA_KEY_LEN],
         nonce: [u8; NONCE_LEN],
     ) -> DataKey {
-        let mut sealed = plaintext.to_vec();
+        DataKey {
+            plaintext,
+            ciphertext_blob: self.encrypt_with(key_id, context, &plaintext, nonce),
+        }
+    }
+
+    /// KMS `Encrypt`: seals `plaintext` under `key_id` and `context` with `nonce` (which must
+    /// never repeat under this master key). The blob names its key, so [`LocalKms::open`]
+    /// needs only the context, as with AWS KMS.
+    pub fn encrypt_with(
+        &self,
+        key_id: &str,
+        context: &EncryptionContext,
+        plaintext: &[u8],
+        nonce: [u8; NONCE_LEN],
+    ) -> Vec<u8> {
+        let id_len = u16::try_from(key_id.len()).expect("key ids are short");
+        let mut blob = Vec::with_capacity(6 + key_id.len() + NONCE_LEN + plaintext.len() + 16);
+        blob.extend_from_slice(BLOB_MAGIC);
+        blob.extend_from_slice(&id_len.to_be_bytes());
+        blob.extend_from_slice(key_id.as_bytes());
+        blob.extend_from_slice(&nonce);
+        let sealed_from = blob.len();
+        blob.extend_from_slice(plaintext);
         let tag = self
             .master
             .seal_in_place_separate_tag(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(associated_data(key_id, context)),
-                &mut sealed,
+                &mut blob[sealed_from..],
             )
-            .expect("64 bytes always seal");
-        let mut blob = Vec::with_capacity(4 + NONCE_LEN + DATA_KEY_LEN + 16);
-        blob.extend_from_slice(BLOB_MAGIC);
-        blob.extend_from_slice(&nonce);
-        blob.extend_from_slice(&sealed);
+            .expect("AES-GCM seals any plaintext shorter than 64 GiB");
         blob.extend_from_slice(tag.as_ref());
-        DataKey {
-            plaintext,
-            ciphertext_blob: blob,
-        }
+        blob
     }
 
-    /// Opens a blob made by [`LocalKms::generate_data_key_with`] under the same key id and context.
-    pub fn decrypt_now(
+    /// The key id a blob made by [`LocalKms::encrypt_with`] names, without opening it (so that
+    /// a KMS can authorise on the key first); `None` if the blob is not one.
+    pub fn blob_key_id(blob: &[u8]) -> Option<&str> {
+        let (key_id, _) = split_blob(blob)?;
+        std::str::from_utf8(key_id).ok()
+    }
+
+    /// KMS `Decrypt`: opens a blob made by this master key under exactly `context`; the key id
+    /// it was made under and the plaintext.
+    pub fn open(
         &self,
-        key_id: &str,
         blob: &[u8],
         context: &EncryptionContext,
-    ) -> Result<[u8; DATA_KEY_LEN], KmsError> {
-        let rest = blob
-            .strip_prefix(BLOB_MAGIC)
-            .ok_or(KmsError::InvalidCiphertext)?;
-        if rest.len() != NONCE_LEN + DATA_KEY_LEN + 16 {
-            return Err(KmsError::InvalidCiphertext);
-        }
+    ) -> Result<(String, Vec<u8>), KmsError> {
+        let (key_id, rest) = split_blob(blob).ok_or(KmsError::InvalidCiphertext)?;
+        let key_id = std::str::from_utf8(key_id).map_err(|_| KmsError::InvalidCiphertext)?;
         let (nonce, sealed) = rest.split_at(NONCE_LEN);
         let nonce =
             Nonce::try_assume_unique_for_key(nonce).map_err(|_| KmsError::InvalidCiphertext)?;
         let mut buffer = sealed.to_vec();
-        let plaintext = self
+        let length = self
             .master
             .open_in_place(
                 nonce,
                 Aad::from(associated_data(key_id, context)),
                 &mut buffer,
             )
-            .map_err(|_| KmsError::InvalidCiphertext)?;
-        plaintext
-            .try_into()
-            .map_err(|_| KmsError::InvalidCiphertext)
+            .map_err(|_| KmsError::InvalidCiphertext)?
+            .len();
+        buffer.truncate(length);
+        Ok((key_id.to_owned(), buffer))
+    }
+
+    /// Opens a data key made by [`LocalKms::generate_data_key_with`] under `key_id` and
+    /// `context`.
+    pub fn decrypt_now(
+        &self,
+        key_id: &str,
+        blob: &[u8],
+        context: &EncryptionContext,
+    ) -> Result<[u8; DATA_KEY_LEN], KmsError> {
+        match self.open(blob, context)? {
+            (made_under, plaintext) if made_under == key_id => plaintext
+                .try_into()
+                .map_err(|_| KmsError::InvalidCiphertext),
+            _ => Err(KmsError::InvalidCiphertext),
+        }
     }
 }
 
@@ -238,6 +274,14 @@ impl KeyProvider for LocalKms {
     ) -> KmsFuture<'a, [u8; DATA_KEY_LEN]> {
         Box::pin(std::future::ready(self.decrypt_now(key_id, blob, context)))
     }
+}
+
+/// A blob's key id and the rest (nonce, ciphertext, tag), if it has the layout of one.
+fn split_blob(blob: &[u8]) -> Option<(&[u8], &[u8])> {
+    let rest = blob.strip_prefix(BLOB_MAGIC)?;
+    let (id_len, rest) = rest.split_first_chunk::<2>()?;
+    let id_len = usize::from(u16::from_be_bytes(*id_len));
+    (rest.len() >= id_len + NONCE_LEN + 16).then(|| rest.split_at(id_len))
 }
 
 /// The bytes a wrapped key is bound to: key id and context, length-prefixed so that no two

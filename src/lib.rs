@@ -37,9 +37,15 @@
 //! * `agent` — dials out to the gateway and runs shells in a PTY, commands and port forwards
 //!   (basic, or smux via [`smux::Mux`]), recording terminals as asciicast.
 //! * `client` — `StartSession` and friends through `aws::ApiClient`, then an interactive
-//!   terminal or a local port forwarder.
+//!   terminal or a local port forwarder; `client::plugin` is the `session-manager-plugin`
+//!   argument contract, so the AWS CLI can run sessions through it.
 //!
-//! The programs in `examples/` (`gateway`, `agent`, `client`, `demo`) are thin layers over these.
+//! Against AWS itself, behind the optional features `aws-kms` and `aws`: `aws_sdk` — the
+//! standard AWS configuration, `aws_sdk::AwsKms` (a key provider on `aws-sdk-kms`), and
+//! sessions started with `aws-sdk-ssm`.
+//!
+//! The programs in `examples/` (`gateway`, `agent`, `client`, `demo`, `aws`) are thin layers
+//! over these.
 //!
 //! # The run loop
 //!
@@ -94,6 +100,8 @@ pub mod agent;
 pub mod audit;
 #[cfg(feature = "system")]
 pub mod aws;
+#[cfg(feature = "aws-kms")]
+pub mod aws_sdk;
 #[cfg(feature = "system")]
 pub mod client;
 pub mod control;

@@ -210,3 +210,31 @@ proptest! {
         fuzzing::smux_stream(&data);
     }
 }
+
+proptest! {
+    /// The gateway KMS's blobs: any plaintext under any key id and context opens to itself,
+    /// names its key, and any changed byte, or any other context, is refused.
+    #[test]
+    fn kms_blobs_open_only_unchanged_and_in_context(
+        plaintext in proptest::collection::vec(any::<u8>(), 0..600),
+        key_id in "[a-zA-Z0-9/_-]{1,40}",
+        context in proptest::collection::btree_map("[a-z:]{1,12}", "[a-z0-9]{0,12}", 0..4),
+        nonce in any::<[u8; 12]>(),
+        flip in any::<prop::sample::Index>(),
+        bit in 0u8..8,
+    ) {
+        use ssm_session::kms::LocalKms;
+        let kms = LocalKms::from_master_key([3; 32]);
+        let blob = kms.encrypt_with(&key_id, &context, &plaintext, nonce);
+        prop_assert_eq!(LocalKms::blob_key_id(&blob), Some(key_id.as_str()));
+        prop_assert_eq!(kms.open(&blob, &context).unwrap(), (key_id.clone(), plaintext.clone()));
+        let mut changed = blob.clone();
+        let at = flip.index(changed.len());
+        changed[at] ^= 1 << bit;
+        prop_assert!(kms.open(&changed, &context).is_err());
+        let mut other = context.clone();
+        other.insert("aws:ssm:SessionId".into(), "another".into());
+        prop_assert!(kms.open(&blob, &other).is_err());
+        prop_assert!(LocalKms::from_master_key([4; 32]).open(&blob, &context).is_err());
+    }
+}

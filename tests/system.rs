@@ -15,6 +15,9 @@ use ssm_session::net::{Ending, Incoming, TlsConfig};
 use ssm_session::sigv4::Credentials;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+#[path = "support/external.rs"]
+mod external;
+
 fn program(name: &str) -> PathBuf {
     let deps = std::env::current_exe()
         .unwrap()
@@ -829,43 +832,142 @@ fn audit_chain_detects_an_edited_record() {
     );
 }
 
+/// A free loopback port (bound and released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `aws ssm start-session` with our client installed as `session-manager-plugin`: the CLI
+/// signs StartSession itself, hands the answer over in `AWS_SSM_START_SESSION_RESPONSE`, and
+/// our client runs the session — a command, an encrypted shell (KMS through the gateway) and
+/// port forwarding ended by Ctrl-C.
 #[test]
-fn aws_cli_start_session_is_accepted() {
-    let Ok(version) = Command::new("aws").arg("--version").output() else {
-        eprintln!("aws CLI not installed: skipped (issue 6 installs it in CI)");
+fn aws_cli_runs_sessions_through_this_client_as_its_plugin() {
+    let Some(aws) = external::external("SSM_SESSION_AWS_CLI") else {
         return;
     };
-    assert!(version.status.success());
     let system = System::start_with("awscli", |_| {});
-    // Without a session-manager-plugin on PATH the CLI calls StartSession, then
-    // TerminateSession, both signed by botocore: the gateway must accept both.
-    let output = Command::new("aws")
-        .args(["ssm", "start-session", "--target", system.field("agent_id")])
-        .args([
-            "--endpoint-url",
-            system.field("endpoint"),
-            "--region",
-            "us-east-1",
-        ])
-        .env("AWS_ACCESS_KEY_ID", system.field("access_key_id"))
-        .env("AWS_SECRET_ACCESS_KEY", system.field("secret_access_key"))
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-        .stdin(Stdio::null())
-        .output()
+    let plugin_dir = temp_dir("plugin");
+    std::os::unix::fs::symlink(program("client"), plugin_dir.join("session-manager-plugin"))
         .unwrap();
-    eprintln!("aws: {}", text(&output.stderr));
-    let calls: Vec<Value> = system
-        .audit()
-        .into_iter()
-        .filter(|record| record["event"] == "api.call")
+    let path = format!(
+        "{}:{}",
+        plugin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let cli = |document: &str, parameters: &str| {
+        let mut command = Command::new(&aws);
+        command
+            .args(["ssm", "start-session", "--target", system.field("agent_id")])
+            .args(["--document-name", document, "--parameters", parameters])
+            .args(["--endpoint-url", system.field("endpoint")])
+            .args(["--region", "us-east-1"])
+            .env("PATH", &path)
+            .env("AWS_ACCESS_KEY_ID", system.field("access_key_id"))
+            .env("AWS_SECRET_ACCESS_KEY", system.field("secret_access_key"))
+            .env_remove("AWS_SESSION_TOKEN")
+            .env_remove("AWS_PROFILE")
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        command
+    };
+
+    // A command: its output on the CLI's stdout, nothing else there.
+    let mut command = cli(
+        "AWS-StartNonInteractiveCommand",
+        r#"{"command": ["echo from-cli-$((6*7))"]}"#,
+    )
+    .spawn()
+    .unwrap();
+    drop(command.stdin.take());
+    let output = wait_with_timeout(command, Duration::from_secs(60));
+    assert!(output.status.success(), "aws: {}", text(&output.stderr));
+    assert!(
+        text(&output.stdout).contains("from-cli-42"),
+        "stdout: {:?}, stderr: {}",
+        text(&output.stdout),
+        text(&output.stderr)
+    );
+    assert!(text(&output.stderr).contains("Starting session with SessionId"));
+
+    // An encrypted shell: the plugin asks the gateway's KMS, as the endpoint is not AWS's.
+    let mut shell = cli(DEV_ENCRYPTED_SHELL, "{}").spawn().unwrap();
+    shell
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"echo sealed-$((6*7))\nexit\n")
+        .unwrap();
+    let output = wait_with_timeout(shell, Duration::from_secs(60));
+    assert!(output.status.success(), "aws: {}", text(&output.stderr));
+    assert!(
+        text(&output.stdout).contains("sealed-42"),
+        "stdout: {:?}, stderr: {}",
+        text(&output.stdout),
+        text(&output.stderr)
+    );
+
+    // Port forwarding to the local port of the handshake, until Ctrl-C.
+    let (echo, local) = (echo_server(), free_port());
+    let mut forward = cli(
+        "AWS-StartPortForwardingSession",
+        &format!(r#"{{"portNumber": ["{echo}"], "localPortNumber": ["{local}"]}}"#),
+    );
+    std::os::unix::process::CommandExt::process_group(&mut forward, 0);
+    let mut forward = forward.spawn().unwrap();
+    let stdout = collect(forward.stdout.take().unwrap());
+    let stderr = collect(forward.stderr.take().unwrap());
+    wait_for(&stdout, "Waiting for connections");
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", local)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let payload: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    stream.write_all(&payload).unwrap();
+    let mut echoed = vec![0; payload.len()];
+    stream.read_exact(&mut echoed).unwrap();
+    assert!(echoed == payload, "the echo differs");
+    drop(stream);
+    // Ctrl-C reaches the whole process group; the CLI ignores it, the plugin terminates the
+    // session through TerminateSession and exits cleanly.
+    let group = format!("-{}", forward.id());
+    let signalled = Command::new("kill")
+        .args(["-INT", "--", &group])
+        .status()
+        .unwrap();
+    assert!(signalled.success());
+    let status = wait_exit(&mut forward, Duration::from_secs(30));
+    assert!(
+        status.success(),
+        "aws exited {status}: {}",
+        text(&stderr.lock().unwrap())
+    );
+
+    let audit = system.audit();
+    let allowed = |action: &str| {
+        audit
+            .iter()
+            .filter(|r| {
+                r["event"] == "api.call" && r["action"] == action && r["decision"] == "allow"
+            })
+            .count()
+    };
+    assert_eq!(allowed("ssm:StartSession"), 3, "{audit:?}");
+    assert!(allowed("kms:GenerateDataKey") >= 1, "{audit:?}");
+    assert_eq!(allowed("ssm:TerminateSession"), 1, "{audit:?}");
+    let ends: Vec<&Value> = audit
+        .iter()
+        .filter(|r| r["event"] == "session.end")
         .collect();
-    for action in ["ssm:StartSession", "ssm:TerminateSession"] {
-        assert!(
-            calls
-                .iter()
-                .any(|call| call["action"] == action && call["decision"] == "allow"),
-            "the CLI's signed {action} was not accepted: {calls:?}"
-        );
-    }
+    assert!(
+        ends.iter().any(|end| end["end_reason"] == "terminated"),
+        "{ends:?}"
+    );
 }

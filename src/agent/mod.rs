@@ -42,6 +42,7 @@ use crate::control::{
 };
 use crate::document::{AgentSessionRequest, SessionType};
 use crate::entropy::{Entropy, SystemEntropy};
+use crate::kms::KeyProvider;
 use crate::net::{self, Connection, Options, TlsConfig, TokenError};
 use crate::session::AgentConfig;
 use crate::sigv4::{self, Credentials};
@@ -79,6 +80,9 @@ pub struct AgentSettings {
     pub initial_backoff: Duration,
     /// Largest reconnection delay.
     pub max_backoff: Duration,
+    /// Where data keys of encrypted sessions are decrypted; `None`: the gateway's KMS, signed
+    /// with the agent's own identity.
+    pub key_provider: Option<Arc<dyn KeyProvider>>,
 }
 
 impl fmt::Debug for AgentSettings {
@@ -111,12 +115,20 @@ impl AgentSettings {
             allow_link_local: false,
             initial_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(10),
+            key_provider: None,
         })
     }
 
     /// Trust `tls` for the gateway.
     pub fn tls(mut self, tls: TlsConfig) -> Self {
         self.tls = tls;
+        self
+    }
+
+    /// Decrypt data keys with `kms` (e.g. AWS KMS with the host's role) instead of the
+    /// gateway's KMS.
+    pub fn key_provider(mut self, kms: Arc<dyn KeyProvider>) -> Self {
+        self.key_provider = Some(kms);
         self
     }
 }
@@ -385,7 +397,10 @@ async fn open_data_channel(
     };
     let options = Options::default()
         .tls(settings.tls.clone())
-        .key_provider(Arc::new(HttpKms::new(context.api.clone())))
+        .key_provider(match &settings.key_provider {
+            Some(kms) => kms.clone(),
+            None => Arc::new(HttpKms::new(context.api.clone())),
+        })
         .token_source(Arc::new(token_source));
     let url = context.api.endpoint().websocket_url(&format!(
         "{}{session_id}?role=publish_subscribe",

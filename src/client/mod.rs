@@ -22,6 +22,7 @@
 //! # }
 //! ```
 
+pub mod plugin;
 mod port;
 mod terminal;
 
@@ -36,6 +37,7 @@ pub use port::run_port_forwarding;
 pub use terminal::{run_standard_stream, run_terminal};
 
 use crate::aws::{ApiCallError, ApiClient, HttpKms};
+use crate::kms::KeyProvider;
 use crate::net::{self, Connection, NetError, Options, TokenError};
 use crate::session::ClientConfig;
 
@@ -93,16 +95,52 @@ impl fmt::Display for SessionSummary {
     }
 }
 
+/// Why [`SessionClient::run_session`] failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// The data channel did not open.
+    #[error(transparent)]
+    Connect(#[from] NetError),
+    /// The terminal or the local listener failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The handshake's `localPortNumber` is not a port.
+    #[error("the session's localPortNumber {0:?} is not a port number")]
+    LocalPort(String),
+    /// `TerminateSession` after Ctrl-C failed.
+    #[error("could not terminate the session: {0}")]
+    Terminate(#[from] ApiCallError),
+}
+
 /// Session calls for one identity at one endpoint.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SessionClient {
     api: ApiClient,
+    kms: Arc<dyn KeyProvider>,
+}
+
+impl fmt::Debug for SessionClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionClient")
+            .field("api", &self.api)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SessionClient {
-    /// Calls through `api` (service `ssm`; KMS calls go to the same endpoint).
+    /// Calls through `api` (service `ssm`); KMS calls go to the same endpoint (a gateway's)
+    /// unless [`SessionClient::key_provider`] says otherwise.
     pub fn new(api: ApiClient) -> SessionClient {
-        SessionClient { api }
+        let kms = Arc::new(HttpKms::new(api.clone()));
+        SessionClient { api, kms }
+    }
+
+    /// Data keys of encrypted sessions come from `kms` (e.g. AWS KMS, or
+    /// [`plugin::LegacyCliKms`]).
+    pub fn key_provider(mut self, kms: Arc<dyn KeyProvider>) -> SessionClient {
+        self.kms = kms;
+        self
     }
 
     /// `StartSession` on `target` with `document` (default `SSM-SessionManagerRunShell`).
@@ -156,7 +194,7 @@ impl SessionClient {
     }
 
     /// Opens the data channel of `started`, resuming through `ResumeSession` after transport
-    /// loss and asking the endpoint's KMS for encrypted sessions.
+    /// loss and asking the key provider for encrypted sessions.
     pub async fn connect(&self, started: &StartedSession) -> Result<Connection, NetError> {
         let config = ClientConfig::new(&started.session_id, &started.target);
         let resume = self.clone();
@@ -176,9 +214,63 @@ impl SessionClient {
         };
         let options = Options::default()
             .tls(self.api.tls().clone())
-            .key_provider(Arc::new(HttpKms::new(self.api.clone())))
+            .key_provider(self.kms.clone())
             .token_source(Arc::new(token_source));
         net::connect(&started.stream_url, &started.token_value, config, options).await
+    }
+
+    /// Connects and runs the session the way its document asks, as the reference client does:
+    /// shell-type sessions on this terminal ([`run_terminal`]); local port forwarding on
+    /// `127.0.0.1:<localPortNumber>` from the handshake (any free port when absent), ended by
+    /// Ctrl-C through `TerminateSession`, with the reference's notices on stdout; other port
+    /// sessions (SSH) on stdin/stdout ([`run_standard_stream`]).
+    pub async fn run_session(&self, started: &StartedSession) -> Result<SessionSummary, RunError> {
+        let connection = self.connect(started).await?;
+        let info = connection.info();
+        let property = |name: &str| {
+            info.properties
+                .as_ref()
+                .and_then(|properties| properties.get(name))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
+        if info.session_type != "Port" {
+            return Ok(run_terminal(connection).await?);
+        }
+        if property("type").as_deref() != Some("LocalPortForwarding") {
+            return Ok(run_standard_stream(connection).await?);
+        }
+        let local_port = match property("localPortNumber").filter(|port| !port.is_empty()) {
+            Some(port) => port.parse().map_err(|_| RunError::LocalPort(port))?,
+            None => 0,
+        };
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", local_port)).await?;
+        // On stdout, as the reference prints them (tools wait for these lines).
+        println!(
+            "Port {} opened for sessionId {}.\nWaiting for connections...",
+            listener.local_addr()?.port(),
+            started.session_id
+        );
+        let forward = run_port_forwarding(connection, listener, |event| {
+            if !event.closed {
+                println!("Connection accepted for session [{}]", event.destination);
+            }
+        });
+        tokio::pin!(forward);
+        tokio::select! {
+            summary = &mut forward => return Ok(summary?),
+            interrupted = tokio::signal::ctrl_c() => interrupted?,
+        }
+        // Ctrl-C: end the session for both sides; the gateway's channel_closed ends `forward`.
+        self.terminate_session(&started.session_id).await?;
+        println!("\nExiting session with sessionId: {}.", started.session_id);
+        match tokio::time::timeout(Duration::from_secs(10), forward).await {
+            Ok(summary) => Ok(summary?),
+            Err(_) => Err(RunError::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the session did not close within 10 s of TerminateSession",
+            ))),
+        }
     }
 }
 

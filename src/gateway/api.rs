@@ -6,17 +6,15 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use base64::Engine;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::auth::{ApiError, Caller};
-use super::{Inner, random_hex, sessions, wall_ms};
+use super::{Inner, kms, random_hex, sessions, wall_ms};
 use crate::audit::{EventKind, Record};
 use crate::control::{ControlMessage, StartSession};
-use crate::kms::EncryptionContext;
 use crate::net::http::HttpRequest;
-use crate::policy::{document_arn, kms_key_arn, session_arn, target_arn};
+use crate::policy::{document_arn, session_arn, target_arn};
 use crate::session::Role;
 
 /// Headers of every API answer.
@@ -58,8 +56,8 @@ pub(crate) async fn handle(
 }
 
 /// The audit record of the call being answered, filled in as facts become known.
-struct Call {
-    record: Record,
+pub(super) struct Call {
+    pub(super) record: Record,
 }
 
 fn dispatch(inner: &Inner, request: &HttpRequest, call: &mut Call) -> Result<Value, ApiError> {
@@ -101,8 +99,10 @@ fn dispatch(inner: &Inner, request: &HttpRequest, call: &mut Call) -> Result<Val
         "AmazonSSM.TerminateSession" => terminate_session(inner, &caller, body, call),
         "AmazonSSM.DescribeSessions" => describe_sessions(inner, &caller, body),
         "AmazonSSM.DescribeInstanceInformation" => describe_instances(inner, &caller),
-        "TrentService.GenerateDataKey" => generate_data_key(inner, &caller, body, call),
-        "TrentService.Decrypt" => decrypt(inner, &caller, body, call),
+        "TrentService.GenerateDataKey" => kms::generate_data_key(inner, &caller, body, call),
+        "TrentService.Decrypt" => kms::decrypt(inner, &caller, body, call),
+        "TrentService.Encrypt" => kms::encrypt(inner, &caller, body, call),
+        "TrentService.DescribeKey" => kms::describe_key(inner, &caller, body, call),
         other => Err(ApiError::new(
             400,
             "UnknownOperationException",
@@ -111,12 +111,12 @@ fn dispatch(inner: &Inner, request: &HttpRequest, call: &mut Call) -> Result<Val
     }
 }
 
-fn parse<T: for<'de> Deserialize<'de>>(body: Value) -> Result<T, ApiError> {
+pub(super) fn parse<T: for<'de> Deserialize<'de>>(body: Value) -> Result<T, ApiError> {
     serde_json::from_value(body)
         .map_err(|error| ApiError::new(400, "ValidationException", error.to_string()))
 }
 
-fn user(caller: &Caller) -> Result<&str, ApiError> {
+pub(super) fn user(caller: &Caller) -> Result<&str, ApiError> {
     match caller {
         Caller::User(name) => Ok(name),
         Caller::Agent(id) => Err(ApiError::new(
@@ -127,7 +127,7 @@ fn user(caller: &Caller) -> Result<&str, ApiError> {
     }
 }
 
-fn authorize(
+pub(super) fn authorize(
     inner: &Inner,
     name: &str,
     action: &str,
@@ -476,146 +476,4 @@ fn create_data_channel(
             format!("session {session_id} is not running"),
         )),
     }
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct GenerateDataKeyInput {
-    key_id: String,
-    #[serde(default)]
-    number_of_bytes: Option<usize>,
-    #[serde(default)]
-    key_spec: Option<String>,
-    #[serde(default)]
-    encryption_context: EncryptionContext,
-}
-
-fn generate_data_key(
-    inner: &Inner,
-    caller: &Caller,
-    body: Value,
-    call: &mut Call,
-) -> Result<Value, ApiError> {
-    let name = user(caller)?;
-    let input: GenerateDataKeyInput = parse(body)?;
-    let key_id = resolve_key(inner, &input.key_id)?;
-    let arn = kms_key_arn(&inner.region, &inner.account, &key_id);
-    call.record.target = Some(arn.clone());
-    call.record.session_id = input
-        .encryption_context
-        .get(crate::kms::CONTEXT_SESSION_ID)
-        .cloned();
-    authorize(
-        inner,
-        name,
-        "kms:GenerateDataKey",
-        std::slice::from_ref(&arn),
-        call,
-    )?;
-    let length = match (input.number_of_bytes, input.key_spec.as_deref()) {
-        (Some(64), _) | (None, None) => 64,
-        (None, Some(_)) | (Some(_), _) => {
-            return Err(ApiError::new(
-                400,
-                "ValidationException",
-                "this KMS only makes 64-byte session keys (NumberOfBytes 64)",
-            ));
-        }
-    };
-    let mut plaintext = [0u8; 64];
-    let mut nonce = [0u8; 12];
-    let mut entropy = crate::entropy::SystemEntropy::new();
-    crate::entropy::Entropy::fill(&mut entropy, &mut plaintext);
-    crate::entropy::Entropy::fill(&mut entropy, &mut nonce);
-    let key =
-        inner
-            .kms
-            .generate_data_key_with(&key_id, &input.encryption_context, plaintext, nonce);
-    let b64 = base64::engine::general_purpose::STANDARD;
-    Ok(json!({
-        "CiphertextBlob": b64.encode(&key.ciphertext_blob),
-        "Plaintext": b64.encode(&key.plaintext[..length]),
-        "KeyId": arn,
-    }))
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct DecryptInput {
-    ciphertext_blob: String,
-    #[serde(default)]
-    key_id: Option<String>,
-    #[serde(default)]
-    encryption_context: EncryptionContext,
-}
-
-fn decrypt(
-    inner: &Inner,
-    caller: &Caller,
-    body: Value,
-    call: &mut Call,
-) -> Result<Value, ApiError> {
-    let input: DecryptInput = parse(body)?;
-    let key_id = resolve_key(
-        inner,
-        input.key_id.as_deref().ok_or_else(|| {
-            ApiError::new(400, "ValidationException", "KeyId is required by this KMS")
-        })?,
-    )?;
-    let arn = kms_key_arn(&inner.region, &inner.account, &key_id);
-    call.record.target = Some(arn.clone());
-    call.record.session_id = input
-        .encryption_context
-        .get(crate::kms::CONTEXT_SESSION_ID)
-        .cloned();
-    match caller {
-        // An agent may open only keys of sessions that run on it.
-        Caller::Agent(agent_id) => {
-            let session = input
-                .encryption_context
-                .get(crate::kms::CONTEXT_SESSION_ID)
-                .and_then(|id| inner.sessions.owner_and_target(id));
-            let target = input.encryption_context.get(crate::kms::CONTEXT_TARGET_ID);
-            let allowed = session.is_some_and(|(_, session_target)| &session_target == agent_id)
-                && target == Some(agent_id);
-            if !allowed {
-                return Err(ApiError::new(
-                    400,
-                    "AccessDeniedException",
-                    format!("agent {agent_id} may decrypt only keys of its own live sessions"),
-                ));
-            }
-            call.record.reason = Some("agent of the session".into());
-        }
-        Caller::User(name) => {
-            authorize(inner, name, "kms:Decrypt", std::slice::from_ref(&arn), call)?
-        }
-    }
-    let blob = base64::engine::general_purpose::STANDARD
-        .decode(input.ciphertext_blob.as_bytes())
-        .map_err(|_| {
-            ApiError::new(
-                400,
-                "InvalidCiphertextException",
-                "CiphertextBlob is not base64",
-            )
-        })?;
-    let plaintext = inner
-        .kms
-        .decrypt_now(&key_id, &blob, &input.encryption_context)
-        .map_err(|error| ApiError::new(400, "InvalidCiphertextException", error.to_string()))?;
-    Ok(json!({
-        "Plaintext": base64::engine::general_purpose::STANDARD.encode(plaintext),
-        "KeyId": arn,
-    }))
-}
-
-fn resolve_key(inner: &Inner, name: &str) -> Result<String, ApiError> {
-    inner.auth().key_id(name).ok_or_else(|| {
-        ApiError::new(
-            400,
-            "NotFoundException",
-            format!("key {name} does not exist in this gateway's KMS"),
-        )
-    })
 }

@@ -234,7 +234,7 @@ impl GatewayConfig {
                          "Action": ["ssm:ResumeSession", "ssm:TerminateSession"],
                          "Resource": "arn:aws:ssm:*:*:session/${aws:username}-*"},
                         {"Sid": "SessionKeys", "Effect": "Allow",
-                         "Action": "kms:GenerateDataKey", "Resource": "*"}
+                         "Action": ["kms:GenerateDataKey", "kms:DescribeKey"], "Resource": "*"}
                     ]
                 }),
             ),

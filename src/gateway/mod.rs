@@ -34,6 +34,7 @@ mod agents;
 mod api;
 mod auth;
 mod config;
+mod kms;
 mod sessions;
 
 use std::io;

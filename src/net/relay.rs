@@ -472,15 +472,40 @@ where
             return;
         }
     };
-    let (sink, stream) = ws.split();
+    let (sink, mut stream) = ws.split();
     let (kill, generation) = attach(&state, &session_id, side);
-    tokio::select! {
-        () = kill.notified() => {}
-        () = forward_in(&state, &session_id, side, stream) => {}
-        () = forward_out(&state, &session_id, side, sink) => {}
-    }
+    let ended = tokio::select! {
+        () = kill.notified() => Ended::Dropped,
+        () = forward_in(&state, &session_id, side, &mut stream) => Ended::Dropped,
+        ended = forward_out(&state, &session_id, side, sink) => ended,
+    };
     detach(&state, &session_id, side, generation);
+    if ended == Ended::Closed {
+        // Closing handshake: read (and discard) until the peer's Close. Dropping the socket
+        // with its data unread would make the kernel reset the connection, and the peer could
+        // lose the channel_closed still in its receive buffer and try to resume.
+        let drain = async {
+            while let Some(Ok(message)) = stream.next().await {
+                if message.is_close() {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_LINGER, drain).await;
+    }
 }
+
+/// How a connection's writer stopped.
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    /// The session ended: its last messages and a Close frame were sent.
+    Closed,
+    /// The connection failed or was replaced.
+    Dropped,
+}
+
+/// How long a connection ended by the session waits for the peer's Close frame.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 /// Which side the opening message is from, if its token is valid for this session. Both
 /// openings read as the agent's shape; only the agent's names an instance (SPEC §4.1, §4.2).
@@ -648,7 +673,7 @@ async fn forward_in<S>(
     state: &State,
     session_id: &str,
     side: Role,
-    mut stream: SplitStream<WebSocketStream<S>>,
+    stream: &mut SplitStream<WebSocketStream<S>>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -696,7 +721,8 @@ async fn forward_out<S>(
     session_id: &str,
     side: Role,
     mut sink: SplitSink<WebSocketStream<S>, Message>,
-) where
+) -> Ended
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let from = other(side);
@@ -705,7 +731,7 @@ async fn forward_out<S>(
         let wake = {
             let mut sessions = lock(&state.sessions);
             let Some(slot) = sessions.get_mut(session_id) else {
-                return;
+                return Ended::Dropped;
             };
             let endpoint = &mut slot.sides[index(side)];
             while batch.len() < WRITE_BATCH {
@@ -726,7 +752,7 @@ async fn forward_out<S>(
         let (wake, finished) = wake;
         if batch.is_empty() && finished {
             let _ = sink.send(Message::Close(None)).await;
-            return;
+            return Ended::Closed;
         }
         if batch.is_empty() {
             wake.notified().await;
@@ -734,11 +760,11 @@ async fn forward_out<S>(
         }
         for message in batch.drain(..) {
             if sink.feed(Message::Binary(message)).await.is_err() {
-                return;
+                return Ended::Dropped;
             }
         }
         if sink.flush().await.is_err() {
-            return;
+            return Ended::Dropped;
         }
     }
 }

@@ -98,11 +98,11 @@ pub struct ClientConfig {
 }
 
 impl ClientConfig {
-    /// A client for `session_id` on `target_id`, reporting version 1.2.694.0 (above every gate
-    /// of SPEC §12), with challenge acknowledgement and extensions on.
+    /// A client for `session_id` on `target_id`, reporting [`crate::version::CLIENT_VERSION`],
+    /// with challenge acknowledgement and extensions on.
     pub fn new(session_id: impl Into<String>, target_id: impl Into<String>) -> Self {
         ClientConfig {
-            client_version: "1.2.694.0".into(),
+            client_version: crate::version::CLIENT_VERSION.into(),
             session_id: session_id.into(),
             target_id: target_id.into(),
             acknowledge_challenge: true,
