@@ -1,5 +1,5 @@
 //! The whole system on loopback: port-forward throughput through the gateway against a direct
-//! TCP copy, keystroke echo round trip (p50/p99) through client → gateway → agent → PTY and
+//! TCP copy, session start (plain and KMS-encrypted), keystroke echo round trip (p50/p99) through client → gateway → agent → PTY and
 //! back, and the gateway's memory with 1 000 idle sessions (the gateway runs as a child process
 //! so that its resident set is measured alone).
 //!
@@ -62,6 +62,41 @@ fn main() {
             })
         })
     });
+    group.finish();
+
+    // StartSession to handshake complete; the encrypted document adds GenerateDataKey (client),
+    // Decrypt (agent) through the gateway's KMS, and the challenge round trip.
+    let mut group = criterion.benchmark_group("session_start");
+    for (document, encrypted) in [
+        ("SSM-SessionManagerRunShell", false),
+        (gateway::DEV_ENCRYPTED_SHELL, true),
+    ] {
+        group.bench_function(document, |b| {
+            b.iter_custom(|iterations| {
+                runtime.block_on(async {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iterations {
+                        let begin = Instant::now();
+                        let started = world
+                            .sessions
+                            .start_session(&world.target, Some(document), BTreeMap::new())
+                            .await
+                            .unwrap();
+                        let connection = world.sessions.connect(&started).await.unwrap();
+                        total += begin.elapsed();
+                        assert_eq!(connection.info().encrypted, encrypted);
+                        world
+                            .sessions
+                            .terminate_session(&started.session_id)
+                            .await
+                            .unwrap();
+                        drop(connection);
+                    }
+                    total
+                })
+            })
+        });
+    }
     group.finish();
 
     let mut shell = runtime.block_on(world.shell());

@@ -832,6 +832,58 @@ fn audit_chain_detects_an_edited_record() {
     );
 }
 
+/// A TCP proxy to `target` whose connections can all be cut at once, as a network failure
+/// would; new connections are still accepted afterwards.
+struct CutProxy {
+    port: u16,
+    open: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl CutProxy {
+    fn start(target: &str) -> CutProxy {
+        let target = target.to_owned();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sockets = open.clone();
+        std::thread::spawn(move || {
+            for downstream in listener.incoming().flatten() {
+                let Ok(upstream) = std::net::TcpStream::connect(&target) else {
+                    continue;
+                };
+                sockets.lock().unwrap().extend([
+                    downstream.try_clone().unwrap(),
+                    upstream.try_clone().unwrap(),
+                ]);
+                for (mut from, mut to) in [
+                    (
+                        downstream.try_clone().unwrap(),
+                        upstream.try_clone().unwrap(),
+                    ),
+                    (upstream, downstream),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Write);
+                    });
+                }
+            }
+        });
+        CutProxy { port, open }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Cuts every connection made so far.
+    fn cut(&self) {
+        for socket in self.open.lock().unwrap().drain(..) {
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
 /// A free loopback port (bound and released).
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -843,8 +895,8 @@ fn free_port() -> u16 {
 
 /// `aws ssm start-session` with our client installed as `session-manager-plugin`: the CLI
 /// signs StartSession itself, hands the answer over in `AWS_SSM_START_SESSION_RESPONSE`, and
-/// our client runs the session — a command, an encrypted shell (KMS through the gateway) and
-/// port forwarding ended by Ctrl-C.
+/// our client runs the session — a command, an encrypted shell (KMS through the gateway), port
+/// forwarding ended by Ctrl-C, and a shell resumed after its connection is cut.
 #[test]
 fn aws_cli_runs_sessions_through_this_client_as_its_plugin() {
     let Some(aws) = external::external("SSM_SESSION_AWS_CLI") else {
@@ -859,12 +911,13 @@ fn aws_cli_runs_sessions_through_this_client_as_its_plugin() {
         plugin_dir.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let cli = |document: &str, parameters: &str| {
+    let gateway = system.field("endpoint").to_owned();
+    let cli = |document: &str, parameters: &str, endpoint: &str| {
         let mut command = Command::new(&aws);
         command
             .args(["ssm", "start-session", "--target", system.field("agent_id")])
             .args(["--document-name", document, "--parameters", parameters])
-            .args(["--endpoint-url", system.field("endpoint")])
+            .args(["--endpoint-url", endpoint])
             .args(["--region", "us-east-1"])
             .env("PATH", &path)
             .env("AWS_ACCESS_KEY_ID", system.field("access_key_id"))
@@ -883,6 +936,7 @@ fn aws_cli_runs_sessions_through_this_client_as_its_plugin() {
     let mut command = cli(
         "AWS-StartNonInteractiveCommand",
         r#"{"command": ["echo from-cli-$((6*7))"]}"#,
+        &gateway,
     )
     .spawn()
     .unwrap();
@@ -898,7 +952,7 @@ fn aws_cli_runs_sessions_through_this_client_as_its_plugin() {
     assert!(text(&output.stderr).contains("Starting session with SessionId"));
 
     // An encrypted shell: the plugin asks the gateway's KMS, as the endpoint is not AWS's.
-    let mut shell = cli(DEV_ENCRYPTED_SHELL, "{}").spawn().unwrap();
+    let mut shell = cli(DEV_ENCRYPTED_SHELL, "{}", &gateway).spawn().unwrap();
     shell
         .stdin
         .take()
@@ -919,6 +973,7 @@ fn aws_cli_runs_sessions_through_this_client_as_its_plugin() {
     let mut forward = cli(
         "AWS-StartPortForwardingSession",
         &format!(r#"{{"portNumber": ["{echo}"], "localPortNumber": ["{local}"]}}"#),
+        &gateway,
     );
     std::os::unix::process::CommandExt::process_group(&mut forward, 0);
     let mut forward = forward.spawn().unwrap();
@@ -950,6 +1005,24 @@ fn aws_cli_runs_sessions_through_this_client_as_its_plugin() {
         text(&stderr.lock().unwrap())
     );
 
+    // A lost connection is resumed through ResumeSession at the endpoint the CLI used: here a
+    // proxy whose connections are cut in the middle of a shell.
+    let proxy = CutProxy::start(gateway.trim_start_matches("http://"));
+    let mut resumed = cli("SSM-SessionManagerRunShell", "{}", &proxy.endpoint())
+        .spawn()
+        .unwrap();
+    let mut keys = resumed.stdin.take().unwrap();
+    let stdout = collect(resumed.stdout.take().unwrap());
+    let stderr = collect(resumed.stderr.take().unwrap());
+    keys.write_all(b"echo before-$((6*7))\n").unwrap();
+    wait_for(&stdout, "before-42");
+    proxy.cut();
+    keys.write_all(b"echo after-$((6*7))\n").unwrap();
+    wait_for(&stdout, "after-42");
+    keys.write_all(b"exit\n").unwrap();
+    let status = wait_exit(&mut resumed, Duration::from_secs(30));
+    assert!(status.success(), "aws: {}", text(&stderr.lock().unwrap()));
+
     let audit = system.audit();
     let allowed = |action: &str| {
         audit
@@ -959,7 +1032,8 @@ fn aws_cli_runs_sessions_through_this_client_as_its_plugin() {
             })
             .count()
     };
-    assert_eq!(allowed("ssm:StartSession"), 3, "{audit:?}");
+    assert_eq!(allowed("ssm:StartSession"), 4, "{audit:?}");
+    assert!(allowed("ssm:ResumeSession") >= 1, "{audit:?}");
     assert!(allowed("kms:GenerateDataKey") >= 1, "{audit:?}");
     assert_eq!(allowed("ssm:TerminateSession"), 1, "{audit:?}");
     let ends: Vec<&Value> = audit

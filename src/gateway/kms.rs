@@ -44,14 +44,13 @@ pub(super) fn generate_data_key(
     body: Value,
     call: &mut Call,
 ) -> Result<Value, ApiError> {
-    let name = user(caller)?;
     let input: GenerateDataKeyInput = parse(body)?;
-    let key = Key::resolve(inner, &input.key_id, &input.encryption_context, call)?;
-    authorize(
+    let key = Key::for_user(
         inner,
-        name,
+        caller,
         "kms:GenerateDataKey",
-        std::slice::from_ref(&key.arn),
+        &input.key_id,
+        &input.encryption_context,
         call,
     )?;
     let length = match (input.number_of_bytes, input.key_spec.as_deref()) {
@@ -89,14 +88,13 @@ pub(super) fn encrypt(
     body: Value,
     call: &mut Call,
 ) -> Result<Value, ApiError> {
-    let name = user(caller)?;
     let input: EncryptInput = parse(body)?;
-    let key = Key::resolve(inner, &input.key_id, &input.encryption_context, call)?;
-    authorize(
+    let key = Key::for_user(
         inner,
-        name,
+        caller,
         "kms:Encrypt",
-        std::slice::from_ref(&key.arn),
+        &input.key_id,
+        &input.encryption_context,
         call,
     )?;
     let plaintext = base64::engine::general_purpose::STANDARD
@@ -196,14 +194,13 @@ pub(super) fn describe_key(
     body: Value,
     call: &mut Call,
 ) -> Result<Value, ApiError> {
-    let name = user(caller)?;
     let input: DescribeKeyInput = parse(body)?;
-    let key = Key::resolve(inner, &input.key_id, &EncryptionContext::new(), call)?;
-    authorize(
+    let key = Key::for_user(
         inner,
-        name,
+        caller,
         "kms:DescribeKey",
-        std::slice::from_ref(&key.arn),
+        &input.key_id,
+        &EncryptionContext::new(),
         call,
     )?;
     Ok(json!({
@@ -250,6 +247,21 @@ impl Key {
         call.record.target = Some(arn.clone());
         call.record.session_id = context.get(CONTEXT_SESSION_ID).cloned();
         Ok(Key { id, arn })
+    }
+
+    /// Resolves `name` for a user whose policies must allow `action` on the key.
+    fn for_user(
+        inner: &Inner,
+        caller: &Caller,
+        action: &str,
+        name: &str,
+        context: &EncryptionContext,
+        call: &mut Call,
+    ) -> Result<Key, ApiError> {
+        let user = user(caller)?;
+        let key = Key::resolve(inner, name, context, call)?;
+        authorize(inner, user, action, std::slice::from_ref(&key.arn), call)?;
+        Ok(key)
     }
 }
 
