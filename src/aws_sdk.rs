@@ -159,7 +159,7 @@ impl AwsKms {
     }
 }
 
-fn kms_error<E, R>(error: aws_sdk_kms::error::SdkError<E, R>) -> KmsError
+fn kms_error<E, R>(key_id: &str, error: aws_sdk_kms::error::SdkError<E, R>) -> KmsError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
     R: std::fmt::Debug,
@@ -168,7 +168,7 @@ where
     match error.code() {
         Some("InvalidCiphertextException" | "IncorrectKeyException") => KmsError::InvalidCiphertext,
         Some("NotFoundException") => KmsError::KeyNotFound {
-            key_id: error.message().unwrap_or_default().to_owned(),
+            key_id: key_id.to_owned(),
         },
         Some("AccessDeniedException") => KmsError::AccessDenied(text),
         _ => KmsError::Other(text),
@@ -203,7 +203,7 @@ impl KeyProvider for AwsKms {
                 .set_encryption_context(Some(context_map(context)))
                 .send()
                 .await
-                .map_err(kms_error)?;
+                .map_err(|error| kms_error(key_id, error))?;
             let ciphertext_blob = answer
                 .ciphertext_blob
                 .map(Blob::into_inner)
@@ -230,7 +230,7 @@ impl KeyProvider for AwsKms {
                 .set_encryption_context(Some(context_map(context)))
                 .send()
                 .await
-                .map_err(kms_error)?;
+                .map_err(|error| kms_error(key_id, error))?;
             data_key_bytes(answer.plaintext)
         })
     }

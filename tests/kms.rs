@@ -542,6 +542,12 @@ mod sdk {
         let url = external::external("SSM_SESSION_MOTO_URL").unwrap();
         let kms = sdk_kms(&url, &Credentials::new("testing", "testing", None)).await;
         keys_open_only_in_their_context(kms.as_ref(), &key_id).await;
+        let unknown = "7a7a7a7a-0000-4000-8000-000000000000";
+        let refused = kms.generate_data_key(unknown, &context("s", "t")).await;
+        assert!(
+            matches!(&refused, Err(KmsError::KeyNotFound { key_id }) if key_id == unknown),
+            "{refused:?}"
+        );
         let mut world = World::start("moto-sdk", &[("Moto-Shell", &key_id)]).await;
         world.start_agent(Some(kms.clone())).await;
         world.encrypted_session("Moto-Shell", kms).await;
