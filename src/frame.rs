@@ -405,8 +405,9 @@ impl Frame {
     /// Decodes one websocket message with explicit options.
     pub fn decode_with(message: Bytes, options: DecodeOptions) -> Result<Frame, DecodeError> {
         let header = Header::parse(&message)?;
-        let payload = message.slice(header.payload_offset(message.len())?..);
-        if !header.message_type.is_publication() {
+        let publication = header.message_type.is_publication();
+        let payload = message.slice(header.payload_offset(message.len(), publication)?..);
+        if !publication {
             header.validate_fields()?;
             let digest_applies = options.verify_digest && header.payload_length != 0;
             if digest_applies && Sha256::digest(&payload)[..] != header.payload_digest {
@@ -538,11 +539,17 @@ impl Header {
     }
 
     /// Where the payload starts: `HeaderLength + 4`, checked against the message length.
-    fn payload_offset(&self, len: usize) -> Result<usize, DecodeError> {
+    ///
+    /// `start_publication` / `pause_publication` (`lenient`) skip the HeaderLength checks, as
+    /// the Go client accepts them unconditionally (SPEC §4 step 3, §13.11): the relay may
+    /// send them with fields that fail the generic checks, and nothing in them is read.
+    fn payload_offset(&self, len: usize, lenient: bool) -> Result<usize, DecodeError> {
         let header_length = self.header_length;
         match header_length {
-            0 => Err(DecodeError::ZeroHeaderLength),
-            1..HEADER_LENGTH => Err(DecodeError::HeaderLengthTooSmall { header_length }),
+            0 if !lenient => Err(DecodeError::ZeroHeaderLength),
+            1..HEADER_LENGTH if !lenient => {
+                Err(DecodeError::HeaderLengthTooSmall { header_length })
+            }
             _ => usize::try_from(u64::from(header_length) + 4)
                 .ok()
                 .filter(|offset| *offset <= len)

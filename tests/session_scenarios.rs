@@ -494,6 +494,36 @@ fn pause_publication_holds_messages_until_start_publication() {
 }
 
 #[test]
+fn client_takes_a_malformed_start_publication_as_go_does() {
+    // HeaderLength 0, CreatedDate 0 and a wrong digest: the Go client accepts start/pause
+    // publication unconditionally (SPEC §4 step 3). Nothing in it is read, so no error either.
+    let mut duo = Duo::new(compat_client(), compat_agent("Standard_Stream"));
+    duo.exchange();
+    duo.client_events.clear();
+    let mut wire = crafted(
+        MessageType::StartPublication,
+        0,
+        PayloadType::Unset,
+        b"{}".to_vec(),
+    )
+    .to_vec();
+    wire[..4].copy_from_slice(&0u32.to_be_bytes()); // HeaderLength
+    wire[40..48].copy_from_slice(&0u64.to_be_bytes()); // CreatedDate
+    wire[80..112].fill(0xee); // PayloadDigest
+    assert!(Frame::decode(Bytes::from(wire.clone())).is_ok());
+    duo.deliver_to_client(&[Bytes::from(wire)]);
+    assert!(
+        duo.client_events.is_empty(),
+        "no error event: {:?}",
+        duo.client_events
+    );
+    // The session carries on as before.
+    duo.agent.send(duo.now, b"after").unwrap();
+    duo.exchange();
+    assert_eq!(stream_bytes(&duo.client_events), b"after");
+}
+
+#[test]
 fn a_new_transport_resends_everything_unacknowledged_at_once() {
     let mut duo = Duo::new(compat_client(), compat_agent("Port"));
     duo.exchange();

@@ -41,8 +41,9 @@ use crate::control::{
     ControlMessage, EndReason, OpenControlChannelInput, SessionReport, StartSession,
 };
 use crate::document::{AgentSessionRequest, SessionType};
-use crate::entropy::{Entropy, SystemEntropy};
+use crate::entropy::SystemEntropy;
 use crate::kms::KeyProvider;
+use crate::net::runtime::{jittered, lock, random_uuid, wall_ms};
 use crate::net::{self, Connection, Options, TlsConfig, TokenError};
 use crate::session::AgentConfig;
 use crate::sigv4::{self, Credentials};
@@ -168,15 +169,9 @@ pub async fn run(settings: AgentSettings) {
             Ok(()) => backoff = settings.initial_backoff,
             Err(error) => eprintln!("ssm-session agent: control channel: {error}"),
         }
-        tokio::time::sleep(jitter(backoff)).await;
+        tokio::time::sleep(jittered(backoff, &mut SystemEntropy::new())).await;
         backoff = (backoff * 2).min(settings.max_backoff);
     }
-}
-
-fn jitter(delay: Duration) -> Duration {
-    let mut byte = [0u8; 1];
-    SystemEntropy::new().fill(&mut byte);
-    delay.mul_f64(0.5 + f64::from(byte[0]) / 510.0)
 }
 
 /// One control-channel connection: Ok when it was up and then dropped.
@@ -237,7 +232,7 @@ async fn control_channel(
         tokio::select! {
             message = outbox.recv() => {
                 let Some(message) = message else { return Ok(()) };
-                let wire = message.encode(random_uuid(), crate::gateway::wall_ms());
+                let wire = message.encode(random_uuid(), wall_ms());
                 if ws.send(Message::Binary(wire)).await.is_err() {
                     // Keep it for the next connection: reports must not be lost.
                     let _ = context.outbox.try_send(message);
@@ -263,18 +258,18 @@ async fn control_channel(
                 match ControlMessage::decode(message) {
                     Ok(ControlMessage::StartSession(start)) => {
                         let cancel = CancellationToken::new();
-                        crate::gateway::lock(running).insert(start.task_id.clone(), cancel.clone());
+                        lock(running).insert(start.task_id.clone(), cancel.clone());
                         let context = context.clone();
                         let running = running.clone();
                         tokio::spawn(async move {
                             let id = start.task_id.clone();
                             let report = run_session(&context, start, cancel).await;
-                            crate::gateway::lock(&running).remove(&id);
+                            lock(&running).remove(&id);
                             let _ = context.outbox.send(ControlMessage::SessionReport(report)).await;
                         });
                     }
                     Ok(ControlMessage::ChannelClosed(closed)) => {
-                        if let Some(cancel) = crate::gateway::lock(running).get(&closed.session_id) {
+                        if let Some(cancel) = lock(running).get(&closed.session_id) {
                             cancel.cancel();
                         }
                     }
@@ -283,12 +278,6 @@ async fn control_channel(
             }
         }
     }
-}
-
-fn random_uuid() -> uuid::Uuid {
-    let mut bytes = [0; 16];
-    SystemEntropy::new().fill(&mut bytes);
-    uuid::Builder::from_random_bytes(bytes).into_uuid()
 }
 
 /// How a session ended, as reported to the gateway.

@@ -34,7 +34,7 @@ pub async fn run_port_forwarding(
     let mut on_stream = on_stream;
     let report = move |event: forward::StreamEvent| {
         if event.closed {
-            let mut totals = crate::gateway::lock(&totals);
+            let mut totals = crate::net::runtime::lock(&totals);
             totals.0 += event.bytes_in;
             totals.1 += event.bytes_out;
         }
@@ -48,7 +48,7 @@ pub async fn run_port_forwarding(
     } else {
         forward::run_basic(reader, writer, streams, false, report).await
     };
-    let (sent, received) = *crate::gateway::lock(&counters);
+    let (sent, received) = *crate::net::runtime::lock(&counters);
     let ending = match end {
         ForwardEnd::Session(ending) => ending,
         ForwardEnd::Terminated => Ending::Closed,

@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, ready};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::stream::SplitSink;
@@ -20,6 +20,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::dial::{Ws, dial};
 use super::handle::{Command, Connection, Ending, Incoming, Shared};
+use super::runtime::{self, wall_ms};
 use super::{NetError, Options, TokenError};
 use crate::PayloadType;
 use crate::crypto::DATA_KEY_LEN;
@@ -155,17 +156,7 @@ impl Opening {
 }
 
 fn random_uuid(entropy: &mut dyn Entropy) -> String {
-    let mut bytes = [0; 16];
-    entropy.fill(&mut bytes);
-    uuid::Builder::from_random_bytes(bytes)
-        .into_uuid()
-        .to_string()
-}
-
-fn wall_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(1, |elapsed| elapsed.as_millis() as u64)
+    runtime::uuid_from(entropy).to_string()
 }
 
 /// What one turn of the driver's loop saw.
@@ -576,18 +567,10 @@ impl Driver {
                     last: last.to_string(),
                 });
             }
-            // Full jitter over the upper half, so that many clients do not redial in step.
-            let jitter = (self.entropy_u64() % 1000) as u32;
-            tokio::time::sleep(delay / 2 + delay / 2 * jitter / 1000).await;
+            tokio::time::sleep(runtime::jittered(delay, &mut self.entropy)).await;
             delay = (delay * 2).min(backoff.max);
         }
         unreachable!("the attempt loop only ends by returning")
-    }
-
-    fn entropy_u64(&mut self) -> u64 {
-        let mut bytes = [0; 8];
-        self.entropy.fill(&mut bytes);
-        u64::from_le_bytes(bytes)
     }
 }
 

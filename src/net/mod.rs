@@ -49,6 +49,7 @@ mod driver;
 mod handle;
 pub mod http;
 pub mod relay;
+pub mod runtime;
 mod tls;
 
 use std::fmt;
