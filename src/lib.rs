@@ -95,33 +95,40 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
-#[cfg(feature = "system")]
+#[cfg(feature = "agent")]
 pub mod agent;
+#[cfg(any(feature = "gateway", feature = "agent", feature = "fuzzing"))]
 pub mod audit;
-#[cfg(feature = "system")]
+#[cfg(feature = "api-client")]
 pub mod aws;
 #[cfg(feature = "aws-kms")]
 pub mod aws_sdk;
-#[cfg(feature = "system")]
+#[cfg(feature = "client")]
 pub mod client;
+#[cfg(any(feature = "gateway", feature = "agent", feature = "fuzzing"))]
 pub mod control;
 pub mod crypto;
+#[cfg(any(feature = "gateway", feature = "agent", feature = "fuzzing"))]
 pub mod document;
 mod entropy;
-#[cfg(feature = "system")]
+#[cfg(any(feature = "agent", feature = "client"))]
 pub mod forward;
 mod frame;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
-#[cfg(feature = "system")]
+#[cfg(feature = "gateway")]
 pub mod gateway;
 pub mod kms;
 #[cfg(feature = "net")]
 pub mod net;
 pub mod payload;
+#[cfg(any(feature = "gateway", feature = "fuzzing"))]
 pub mod policy;
 pub mod session;
+#[cfg(any(feature = "gateway", feature = "api-client", feature = "fuzzing"))]
 pub mod sigv4;
+#[cfg(feature = "sim")]
 pub mod sim;
 pub mod smux;
 pub mod version;

@@ -44,9 +44,11 @@
 //! ```
 
 mod dial;
+#[cfg(any(feature = "gateway", feature = "agent"))]
 pub(crate) use dial::websocket_config;
 mod driver;
 mod handle;
+#[cfg(any(feature = "gateway", feature = "api-client"))]
 pub mod http;
 pub mod relay;
 pub mod runtime;
