@@ -103,6 +103,8 @@ pub mod audit;
 pub mod aws;
 #[cfg(feature = "aws-kms")]
 pub mod aws_sdk;
+#[cfg(feature = "programs")]
+pub mod cli;
 #[cfg(feature = "client")]
 pub mod client;
 #[cfg(any(feature = "gateway", feature = "agent", feature = "fuzzing"))]

@@ -1,0 +1,52 @@
+//! What the programs in `src/bin/` share: log set-up and the version line. Library code logs
+//! through `tracing` only; this is where a program decides where those records go.
+
+use std::io::IsTerminal;
+
+use tracing_subscriber::EnvFilter;
+
+/// How a program writes its log records (to standard error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[non_exhaustive]
+pub enum LogFormat {
+    /// One human-readable line per record.
+    #[default]
+    Text,
+    /// One JSON object per line, for journald/Loki/CloudWatch shippers.
+    Json,
+}
+
+/// Sends `tracing` records to standard error, filtered by `RUST_LOG` (for example
+/// `RUST_LOG=info,ssm_session::session=debug`), or by `default_filter` when it is unset.
+///
+/// # Errors
+///
+/// When `RUST_LOG` does not parse, naming the bad directive; or when a subscriber is already
+/// installed.
+pub fn init_logging(format: LogFormat, default_filter: &str) -> Result<(), String> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(spec) => {
+            EnvFilter::try_new(&spec).map_err(|error| format!("RUST_LOG={spec:?}: {error}"))?
+        }
+        Err(_) => EnvFilter::new(default_filter),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let installed = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+    };
+    installed.map_err(|error| format!("cannot install the log subscriber: {error}"))
+}
+
+/// `name version`, for `--version` and the first log line.
+pub fn version_line(name: &str) -> String {
+    format!("{name} {}", env!("CARGO_PKG_VERSION"))
+}
