@@ -12,7 +12,7 @@ use std::io::BufRead;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
-use ssm_session::agent::{self, AgentSettings};
+use ssm_session::agent::AgentSettings;
 use ssm_session::aws::ApiClient;
 use ssm_session::client::{self, SessionClient};
 use ssm_session::gateway::{self, Gateway};
@@ -149,7 +149,7 @@ impl World {
             &dev.setup.agent_secret,
         )
         .unwrap();
-        tokio::spawn(agent::run(settings));
+        tokio::spawn(run_agent(settings));
         let api = ApiClient::new(
             gateway.endpoint(),
             "us-east-1",
@@ -323,7 +323,7 @@ async fn idle_sessions_memory(count: usize) {
         &field("agent_secret"),
     )
     .unwrap();
-    let agent_task = tokio::spawn(agent::run(settings));
+    let agent_task = tokio::spawn(run_agent(settings));
     let api = ApiClient::new(
         &field("endpoint"),
         "us-east-1",
@@ -357,4 +357,11 @@ async fn idle_sessions_memory(count: usize) {
     agent_task.abort();
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// The agent until its task is aborted.
+async fn run_agent(settings: ssm_session::agent::AgentSettings) {
+    if let Err(error) = ssm_session::agent::run(settings, std::future::pending()).await {
+        panic!("the agent cannot run: {error}");
+    }
 }

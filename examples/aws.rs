@@ -77,10 +77,15 @@ async fn run(args: Args) -> Result<i32, Error> {
         .ok()
         .or_else(|| config.endpoint_url().map(str::to_owned))
         .unwrap_or_else(|| format!("https://ssm.{region}.amazonaws.com"));
-    let credentials = aws_sdk::credentials(&config).await?;
-    let api = ApiClient::new(&endpoint, &region, credentials, TlsConfig::default())?;
+    let credentials = Arc::new(aws_sdk::SdkCredentials::new(&config, None));
+    let api = ApiClient::with_credentials(&endpoint, &region, credentials, TlsConfig::default())?;
     let sessions = SessionClient::new(api).key_provider(Arc::new(AwsKms::new(&config, None)));
-    let summary = sessions.run_session(&started).await?;
+    let interrupted = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let summary = sessions
+        .run_session(&started, interrupted, |notice| println!("{notice}"))
+        .await?;
     eprintln!("\n{}: {summary}", started.session_id);
     Ok(summary.exit_code.unwrap_or(0))
 }

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use ssm_session::agent::{self, AgentSettings};
+use ssm_session::agent::AgentSettings;
 use ssm_session::aws::ApiClient;
 use ssm_session::client::{self, SessionClient};
 use ssm_session::gateway::{self, DEV_ENCRYPTED_SHELL, Gateway};
@@ -38,6 +38,28 @@ fn step(title: &str) {
     println!("\n== {title}");
 }
 
+/// The terminal's output as a reader sees it: without the escape sequences a shell sends for
+/// the terminal itself (bracketed paste `ESC[?2004h`, colours, titles) and without `\r`.
+fn printable(output: &[u8]) -> String {
+    let text = String::from_utf8_lossy(output);
+    let mut shown = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{1b}' => match chars.next() {
+                // CSI: parameters, then one final byte in @..~.
+                Some('[') => while chars.next().is_some_and(|c| !('@'..='~').contains(&c)) {},
+                // OSC: up to BEL or ESC \.
+                Some(']') => while chars.next().is_some_and(|c| c != '\u{7}' && c != '\u{1b}') {},
+                _ => {}
+            },
+            '\r' => {}
+            c => shown.push(c),
+        }
+    }
+    shown
+}
+
 fn check(ok: bool, what: impl Into<String>) -> Result<()> {
     match ok {
         true => Ok(()),
@@ -62,7 +84,7 @@ async fn run() -> Result<()> {
         &dev.setup.agent_secret,
     )?
     .tls(tls.clone());
-    let agent = tokio::spawn(agent::run(settings));
+    let agent = tokio::spawn(run_agent(settings));
     let admin = ApiClient::new(
         gateway.endpoint(),
         &dev.setup.region,
@@ -96,7 +118,7 @@ async fn run() -> Result<()> {
         "echo hello from $(uname -s); printf 'sum=%d\\n' $((40+2)); exit 3\n",
     )
     .await?;
-    print!("{}", String::from_utf8_lossy(&output).replace('\r', ""));
+    print!("{}", printable(&output));
     check(
         exit_code == Some(3),
         format!("expected exit code 3, got {exit_code:?}"),
@@ -284,4 +306,11 @@ async fn port_forward(sessions: &SessionClient, target: &str) -> Result<f64> {
     sessions.terminate_session(&started.session_id).await?;
     let _ = tokio::time::timeout(Duration::from_secs(5), forwarding).await;
     Ok(TRANSFER as f64 / 1e6 / seconds)
+}
+
+/// The agent until its task is aborted.
+async fn run_agent(settings: ssm_session::agent::AgentSettings) {
+    if let Err(error) = ssm_session::agent::run(settings, std::future::pending()).await {
+        panic!("the agent cannot run: {error}");
+    }
 }

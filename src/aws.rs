@@ -19,7 +19,9 @@
 //! ```
 
 use std::fmt;
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -62,6 +64,15 @@ pub enum ApiCallError {
     /// A 200 answer that is not JSON.
     #[error("unreadable answer: {0}")]
     Answer(String),
+    /// The call needs AWS credentials and none could be found.
+    #[error("{operation} needs AWS credentials: {source}")]
+    Credentials {
+        /// The operation that needed them (its `X-Amz-Target` or path).
+        operation: String,
+        /// Why there are none; its message says what to set.
+        #[source]
+        source: CredentialsError,
+    },
 }
 
 impl ApiCallError {
@@ -74,13 +85,63 @@ impl ApiCallError {
     }
 }
 
+/// The future a [`CredentialSource`] returns.
+pub type CredentialsFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Credentials, CredentialsError>> + Send + 'a>>;
+
+/// Where an [`ApiClient`] gets the credentials it signs with. It is asked at each call, not
+/// when the client is built: a plain shell or port forward started by the AWS CLI makes no
+/// signed call at all, so it must not need credentials (as with the reference plugin).
+pub trait CredentialSource: Send + Sync + fmt::Debug {
+    /// The credentials to sign the next call with.
+    fn credentials(&self) -> CredentialsFuture<'_>;
+}
+
+/// Fixed credentials.
+impl CredentialSource for Credentials {
+    fn credentials(&self) -> CredentialsFuture<'_> {
+        Box::pin(std::future::ready(Ok(self.clone())))
+    }
+}
+
+/// Static keys from the environment or the shared files ([`load_credentials`]), looked up at
+/// the first call that needs them and then kept.
+#[derive(Debug, Default)]
+pub struct SharedFileCredentials {
+    profile: Option<String>,
+    found: Mutex<Option<Credentials>>,
+}
+
+impl SharedFileCredentials {
+    /// Credentials of `profile` (`None`: the environment, then `AWS_PROFILE`, then `default`).
+    pub fn new(profile: Option<&str>) -> SharedFileCredentials {
+        SharedFileCredentials {
+            profile: profile.map(str::to_owned),
+            found: Mutex::default(),
+        }
+    }
+}
+
+impl CredentialSource for SharedFileCredentials {
+    fn credentials(&self) -> CredentialsFuture<'_> {
+        let mut found = crate::net::runtime::lock(&self.found);
+        let credentials = match &*found {
+            Some(credentials) => Ok(credentials.clone()),
+            None => load_credentials(self.profile.as_deref()).inspect(|credentials| {
+                *found = Some(credentials.clone());
+            }),
+        };
+        Box::pin(std::future::ready(credentials))
+    }
+}
+
 /// A SigV4-signing JSON client for one endpoint and identity.
 #[derive(Clone)]
 pub struct ApiClient {
     endpoint: Endpoint,
     url: String,
     region: String,
-    credentials: Credentials,
+    credentials: Arc<dyn CredentialSource>,
     tls: TlsConfig,
 }
 
@@ -95,11 +156,22 @@ impl fmt::Debug for ApiClient {
 }
 
 impl ApiClient {
-    /// A client of `endpoint` (`http://` or `https://`) signing for `region`.
+    /// A client of `endpoint` (`http://` or `https://`) signing for `region` with fixed
+    /// credentials.
     pub fn new(
         endpoint: &str,
         region: &str,
         credentials: Credentials,
+        tls: TlsConfig,
+    ) -> Result<ApiClient, ApiCallError> {
+        ApiClient::with_credentials(endpoint, region, Arc::new(credentials), tls)
+    }
+
+    /// A client that asks `credentials` at each call (see [`CredentialSource`]).
+    pub fn with_credentials(
+        endpoint: &str,
+        region: &str,
+        credentials: Arc<dyn CredentialSource>,
         tls: TlsConfig,
     ) -> Result<ApiClient, ApiCallError> {
         Ok(ApiClient {
@@ -126,11 +198,6 @@ impl ApiClient {
         &self.region
     }
 
-    /// The access key id calls are signed with.
-    pub fn access_key_id(&self) -> &str {
-        &self.credentials.access_key_id
-    }
-
     /// Calls `target` (`X-Amz-Target`, e.g. `AmazonSSM.StartSession`) of `service` at `/`.
     pub async fn call(
         &self,
@@ -149,6 +216,14 @@ impl ApiClient {
         target: Option<&str>,
         body: &Value,
     ) -> Result<Value, ApiCallError> {
+        let credentials =
+            self.credentials
+                .credentials()
+                .await
+                .map_err(|source| ApiCallError::Credentials {
+                    operation: target.unwrap_or(path).to_owned(),
+                    source,
+                })?;
         let body = body.to_string().into_bytes();
         let mut headers = vec![
             ("host".to_owned(), self.endpoint.authority()),
@@ -169,7 +244,7 @@ impl ApiClient {
         };
         let signature = sigv4::sign(
             &request,
-            &self.credentials,
+            &credentials,
             &self.region,
             service,
             unix_seconds(),
@@ -303,11 +378,24 @@ impl KeyProvider for HttpKms {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 #[error(
-    "no AWS credentials for profile {profile:?}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or aws_access_key_id and aws_secret_access_key in ~/.aws/credentials (profiles using SSO, roles or processes need the `aws-kms` build, which uses the AWS SDK's credential chain)"
+    "no AWS credentials for profile {profile:?}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or aws_access_key_id and aws_secret_access_key in ~/.aws/credentials{}",
+    detail.as_deref().map_or(" (profiles using SSO, roles or processes need the `aws-kms` build, which uses the AWS SDK's credential chain)".to_owned(), |detail| format!(" ({detail})"))
 )]
 pub struct CredentialsError {
     /// The profile looked for.
     pub profile: String,
+    /// What the credential chain reported, when one was asked.
+    pub detail: Option<String>,
+}
+
+impl CredentialsError {
+    /// No credentials for `profile`; `detail` is what the credential chain said.
+    pub fn new(profile: impl Into<String>, detail: Option<String>) -> CredentialsError {
+        CredentialsError {
+            profile: profile.into(),
+            detail,
+        }
+    }
 }
 
 /// Static credentials the way the AWS tools find them, without the SDK: with no `profile`,
@@ -373,7 +461,7 @@ fn credentials_from(
             ));
         }
     }
-    Err(CredentialsError { profile })
+    Err(CredentialsError::new(profile, None))
 }
 
 /// The `key = value` pairs of `[section]` in an AWS shared file.

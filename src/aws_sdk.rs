@@ -29,6 +29,7 @@ use aws_sdk_kms::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_kms::primitives::Blob;
 use aws_smithy_http_client::tls::{self, TlsContext, TrustStore, rustls_provider::CryptoMode};
 
+use crate::aws::{CredentialSource, CredentialsError, CredentialsFuture};
 use crate::crypto::DATA_KEY_LEN;
 use crate::kms::{DataKey, EncryptionContext, KeyProvider, KmsError, KmsFuture};
 use crate::sigv4::Credentials;
@@ -79,11 +80,6 @@ pub enum SdkConfigError {
     /// The extra CA bundle is unusable.
     #[error("the CA bundle is unusable: {0}")]
     Tls(String),
-    /// No credentials were found, or the provider failed.
-    #[error(
-        "no AWS credentials: {0} (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or log in with `aws sso login`)"
-    )]
-    Credentials(String),
 }
 
 /// Loads the standard AWS configuration with `options` applied.
@@ -119,21 +115,53 @@ pub async fn load_config(options: &SdkOptions) -> Result<SdkConfig, SdkConfigErr
     Ok(loader.load().await)
 }
 
-/// The configuration's current credentials, for this crate's SigV4 signer (`ResumeSession`,
-/// `TerminateSession`, gateway calls). Temporary credentials are taken as they are now.
-pub async fn credentials(config: &SdkConfig) -> Result<Credentials, SdkConfigError> {
-    let provider = config
-        .credentials_provider()
-        .ok_or_else(|| SdkConfigError::Credentials("no credential provider".into()))?;
-    let found = provider
-        .provide_credentials()
-        .await
-        .map_err(|error| SdkConfigError::Credentials(DisplayErrorContext(&error).to_string()))?;
-    Ok(Credentials::new(
-        found.access_key_id(),
-        found.secret_access_key(),
-        found.session_token(),
-    ))
+/// The SDK's whole credential chain (environment, profiles, SSO, assume-role,
+/// `credential_process`, instance and container roles) as an [`ApiClient`]'s
+/// [`CredentialSource`]: resolved at each signed call (the SDK caches and refreshes), never
+/// when the client is built.
+///
+/// [`ApiClient`]: crate::aws::ApiClient
+#[derive(Debug, Clone)]
+pub struct SdkCredentials {
+    provider: Option<aws_credential_types::provider::SharedCredentialsProvider>,
+    profile: String,
+}
+
+impl SdkCredentials {
+    /// The credential chain of `config`; `profile` names it in errors.
+    pub fn new(config: &SdkConfig, profile: Option<&str>) -> SdkCredentials {
+        SdkCredentials {
+            provider: config.credentials_provider(),
+            profile: profile.filter(|name| !name.is_empty()).map_or_else(
+                || std::env::var("AWS_PROFILE").unwrap_or_else(|_| "default".into()),
+                str::to_owned,
+            ),
+        }
+    }
+}
+
+impl CredentialSource for SdkCredentials {
+    fn credentials(&self) -> CredentialsFuture<'_> {
+        Box::pin(async move {
+            let refused =
+                |detail: String| CredentialsError::new(self.profile.clone(), Some(detail));
+            let provider = self
+                .provider
+                .as_ref()
+                .ok_or_else(|| refused("the configuration has no credential provider".into()))?;
+            let found = provider.provide_credentials().await.map_err(|error| {
+                refused(format!(
+                    "{}; for SSO profiles, log in with `aws sso login`",
+                    DisplayErrorContext(&error)
+                ))
+            })?;
+            Ok(Credentials::new(
+                found.access_key_id(),
+                found.secret_access_key(),
+                found.session_token(),
+            ))
+        })
+    }
 }
 
 /// A [`KeyProvider`] calling AWS KMS (or any KMS-compatible endpoint) through `aws-sdk-kms`.

@@ -50,3 +50,25 @@ pub fn init_logging(format: LogFormat, default_filter: &str) -> Result<(), Strin
 pub fn version_line(name: &str) -> String {
     format!("{name} {}", env!("CARGO_PKG_VERSION"))
 }
+
+/// Completes on SIGTERM (systemd's stop) or SIGINT (Ctrl-C), whichever comes first; logs
+/// which. If a handler cannot be installed, that signal is not waited for.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let wait = |kind: SignalKind, name: &'static str| async move {
+        match signal(kind) {
+            Ok(mut stream) => {
+                stream.recv().await;
+                tracing::info!(signal = name, "shutting down");
+            }
+            Err(error) => {
+                tracing::warn!(signal = name, %error, "cannot listen for the signal");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = wait(SignalKind::terminate(), "SIGTERM") => {}
+        () = wait(SignalKind::interrupt(), "SIGINT") => {}
+    }
+}

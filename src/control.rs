@@ -75,26 +75,8 @@ pub struct StartSession {
     pub schema_version: u32,
 }
 
-/// How a session ended, as the agent saw it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum EndReason {
-    /// The shell or command exited.
-    ProcessExit,
-    /// The client closed the session (TerminateSession flag, port session end).
-    ClientExit,
-    /// No input for the document's idle timeout.
-    IdleTimeout,
-    /// The document's maximum duration passed.
-    MaxDuration,
-    /// The gateway ended it (`channel_closed`).
-    Terminated,
-    /// The data channel failed and could not be resumed.
-    NetworkLost,
-    /// The session could not start (bad request, spawn or handshake failure).
-    Failed,
-}
+/// How a session ended: the audit log's closed set, which the agent reports as it saw it.
+pub use crate::audit::EndReason;
 
 /// Agent → gateway: a session finished (SPEC §10.4, plus our fields).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -132,8 +114,11 @@ impl SessionReport {
         let final_task_status = match end_reason {
             EndReason::ProcessExit | EndReason::ClientExit => "Success",
             EndReason::IdleTimeout | EndReason::MaxDuration => "TimedOut",
-            EndReason::Terminated => "Cancelled",
-            EndReason::NetworkLost | EndReason::Failed => "Failed",
+            EndReason::Terminated
+            | EndReason::Revoked
+            | EndReason::GatewayShutdown
+            | EndReason::AgentShutdown => "Cancelled",
+            _ => "Failed",
         };
         SessionReport {
             schema_version: 1,

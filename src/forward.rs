@@ -214,7 +214,7 @@ async fn mux_loop(
                 }
                 Some(Incoming::Flag(Flag::TerminateSession)) => return ForwardEnd::Terminated,
                 Some(Incoming::Flag(Flag::ConnectToPortError)) => {
-                    eprintln!("\nConnection to destination port failed, check SSM Agent logs.");
+                    tracing::warn!("connection to the destination port failed: check the agent's logs");
                 }
                 Some(Incoming::Ended(ending)) => return ForwardEnd::Session(ending),
                 None => return session_over(&reader),
@@ -264,7 +264,7 @@ async fn mux_loop(
                             report(opened_event(id, &state));
                             table.insert(id, state);
                         }
-                        Err(error) => eprintln!("refusing a local connection: {error}"),
+                        Err(error) => tracing::warn!(%peer, %error, "refusing a local connection"),
                     }
                 }
             }
@@ -513,7 +513,7 @@ pub async fn run_basic(
                     }
                 }
                 Some(Incoming::Flag(Flag::ConnectToPortError)) => {
-                    eprintln!("\nConnection to destination port failed, check SSM Agent logs.");
+                    tracing::warn!("connection to the destination port failed: check the agent's logs");
                     if let Some(connection) = tcp.take() {
                         report(closed(connection, &destination, "destination unreachable"));
                     }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use serde_json::{Value, json};
-use ssm_session::agent::{self, AgentSettings};
+use ssm_session::agent::AgentSettings;
 use ssm_session::aws::{ApiClient, HttpKms};
 use ssm_session::client::SessionClient;
 use ssm_session::gateway::{
@@ -117,7 +117,7 @@ impl World {
         if let Some(kms) = kms {
             settings = settings.key_provider(kms);
         }
-        self.agent_task = Some(tokio::spawn(agent::run(settings)));
+        self.agent_task = Some(tokio::spawn(run_agent(settings)));
         let api = self.api(&self.admin);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -551,5 +551,12 @@ mod sdk {
         let mut world = World::start("moto-sdk", &[("Moto-Shell", &key_id)]).await;
         world.start_agent(Some(kms.clone())).await;
         world.encrypted_session("Moto-Shell", kms).await;
+    }
+}
+
+/// The agent until its task is aborted.
+async fn run_agent(settings: ssm_session::agent::AgentSettings) {
+    if let Err(error) = ssm_session::agent::run(settings, std::future::pending()).await {
+        panic!("the agent cannot run: {error}");
     }
 }

@@ -20,6 +20,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod config;
 mod exec;
 mod port;
 mod recorder;
@@ -27,6 +28,7 @@ mod shell;
 
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,6 +37,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::ClientRequestBuilder;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::aws::{ApiClient, HttpKms, unix_seconds};
 use crate::control::{
@@ -139,45 +142,90 @@ pub(crate) struct Context {
     pub(crate) settings: AgentSettings,
     pub(crate) api: ApiClient,
     pub(crate) outbox: mpsc::Sender<ControlMessage>,
+    /// Sessions running now, by id, with what cancels them.
+    running: Mutex<HashMap<String, CancellationToken>>,
+    /// Cancelled once the agent is stopping: cancelled sessions then end as `AgentShutdown`.
+    stop: CancellationToken,
 }
 
-/// Runs the agent until the task is dropped: keeps the control channel up (reconnecting with
-/// back-off and jitter) and runs the sessions it is sent. Errors are written to stderr.
-pub async fn run(settings: AgentSettings) {
-    let api = match ApiClient::new(
+/// Why the agent could not run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AgentError {
+    /// The settings name an unusable endpoint.
+    #[error("the gateway endpoint is unusable: {0}")]
+    Endpoint(#[from] crate::aws::ApiCallError),
+}
+
+/// How long a stopping agent waits for its sessions to end and their reports to be sent.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Runs the agent until `shutdown` completes: keeps the control channel up (reconnecting with
+/// back-off and jitter) and runs the sessions it is sent. Then it stops gracefully: every
+/// live session ends (reported as `agent_shutdown`, its buffered output flushed) and the
+/// reports reach the gateway, within [`SHUTDOWN_GRACE`].
+///
+/// # Errors
+///
+/// Only when the settings are unusable; connection failures are retried (and logged).
+pub async fn run(
+    settings: AgentSettings,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let api = ApiClient::new(
         &settings.endpoint,
         &settings.region,
         Credentials::new(&settings.agent_id, &settings.agent_secret, None),
         settings.tls.clone(),
-    ) {
-        Ok(api) => api,
-        Err(error) => {
-            eprintln!("ssm-session agent: {error}");
-            return;
-        }
-    };
+    )?;
     let (outbox_tx, mut outbox) = mpsc::channel(OUTBOX);
     let context = Arc::new(Context {
         settings: settings.clone(),
         api,
         outbox: outbox_tx,
+        running: Mutex::default(),
+        stop: CancellationToken::new(),
     });
-    let running: Arc<Mutex<HashMap<String, CancellationToken>>> = Arc::default();
-    let mut backoff = settings.initial_backoff;
-    loop {
-        match control_channel(&context, &running, &mut outbox).await {
-            Ok(()) => backoff = settings.initial_backoff,
-            Err(error) => eprintln!("ssm-session agent: control channel: {error}"),
+    let serve = async {
+        let mut backoff = settings.initial_backoff;
+        loop {
+            match control_channel(&context, &mut outbox).await {
+                Ok(()) => backoff = settings.initial_backoff,
+                Err(error) => {
+                    tracing::warn!(endpoint = %settings.endpoint, %error, "control channel failed");
+                }
+            }
+            if context.stop.is_cancelled() && lock(&context.running).is_empty() {
+                return;
+            }
+            tokio::time::sleep(jittered(backoff, &mut SystemEntropy::new())).await;
+            backoff = (backoff * 2).min(settings.max_backoff);
         }
-        tokio::time::sleep(jittered(backoff, &mut SystemEntropy::new())).await;
-        backoff = (backoff * 2).min(settings.max_backoff);
+    };
+    tokio::pin!(serve, shutdown);
+    tokio::select! {
+        () = &mut serve => return Ok(()),
+        () = &mut shutdown => {}
     }
+    tracing::info!(
+        live_sessions = lock(&context.running).len(),
+        "stopping: ending live sessions"
+    );
+    // Every session's token is a child of this one.
+    context.stop.cancel();
+    if tokio::time::timeout(SHUTDOWN_GRACE, serve).await.is_err() {
+        tracing::warn!(
+            unfinished = lock(&context.running).len(),
+            "stopped before every session report reached the gateway"
+        );
+    }
+    Ok(())
 }
 
-/// One control-channel connection: Ok when it was up and then dropped.
+/// One control-channel connection: Ok when it was up and then dropped, or when the agent is
+/// stopping and every session has ended and been reported.
 async fn control_channel(
     context: &Arc<Context>,
-    running: &Arc<Mutex<HashMap<String, CancellationToken>>>,
     outbox: &mut mpsc::Receiver<ControlMessage>,
 ) -> Result<(), String> {
     let settings = &context.settings;
@@ -226,10 +274,19 @@ async fn control_channel(
     ws.send(Message::text(opening))
         .await
         .map_err(|error| error.to_string())?;
+    tracing::info!(endpoint = %settings.endpoint, agent_id = %settings.agent_id, "control channel up");
     let mut ping = tokio::time::interval(PING_EVERY);
+    let mut drained = tokio::time::interval(Duration::from_millis(50));
     let mut last_heard = std::time::Instant::now();
     loop {
+        let stopping = context.stop.is_cancelled();
+        if stopping && outbox.is_empty() && lock(&context.running).is_empty() {
+            let _ = ws.close(None).await;
+            return Ok(());
+        }
         tokio::select! {
+            _ = drained.tick(), if stopping => {}
+            () = context.stop.cancelled(), if !stopping => {}
             message = outbox.recv() => {
                 let Some(message) = message else { return Ok(()) };
                 let wire = message.encode(random_uuid(), wall_ms());
@@ -256,28 +313,35 @@ async fn control_channel(
                     Some(Ok(_)) => continue,
                 };
                 match ControlMessage::decode(message) {
-                    Ok(ControlMessage::StartSession(start)) => {
-                        let cancel = CancellationToken::new();
-                        lock(running).insert(start.task_id.clone(), cancel.clone());
-                        let context = context.clone();
-                        let running = running.clone();
-                        tokio::spawn(async move {
-                            let id = start.task_id.clone();
-                            let report = run_session(&context, start, cancel).await;
-                            lock(&running).remove(&id);
-                            let _ = context.outbox.send(ControlMessage::SessionReport(report)).await;
-                        });
-                    }
+                    Ok(ControlMessage::StartSession(start)) => spawn_session(context, start),
                     Ok(ControlMessage::ChannelClosed(closed)) => {
-                        if let Some(cancel) = lock(running).get(&closed.session_id) {
+                        if let Some(cancel) = lock(&context.running).get(&closed.session_id) {
                             cancel.cancel();
                         }
                     }
-                    Ok(_) | Err(_) => {}
+                    Ok(other) => tracing::debug!(?other, "control message ignored"),
+                    Err(error) => tracing::warn!(%error, "undecodable control message dropped"),
                 }
             }
         }
     }
+}
+
+/// Runs `start` in its own task; its report is queued before the session leaves the running
+/// set, so a stopping agent waits for it.
+fn spawn_session(context: &Arc<Context>, start: StartSession) {
+    let cancel = context.stop.child_token();
+    lock(&context.running).insert(start.task_id.clone(), cancel.clone());
+    let context = context.clone();
+    tokio::spawn(async move {
+        let id = start.task_id.clone();
+        let report = run_session(&context, start, cancel).await;
+        let _ = context
+            .outbox
+            .send(ControlMessage::SessionReport(report))
+            .await;
+        lock(&context.running).remove(&id);
+    });
 }
 
 /// How a session ended, as reported to the gateway.
@@ -290,7 +354,7 @@ pub(crate) struct Outcome {
 impl Outcome {
     pub(crate) fn failed(output: impl Into<String>) -> Outcome {
         Outcome {
-            reason: EndReason::Failed,
+            reason: EndReason::HandshakeFailed,
             exit_code: None,
             output: output.into(),
         }
@@ -317,13 +381,42 @@ async fn run_session(
     cancel: CancellationToken,
 ) -> SessionReport {
     let settings = &context.settings;
-    let outcome = match AgentSessionRequest::from_json(&start.content) {
-        Err(error) => Outcome::failed(format!("unusable session request: {error}")),
-        Ok(request) => match open_data_channel(context, &start.task_id, &request).await {
+    let span = tracing::info_span!(
+        "session",
+        session_id = %start.task_id,
+        target = %settings.agent_id,
+        principal = tracing::field::Empty,
+        session_type = tracing::field::Empty,
+    );
+    let mut outcome = async {
+        let request = match AgentSessionRequest::from_json(&start.content) {
+            Ok(request) => request,
+            Err(error) => return Outcome::failed(format!("unusable session request: {error}")),
+        };
+        let span = tracing::Span::current();
+        span.record("principal", request.session_owner.as_str());
+        span.record("session_type", request.session_type.as_str());
+        if cancel.is_cancelled() {
+            return Outcome::failed("the agent is stopping");
+        }
+        tracing::info!(document = %request.document_name, "session starting");
+        match open_data_channel(context, &start.task_id, &request).await {
             Err(error) => Outcome::failed(error),
             Ok(connection) => run_document(context, connection, &request, cancel).await,
-        },
-    };
+        }
+    }
+    .instrument(span.clone())
+    .await;
+    if context.stop.is_cancelled() && outcome.reason == EndReason::Terminated {
+        outcome.reason = EndReason::AgentShutdown;
+        outcome.output = "the agent was stopped".into();
+    }
+    span.in_scope(|| match outcome.reason {
+        EndReason::HandshakeFailed => {
+            tracing::warn!(reason = %outcome.reason, output = %outcome.output, "session failed");
+        }
+        reason => tracing::info!(%reason, exit_code = ?outcome.exit_code, "session ended"),
+    });
     SessionReport::new(
         &start.task_id,
         &settings.agent_id,

@@ -118,6 +118,8 @@ closed_enum! {
         AgentLost = "agent_lost",
         /// The gateway shut down.
         GatewayShutdown = "gateway_shutdown",
+        /// The agent was stopped (SIGTERM) while the session ran.
+        AgentShutdown = "agent_shutdown",
         /// The session never got going (request, spawn or handshake failure).
         HandshakeFailed = "handshake_failed",
     }

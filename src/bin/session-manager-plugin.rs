@@ -1,34 +1,45 @@
-//! The client program, two ways:
+//! `session-manager-plugin`: the Session Manager client, two ways.
 //!
-//! * its own command line, against a gateway:
+//! * The AWS CLI's plugin contract (SPEC §11): on `PATH` under this name, `aws ssm
+//!   start-session` runs it with the `StartSession` answer — against AWS or against a gateway
+//!   (`--endpoint-url`). A plain shell, a command or a port forward needs no credentials, as
+//!   with the reference plugin; KMS-encrypted sessions and `ResumeSession` after a lost
+//!   connection load them when they first need them.
+//! * Its own command line, against a gateway:
 //!   ```text
-//!   cargo run --example client -- start-session --target ID [--document-name NAME] \
+//!   session-manager-plugin start-session --target ID [--document-name NAME] \
 //!       [--parameters '{"portNumber":["80"]}'] --endpoint-url URL
 //!   ```
-//! * the `session-manager-plugin` contract (SPEC §11): installed under that name on `PATH`,
-//!   `aws ssm start-session` runs it — against AWS or against a gateway (`--endpoint-url`).
 //!
-//! Credentials: `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` / `AWS_SESSION_TOKEN`, else the
-//! profile's keys in `~/.aws/credentials` (built with `--features aws-kms`: the AWS SDK's whole
-//! credential chain, and AWS KMS through the SDK). Region from `AWS_REGION`, a private CA from
-//! `AWS_CA_BUNDLE`, a KMS endpoint other than the gateway's from `AWS_ENDPOINT_URL_KMS`. The
-//! remote exit code becomes this process's exit code.
+//! Credentials, when needed: built with the `aws-kms` feature, the AWS SDK's whole chain
+//! (environment, profiles, SSO, assume-role, `credential_process`, instance roles) and AWS KMS
+//! through the SDK; otherwise `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` /
+//! `AWS_SESSION_TOKEN`, else the profile's keys in `~/.aws/credentials`. A private CA from
+//! `AWS_CA_BUNDLE`, a KMS endpoint other than the gateway's from `AWS_ENDPOINT_URL_KMS`.
+//! Diagnostics go to stderr through `RUST_LOG` (default `warn`); `SSM_PLUGIN_LOG_FORMAT=json`
+//! writes them as JSON. The remote exit code becomes this process's exit code.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use ssm_session::aws::{ApiCallError, ApiClient, HttpKms};
+use ssm_session::aws::{ApiCallError, ApiClient, CredentialSource};
+use ssm_session::cli::{self, LogFormat};
 use ssm_session::client::plugin::{self, LegacyCliKms, PluginCall, PluginStart};
 use ssm_session::client::{SessionClient, StartedSession};
 use ssm_session::kms::KeyProvider;
 use ssm_session::net::TlsConfig;
-use ssm_session::sigv4::Credentials;
 
 #[derive(Parser)]
-#[command(about = "Session Manager client (also usable as session-manager-plugin)")]
+#[command(
+    about = "Session Manager client (also the AWS CLI's session-manager-plugin)",
+    version = ssm_session::version::CLIENT_VERSION
+)]
 struct Args {
+    /// Log records on stderr as text or JSON (filter with RUST_LOG).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -56,15 +67,9 @@ struct StartArgs {
     /// Region to sign for.
     #[arg(long, env = "AWS_REGION", default_value = "us-east-1")]
     region: String,
-    /// Access key id.
-    #[arg(long, env = "AWS_ACCESS_KEY_ID", hide_env_values = true)]
-    access_key_id: String,
-    /// Secret access key.
-    #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
-    secret_access_key: String,
-    /// Session token of temporary credentials.
-    #[arg(long, env = "AWS_SESSION_TOKEN", hide_env_values = true)]
-    session_token: Option<String>,
+    /// Profile to take credentials from (else the environment, then `default`).
+    #[arg(long, env = "AWS_PROFILE")]
+    profile: Option<String>,
     /// PEM file of the CA to trust for https/wss.
     #[arg(long, env = "AWS_CA_BUNDLE")]
     ca_cert: Option<PathBuf>,
@@ -76,11 +81,13 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let own_command_line = matches!(
         args.first().map(String::as_str),
-        Some("start-session" | "help" | "--help" | "-h")
+        Some("start-session" | "help" | "--help" | "-h" | "--log-format")
     );
     if own_command_line {
-        let Command::StartSession(args) = Args::parse().command;
-        exit_with(runtime().block_on(start_session(args)));
+        let args = Args::parse();
+        logging(args.log_format);
+        let Command::StartSession(start) = args.command;
+        exit_with(runtime().block_on(start_session(start)));
     }
     // The answer's variable is read and removed before any thread exists, so that the token
     // does not reach child processes.
@@ -93,11 +100,26 @@ fn main() {
     match call {
         Ok(PluginCall::Installed) => println!("{}", plugin::INSTALLED_MESSAGE),
         Ok(PluginCall::Version) => println!("{}", ssm_session::version::CLIENT_VERSION),
-        Ok(PluginCall::Start(start)) => exit_with(runtime().block_on(plugin_session(*start))),
+        Ok(PluginCall::Start(start)) => {
+            let json = env("SSM_PLUGIN_LOG_FORMAT").is_some_and(|format| format == "json");
+            logging(if json {
+                LogFormat::Json
+            } else {
+                LogFormat::Text
+            });
+            exit_with(runtime().block_on(plugin_session(*start)))
+        }
         Err(error) => {
             eprintln!("\n{error}\n");
             std::process::exit(2);
         }
+    }
+}
+
+fn logging(format: LogFormat) {
+    if let Err(error) = cli::init_logging(format, "warn") {
+        eprintln!("{error}");
+        std::process::exit(2);
     }
 }
 
@@ -134,8 +156,9 @@ fn env(name: &str) -> Option<String> {
 async fn plugin_session(start: PluginStart) -> Result<i32, Error> {
     let tls = tls(env("AWS_CA_BUNDLE").map(PathBuf::from))?;
     let kms_endpoint = start.kms_endpoint(env("AWS_ENDPOINT_URL_KMS").as_deref());
-    let (credentials, kms) = identity(&start, &kms_endpoint, &tls).await?;
-    let api = ApiClient::new(&start.endpoint, &start.region, credentials, tls)?;
+    let (credentials, kms) =
+        identity(start.profile.as_deref(), &start.region, &kms_endpoint, &tls).await?;
+    let api = ApiClient::with_credentials(&start.endpoint, &start.region, credentials, tls)?;
     let kms: Arc<dyn KeyProvider> = match start.legacy_cli {
         true => Arc::new(LegacyCliKms),
         false => kms,
@@ -143,47 +166,55 @@ async fn plugin_session(start: PluginStart) -> Result<i32, Error> {
     run(SessionClient::new(api).key_provider(kms), &start.session).await
 }
 
-/// Credentials and KMS from the AWS SDK's standard configuration.
+/// Where credentials come from when a call needs them, and the KMS: the AWS SDK's standard
+/// configuration. Nothing here resolves credentials.
 #[cfg(feature = "aws-kms")]
 async fn identity(
-    start: &PluginStart,
+    profile: Option<&str>,
+    region: &str,
     kms_endpoint: &str,
     _tls: &TlsConfig,
-) -> Result<(Credentials, Arc<dyn KeyProvider>), Error> {
-    use ssm_session::aws_sdk::{self, AwsKms, SdkOptions};
-    let mut options = SdkOptions::new(start.profile.as_deref(), Some(&start.region));
+) -> Result<(Arc<dyn CredentialSource>, Arc<dyn KeyProvider>), Error> {
+    use ssm_session::aws_sdk::{self, AwsKms, SdkCredentials, SdkOptions};
+    let mut options = SdkOptions::new(profile, Some(region));
     if let Some(path) = env("AWS_CA_BUNDLE") {
         options = options.ca_pem(std::fs::read(path)?);
     }
     let config = aws_sdk::load_config(&options).await?;
-    let credentials = aws_sdk::credentials(&config).await?;
     Ok((
-        credentials,
+        Arc::new(SdkCredentials::new(&config, profile)),
         Arc::new(AwsKms::new(&config, Some(kms_endpoint))),
     ))
 }
 
-/// Static credentials from the environment or the shared files; KMS over signed JSON.
+/// Static keys from the environment or the shared files, looked up at the first signed call;
+/// KMS over signed JSON.
 #[cfg(not(feature = "aws-kms"))]
 async fn identity(
-    start: &PluginStart,
+    profile: Option<&str>,
+    region: &str,
     kms_endpoint: &str,
     tls: &TlsConfig,
-) -> Result<(Credentials, Arc<dyn KeyProvider>), Error> {
-    let credentials = ssm_session::aws::load_credentials(start.profile.as_deref())?;
-    let kms = ApiClient::new(
-        kms_endpoint,
-        &start.region,
-        credentials.clone(),
-        tls.clone(),
-    )?;
-    Ok((credentials, Arc::new(HttpKms::new(kms))))
+) -> Result<(Arc<dyn CredentialSource>, Arc<dyn KeyProvider>), Error> {
+    let credentials: Arc<dyn CredentialSource> =
+        Arc::new(ssm_session::aws::SharedFileCredentials::new(profile));
+    let kms = ApiClient::with_credentials(kms_endpoint, region, credentials.clone(), tls.clone())?;
+    Ok((credentials, Arc::new(ssm_session::aws::HttpKms::new(kms))))
 }
 
 /// Runs the session and reports how it ended; the remote exit code, if any.
 async fn run(sessions: SessionClient, started: &StartedSession) -> Result<i32, Error> {
     eprintln!("\nStarting session with SessionId: {}", started.session_id);
-    let summary = sessions.run_session(started).await?;
+    let interrupted = async {
+        // No handler (or a failing one) must not end the session: wait forever instead.
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    // On stdout, as the reference prints them (tools wait for these lines).
+    let summary = sessions
+        .run_session(started, interrupted, |notice| println!("{notice}"))
+        .await?;
     if let ssm_session::net::Ending::ChannelClosed { output } = &summary.ending
         && !output.is_empty()
     {
@@ -196,17 +227,11 @@ async fn run(sessions: SessionClient, started: &StartedSession) -> Result<i32, E
 /// This program's own `start-session`.
 async fn start_session(args: StartArgs) -> Result<i32, Error> {
     let tls = tls(args.ca_cert)?;
-    let credentials = Credentials::new(
-        &args.access_key_id,
-        &args.secret_access_key,
-        args.session_token.as_deref(),
-    );
-    let api = ApiClient::new(&args.endpoint_url, &args.region, credentials.clone(), tls)?;
-    let mut sessions = SessionClient::new(api.clone());
-    if let Some(endpoint) = env("AWS_ENDPOINT_URL_KMS") {
-        let kms = ApiClient::new(&endpoint, &args.region, credentials, api.tls().clone())?;
-        sessions = sessions.key_provider(Arc::new(HttpKms::new(kms)));
-    }
+    let kms_endpoint = env("AWS_ENDPOINT_URL_KMS").unwrap_or_else(|| args.endpoint_url.clone());
+    let (credentials, kms) =
+        identity(args.profile.as_deref(), &args.region, &kms_endpoint, &tls).await?;
+    let api = ApiClient::with_credentials(&args.endpoint_url, &args.region, credentials, tls)?;
+    let sessions = SessionClient::new(api).key_provider(kms);
     let parameters = parameters(args.parameters.as_deref())?;
     let started = sessions
         .start_session(&args.target, args.document_name.as_deref(), parameters)

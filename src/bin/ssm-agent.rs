@@ -1,42 +1,60 @@
-//! The agent program: dials out to the gateway and runs the sessions it is sent.
+//! `ssm-agent`: dials out to the gateway and runs the sessions it is sent.
 //!
 //! ```text
-//! cargo run --example agent -- --endpoint URL --agent-id ID --agent-secret SECRET [--ca-cert PATH]
+//! ssm-agent [--config /etc/ssm-agent/config.json] [--endpoint URL] [--agent-id ID]
+//!           [--agent-secret-file PATH] [--ca-cert PATH] [--log-format text|json]
 //! ```
-//! Every flag can also come from the environment (`SSM_AGENT_ENDPOINT`, `SSM_AGENT_ID`,
-//! `SSM_AGENT_SECRET`, `SSM_AGENT_CA_CERT`, `SSM_AGENT_REGION`, `SSM_AGENT_KMS_ENDPOINT`).
+//! Settings come from the configuration file (JSON, see `dist/agent.example.json`), then the
+//! `SSM_AGENT_*` variables and flags, which override it (`SSM_AGENT_SECRET` carries the secret
+//! itself, for development). SIGTERM or Ctrl-C stops it gracefully: live sessions end,
+//! reported as `agent_shutdown`. Logs go to stderr (`RUST_LOG`, default `info`).
 //!
 //! Data keys of encrypted sessions are decrypted by the gateway's KMS, by another KMS endpoint
 //! (`--kms-endpoint`, signed with the agent's identity), or — built with `--features aws-kms` —
 //! by AWS KMS with the host's standard AWS configuration (`--aws-kms`, e.g. an instance role).
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
+use ssm_session::agent::config::AgentFile;
 use ssm_session::agent::{self, AgentSettings};
 use ssm_session::aws::{ApiClient, HttpKms};
+use ssm_session::cli::{self, LogFormat};
 use ssm_session::net::TlsConfig;
 use ssm_session::sigv4::Credentials;
 
 #[derive(Parser)]
-#[command(about = "Session Manager agent: dials out, runs shells, commands and port forwards")]
+#[command(
+    about = "Session Manager agent: dials out, runs shells, commands and port forwards",
+    version = env!("CARGO_PKG_VERSION")
+)]
 struct Args {
+    /// Configuration file (JSON); flags and SSM_AGENT_* variables override its fields.
+    #[arg(long, env = "SSM_AGENT_CONFIG")]
+    config: Option<PathBuf>,
     /// Gateway endpoint, http(s)://host:port.
     #[arg(long, env = "SSM_AGENT_ENDPOINT")]
-    endpoint: String,
+    endpoint: Option<String>,
     /// This host's id.
     #[arg(long, env = "SSM_AGENT_ID")]
-    agent_id: String,
-    /// This host's secret.
+    agent_id: Option<String>,
+    /// A file holding this host's secret.
+    #[arg(long, env = "SSM_AGENT_SECRET_FILE")]
+    agent_secret_file: Option<PathBuf>,
+    /// This host's secret itself (development; prefer --agent-secret-file).
     #[arg(long, env = "SSM_AGENT_SECRET", hide_env_values = true)]
-    agent_secret: String,
+    agent_secret: Option<String>,
     /// PEM file of the CA that signed the gateway's certificate.
     #[arg(long, env = "SSM_AGENT_CA_CERT")]
     ca_cert: Option<PathBuf>,
-    /// Region to sign for.
-    #[arg(long, env = "SSM_AGENT_REGION", default_value = "us-east-1")]
-    region: String,
+    /// Region to sign for (default us-east-1).
+    #[arg(long, env = "SSM_AGENT_REGION")]
+    region: Option<String>,
+    /// Shell for interactive sessions (default $SHELL, else /bin/sh).
+    #[arg(long, env = "SSM_AGENT_SHELL")]
+    shell: Option<String>,
     /// Allow port sessions to link-local and metadata addresses.
     #[arg(long)]
     allow_link_local: bool,
@@ -47,62 +65,113 @@ struct Args {
     #[cfg(feature = "aws-kms")]
     #[arg(long)]
     aws_kms: bool,
+    /// Log records on stderr as text or JSON (filter with RUST_LOG).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "SSM_AGENT_LOG_FORMAT")]
+    log_format: LogFormat,
 }
 
-#[tokio::main]
-async fn main() {
+type Error = Box<dyn std::error::Error>;
+
+fn main() -> ExitCode {
     let args = Args::parse();
-    let mut settings = match AgentSettings::new(&args.endpoint, &args.agent_id, &args.agent_secret)
+    if let Err(error) = cli::init_logging(args.log_format, "info") {
+        eprintln!("ssm-agent: {error}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
     {
-        Ok(settings) => settings,
+        Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("agent: {error}");
-            std::process::exit(2);
+            tracing::error!(%error, "cannot start the async runtime");
+            return ExitCode::FAILURE;
         }
     };
-    if let Some(path) = &args.ca_cert {
-        let pem = std::fs::read(path).unwrap_or_else(|error| {
-            eprintln!("agent: reading {}: {error}", path.display());
-            std::process::exit(2);
-        });
-        match TlsConfig::with_root_pem(&pem) {
-            Ok(tls) => settings = settings.tls(tls),
-            Err(error) => {
-                eprintln!("agent: {}: {error}", path.display());
-                std::process::exit(2);
-            }
+    match runtime.block_on(serve(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error}");
+            ExitCode::from(2)
         }
     }
-    settings.region = args.region;
-    settings.allow_link_local = args.allow_link_local;
+}
+
+async fn serve(args: Args) -> Result<(), Error> {
+    let settings = settings(&args).await?;
+    tracing::info!(
+        version = %cli::version_line("ssm-agent"),
+        protocol_version = agent::AGENT_VERSION,
+        endpoint = %settings.endpoint,
+        agent_id = %settings.agent_id,
+        region = %settings.region,
+        config = ?args.config,
+        "dialling the gateway"
+    );
+    agent::run(settings, cli::shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The file's settings with the flags and variables over them.
+async fn settings(args: &Args) -> Result<AgentSettings, Error> {
+    let file = match &args.config {
+        Some(path) => AgentFile::load(path)?,
+        None => AgentFile::default(),
+    };
+    let missing = |what: &str, flag: &str| {
+        format!(
+            "no {what}: set --{flag} (or SSM_AGENT_*), or \"{}\" in --config",
+            flag.replace('-', "_")
+        )
+    };
+    let endpoint = args
+        .endpoint
+        .clone()
+        .or(file.endpoint)
+        .ok_or_else(|| missing("gateway endpoint", "endpoint"))?;
+    let agent_id = args
+        .agent_id
+        .clone()
+        .or(file.agent_id)
+        .ok_or_else(|| missing("agent id", "agent-id"))?;
+    let secret = match (
+        &args.agent_secret,
+        &args.agent_secret_file,
+        &file.agent_secret_file,
+    ) {
+        (Some(secret), _, _) => secret.clone(),
+        (None, Some(path), _) | (None, None, Some(path)) => AgentFile::read_secret(path)?,
+        (None, None, None) => Err(missing("agent secret", "agent-secret-file"))?,
+    };
+    let mut settings = AgentSettings::new(&endpoint, &agent_id, &secret)?;
+    if let Some(path) = args.ca_cert.as_ref().or(file.ca_cert.as_ref()) {
+        let pem = std::fs::read(path).map_err(|error| format!("{}: {error}", path.display()))?;
+        let tls = TlsConfig::with_root_pem(&pem)
+            .map_err(|error| format!("{}: {error}", path.display()))?;
+        settings = settings.tls(tls);
+    }
+    if let Some(region) = args.region.clone().or(file.region) {
+        settings.region = region;
+    }
+    if let Some(shell) = args.shell.clone().or(file.shell) {
+        settings.shell = shell;
+    }
+    settings.allow_link_local = args.allow_link_local || file.allow_link_local.unwrap_or(false);
+    let kms_endpoint = args.kms_endpoint.clone().or(file.kms_endpoint);
     #[cfg(feature = "aws-kms")]
     if args.aws_kms {
         use ssm_session::aws_sdk::{self, AwsKms, SdkOptions};
         let options = SdkOptions::new(None, Some(&settings.region));
-        let config = aws_sdk::load_config(&options)
-            .await
-            .unwrap_or_else(|error| {
-                eprintln!("agent: {error}");
-                std::process::exit(2);
-            });
-        let kms = AwsKms::new(&config, args.kms_endpoint.as_deref());
-        settings = settings.key_provider(Arc::new(kms));
+        let config = aws_sdk::load_config(&options).await?;
+        let kms = AwsKms::new(&config, kms_endpoint.as_deref());
+        return Ok(settings.key_provider(Arc::new(kms)));
     }
-    if settings.key_provider.is_none()
-        && let Some(endpoint) = &args.kms_endpoint
-    {
+    if let Some(endpoint) = &kms_endpoint {
         let identity = Credentials::new(&settings.agent_id, &settings.agent_secret, None);
-        match ApiClient::new(endpoint, &settings.region, identity, settings.tls.clone()) {
-            Ok(api) => settings = settings.key_provider(Arc::new(HttpKms::new(api))),
-            Err(error) => {
-                eprintln!("agent: --kms-endpoint: {error}");
-                std::process::exit(2);
-            }
-        }
+        let api = ApiClient::new(endpoint, &settings.region, identity, settings.tls.clone())
+            .map_err(|error| format!("--kms-endpoint: {error}"))?;
+        settings = settings.key_provider(Arc::new(HttpKms::new(api)));
     }
-    eprintln!("agent {} dialling {}", settings.agent_id, settings.endpoint);
-    tokio::select! {
-        () = agent::run(settings) => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
+    Ok(settings)
 }

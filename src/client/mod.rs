@@ -34,6 +34,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 pub use port::run_port_forwarding;
+
+use std::future::Future;
 pub use terminal::{run_standard_stream, run_terminal};
 
 use crate::aws::{ApiCallError, ApiClient, HttpKms};
@@ -92,6 +94,47 @@ impl fmt::Display for SessionSummary {
             write!(f, ", exit code {code}")?;
         }
         write!(f, " ({})", self.ending)
+    }
+}
+
+/// What [`SessionClient::run_session`] tells the user of a port forward, worded as the
+/// reference client prints them (on stdout, where tools wait for them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Notice {
+    /// The local listener is up.
+    PortOpened {
+        /// The local port (the handshake's `localPortNumber`, or the one chosen).
+        port: u16,
+        /// The session.
+        session_id: String,
+    },
+    /// A local connection was forwarded.
+    ConnectionAccepted {
+        /// Where it goes, as the agent named it.
+        destination: String,
+    },
+    /// The session was ended with `TerminateSession` after the stop signal.
+    Exiting {
+        /// The session.
+        session_id: String,
+    },
+}
+
+impl fmt::Display for Notice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Notice::PortOpened { port, session_id } => write!(
+                f,
+                "Port {port} opened for sessionId {session_id}.\nWaiting for connections..."
+            ),
+            Notice::ConnectionAccepted { destination } => {
+                write!(f, "Connection accepted for session [{destination}]")
+            }
+            Notice::Exiting { session_id } => {
+                write!(f, "\nExiting session with sessionId: {session_id}.")
+            }
+        }
     }
 }
 
@@ -221,10 +264,16 @@ impl SessionClient {
 
     /// Connects and runs the session the way its document asks, as the reference client does:
     /// shell-type sessions on this terminal ([`run_terminal`]); local port forwarding on
-    /// `127.0.0.1:<localPortNumber>` from the handshake (any free port when absent), ended by
-    /// Ctrl-C through `TerminateSession`, with the reference's notices on stdout; other port
-    /// sessions (SSH) on stdin/stdout ([`run_standard_stream`]).
-    pub async fn run_session(&self, started: &StartedSession) -> Result<SessionSummary, RunError> {
+    /// `127.0.0.1:<localPortNumber>` from the handshake (any free port when absent), ended
+    /// when `stop` completes (the programs pass Ctrl-C) through `TerminateSession`, telling
+    /// `notice` what the user should see; other port sessions (SSH) on stdin/stdout
+    /// ([`run_standard_stream`]).
+    pub async fn run_session(
+        &self,
+        started: &StartedSession,
+        stop: impl Future<Output = ()>,
+        mut notice: impl FnMut(Notice) + Send + 'static,
+    ) -> Result<SessionSummary, RunError> {
         let connection = self.connect(started).await?;
         let info = connection.info();
         let property = |name: &str| {
@@ -245,25 +294,30 @@ impl SessionClient {
             None => 0,
         };
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", local_port)).await?;
-        // On stdout, as the reference prints them (tools wait for these lines).
-        println!(
-            "Port {} opened for sessionId {}.\nWaiting for connections...",
-            listener.local_addr()?.port(),
-            started.session_id
-        );
-        let forward = run_port_forwarding(connection, listener, |event| {
+        notice(Notice::PortOpened {
+            port: listener.local_addr()?.port(),
+            session_id: started.session_id.clone(),
+        });
+        let notice = Arc::new(std::sync::Mutex::new(notice));
+        let on_stream = notice.clone();
+        let forward = run_port_forwarding(connection, listener, move |event| {
             if !event.closed {
-                println!("Connection accepted for session [{}]", event.destination);
+                (crate::net::runtime::lock(&on_stream))(Notice::ConnectionAccepted {
+                    destination: event.destination,
+                });
             }
         });
         tokio::pin!(forward);
         tokio::select! {
             summary = &mut forward => return Ok(summary?),
-            interrupted = tokio::signal::ctrl_c() => interrupted?,
+            () = stop => {}
         }
-        // Ctrl-C: end the session for both sides; the gateway's channel_closed ends `forward`.
+        // Stopped: end the session for both sides; the gateway's channel_closed ends `forward`.
         self.terminate_session(&started.session_id).await?;
-        println!("\nExiting session with sessionId: {}.", started.session_id);
+        tracing::info!(session_id = %started.session_id, "terminated on request");
+        (crate::net::runtime::lock(&notice))(Notice::Exiting {
+            session_id: started.session_id.clone(),
+        });
         match tokio::time::timeout(Duration::from_secs(10), forward).await {
             Ok(summary) => Ok(summary?),
             Err(_) => Err(RunError::Io(std::io::Error::new(

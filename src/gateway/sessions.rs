@@ -230,15 +230,7 @@ pub(crate) fn agent_report(inner: &Inner, agent_id: &str, report: SessionReport)
     if !owned {
         return; // not this agent's session, or already ended by the gateway
     }
-    let reason = match report.end_reason {
-        crate::control::EndReason::ProcessExit => EndReason::ProcessExit,
-        crate::control::EndReason::ClientExit => EndReason::ClientExit,
-        crate::control::EndReason::IdleTimeout => EndReason::IdleTimeout,
-        crate::control::EndReason::MaxDuration => EndReason::MaxDuration,
-        crate::control::EndReason::Terminated => EndReason::Terminated,
-        crate::control::EndReason::NetworkLost => EndReason::NetworkLost,
-        _ => EndReason::HandshakeFailed,
-    };
+    let reason = report.end_reason;
     end(
         inner,
         &report.task_id,

@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tracing::Instrument;
 
 use super::dial::{Ws, dial};
 use super::handle::{Command, Connection, Ending, Incoming, Shared};
@@ -62,6 +63,29 @@ pub(crate) async fn start(
     role: RoleConfig,
     options: Options,
 ) -> Result<Connection, NetError> {
+    let span = match &role {
+        RoleConfig::Client(config) => tracing::info_span!(
+            "session",
+            role = "client",
+            session_id = %config.session_id,
+            target = %config.target_id,
+        ),
+        RoleConfig::Agent(config) => tracing::info_span!(
+            "session",
+            role = "agent",
+            session_id = %config.session_id,
+            target = %config.instance_id,
+        ),
+    };
+    start_in(url, token, role, options).instrument(span).await
+}
+
+async fn start_in(
+    url: &str,
+    token: &str,
+    role: RoleConfig,
+    options: Options,
+) -> Result<Connection, NetError> {
     let mut entropy = SystemEntropy::new();
     let opening = match &role {
         RoleConfig::Client(config) => Opening::Client {
@@ -73,7 +97,10 @@ pub(crate) async fn start(
         },
     };
     let text = opening.text(token, &mut entropy);
-    let ws = dial(url, &options.tls, text, options.connect_timeout).await?;
+    let ws = dial(url, &options.tls, text, options.connect_timeout)
+        .await
+        .inspect_err(|error| tracing::warn!(%url, %error, "data channel refused"))?;
+    tracing::debug!(%url, "data channel connected");
 
     let now = Instant::now();
     let session_entropy = Box::new(SystemEntropy::new());
@@ -103,7 +130,7 @@ pub(crate) async fn start(
         ending: None,
         shared: shared.clone(),
     };
-    tokio::spawn(driver.run(ws));
+    tokio::spawn(driver.run(ws).in_current_span());
     let info = ready_rx
         .await
         .map_err(|_| NetError::EndedDuringHandshake("the driver stopped".into()))??;
@@ -212,14 +239,20 @@ impl Driver {
                 self.fail(cause);
                 break;
             }
+            tracing::warn!(%cause, "transport lost: resuming");
             self.session.transport_lost(Instant::now());
             match self.reconnect(cause).await {
                 Ok(new) => {
                     ws = new;
                     self.shared.reconnects.fetch_add(1, Ordering::Relaxed);
                     self.session.transport_restored(Instant::now());
+                    tracing::info!(
+                        unacknowledged = self.session.in_flight(),
+                        "resumed: resending what was not acknowledged"
+                    );
                 }
                 Err(error) => {
+                    tracing::warn!(%error, "cannot resume");
                     self.fail(error);
                     break;
                 }
@@ -350,6 +383,12 @@ impl Driver {
             match event {
                 Event::KeyRequest(request) => self.start_key_job(request),
                 Event::HandshakeComplete(info) => {
+                    tracing::info!(
+                        session_type = %info.session_type,
+                        encrypted = info.encrypted,
+                        peer_version = info.peer_version.as_deref().unwrap_or("unknown"),
+                        "handshake complete"
+                    );
                     if let Some(ready) = self.ready.take() {
                         let _ = ready.send(Ok(info));
                     }
@@ -363,13 +402,22 @@ impl Driver {
                 Event::Flag(flag) => self.deliver(Incoming::Flag(flag)),
                 Event::ExitCode(code) => self.deliver(Incoming::ExitCode(code)),
                 Event::Writable => self.retry_pending(),
-                Event::Error(error) => self.deliver(Incoming::Error(error)),
+                Event::Error(error) => {
+                    tracing::debug!(%error, "message refused");
+                    self.deliver(Incoming::Error(error));
+                }
                 Event::Closed(reason) => self.closed(reason),
             }
         }
-        self.shared
-            .retransmits
-            .store(self.session.stats().retransmits, Ordering::Relaxed);
+        let retransmits = self.session.stats().retransmits;
+        let before = self.shared.retransmits.swap(retransmits, Ordering::Relaxed);
+        if retransmits > before {
+            tracing::debug!(
+                count = retransmits - before,
+                total = retransmits,
+                "retransmitted"
+            );
+        }
     }
 
     fn on_message(
@@ -522,6 +570,7 @@ impl Driver {
     }
 
     fn end(&mut self, ending: Ending) {
+        tracing::info!(%ending, "session ended");
         for waiter in self.close_waiters.drain(..) {
             let _ = waiter.send(ending.clone());
         }

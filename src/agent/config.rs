@@ -1,0 +1,94 @@
+//! The agent's configuration file (`/etc/ssm-agent/config.json` under systemd): JSON, every
+//! field optional, unknown fields refused so a typo is not silently ignored. The program's
+//! flags and `SSM_AGENT_*` variables override it field by field.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The file's fields (see `dist/agent.example.json`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct AgentFile {
+    /// Gateway endpoint, `http(s)://host:port`.
+    pub endpoint: Option<String>,
+    /// This host's id.
+    pub agent_id: Option<String>,
+    /// A file holding this host's secret (kept out of the configuration so the
+    /// configuration can be world-readable).
+    pub agent_secret_file: Option<PathBuf>,
+    /// PEM file of the CA that signed the gateway's certificate.
+    pub ca_cert: Option<PathBuf>,
+    /// Region to sign for.
+    pub region: Option<String>,
+    /// Shell for `Standard_Stream` sessions.
+    pub shell: Option<String>,
+    /// Allow port sessions to link-local and metadata addresses.
+    pub allow_link_local: Option<bool>,
+    /// A KMS endpoint other than the gateway's.
+    pub kms_endpoint: Option<String>,
+}
+
+/// Why the configuration could not be read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AgentFileError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a valid configuration.
+    #[error("{path} is not a valid agent configuration: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Where and why.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl AgentFile {
+    /// Reads and parses `path`.
+    pub fn load(path: &Path) -> Result<AgentFile, AgentFileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| AgentFileError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        AgentFile::parse(&text).map_err(|source| AgentFileError::Parse {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// Parses the JSON text of a configuration.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ssm_session::agent::config::AgentFile;
+    ///
+    /// let file = AgentFile::parse(r#"{"endpoint": "https://gw:8443", "agent_id": "mi-1"}"#)?;
+    /// assert_eq!(file.agent_id.as_deref(), Some("mi-1"));
+    /// assert!(AgentFile::parse(r#"{"endpiont": "x"}"#).is_err()); // typos are refused
+    /// # Ok::<(), serde_json::Error>(())
+    /// ```
+    pub fn parse(text: &str) -> Result<AgentFile, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+
+    /// The secret from [`AgentFile::agent_secret_file`], trailing newline removed.
+    pub fn read_secret(path: &Path) -> Result<String, AgentFileError> {
+        let secret = std::fs::read_to_string(path).map_err(|source| AgentFileError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(secret.trim_end_matches(['\n', '\r']).to_owned())
+    }
+}
