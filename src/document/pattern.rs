@@ -15,17 +15,21 @@ use super::DocumentError;
 const MAX_REPEAT: u32 = 1000;
 /// Group nesting limit, so a hostile pattern cannot exhaust regex-lite's recursion.
 const MAX_DEPTH: usize = 64;
-/// regex-lite's nesting limit: a group level adds at most repetition, alternation and
-/// concatenation around its contents.
+/// regex-lite's nesting limit: a group level adds at most a repetition, an alternation and a
+/// concatenation around its contents, so this leaves room to spare.
 const NEST_LIMIT: u32 = 4 * MAX_DEPTH as u32;
 /// Bytes the compiled program may occupy: about 10 000 single-character steps (an NFA state
-/// is 32 bytes), which is what bounds `(a{1000}){1000}` and so the time a match can take.
+/// is 32 bytes, a class adds 8 per range), which is what bounds `(a{1000}){1000}` and so the
+/// time a match can take.
 const SIZE_LIMIT: usize = 320 * 1024;
 /// RE2's `\s` (tab, newline, form feed, carriage return, space) as class items: regex-lite's
 /// also holds the vertical tab.
 const SPACE: &str = "\\t\\n\\x0C\\r ";
 /// The complement of [`SPACE`].
 const NOT_SPACE: &str = "\\x00-\\x08\\x0B\\x0E-\\x1F!-\\x{10FFFF}";
+/// Characters regex-lite gives a meaning somewhere (`#` with `x`, `& - ~` in classes); escaped,
+/// each stands for itself everywhere.
+const META: &str = "\\.+*?()|[]{}^$#&-~";
 
 /// A parameter's `allowedPattern`, checked the way the agent's Go `regexp.MatchString` does:
 /// the value is valid if the pattern matches **anywhere** in it, so patterns anchor with `^…$`.
@@ -40,7 +44,8 @@ const NOT_SPACE: &str = "\\x00-\\x08\\x0B\\x0E-\\x1F!-\\x{10FFFF}";
 ///
 /// Refused: flags (`(?i)`), named groups, back-references, `\b`, `\p{…}`, hex and octal
 /// escapes, POSIX classes (`[[:alpha:]]`), a bare `{` (RE2 reads some as literals; write `\{`),
-/// groups nested deeper than 64, and patterns that compile to more than about 10 000 steps.
+/// groups nested deeper than 64, and patterns that compile to more than about 10 000 steps
+/// (a character class costs one to two steps, more with many ranges).
 ///
 /// # Examples
 ///
@@ -121,7 +126,6 @@ enum Escape {
 }
 
 /// What the last piece written was, which decides whether a repetition operator may follow.
-#[derive(PartialEq)]
 enum Last {
     /// Nothing yet in this alternative.
     Nothing,
@@ -168,26 +172,7 @@ impl Gate<'_> {
 
     /// Writes `c` so that regex-lite reads it as itself in and out of classes.
     fn literal(&mut self, c: char) {
-        if matches!(
-            c,
-            '\\' | '.'
-                | '+'
-                | '*'
-                | '?'
-                | '('
-                | ')'
-                | '|'
-                | '['
-                | ']'
-                | '{'
-                | '}'
-                | '^'
-                | '$'
-                | '#'
-                | '&'
-                | '-'
-                | '~'
-        ) {
+        if META.contains(c) {
             self.out.push('\\');
         }
         self.out.push(c);
@@ -459,6 +444,9 @@ mod tests {
         let table: &[(&str, &[&str], &[&str])] = &[
             // RE2's \s has no vertical tab; regex-lite's has.
             (r"^\s$", &[" ", "\t", "\x0C"], &["\x0B", "x"]),
+            // ASCII, as RE2: no Unicode letters or digits.
+            (r"^\w\d$", &["_1"], &["é1", "a\u{661}"]),
+            (r"^\W\D$", &["é\u{661}"], &["a1"]),
             (r"^\S$", &["\x0B", "x", "é"], &[" ", "\n"]),
             (r"^[\S]$", &["\x0B", "x"], &[" "]),
             (r"^[a\s]$", &["a", "\r"], &["\x0B"]),
@@ -494,7 +482,10 @@ mod tests {
         assert!(AllowedPattern::new(r"^[^,$^&\(\)!;'<>]{1000}$").is_ok());
         assert!(AllowedPattern::new("^(?:a{1000}){11}$").is_err());
         assert!(AllowedPattern::new("(a{1000}){1000}").is_err());
-        let deep = format!("{}a{}", "(".repeat(MAX_DEPTH), ")".repeat(MAX_DEPTH));
+        // Each level nests a repetition, an alternation and a concatenation.
+        let deep = format!("{}a{}", "(x|y".repeat(MAX_DEPTH), ")*".repeat(MAX_DEPTH));
         assert!(AllowedPattern::new(&deep).is_ok());
+        let deeper = format!("({deep})");
+        assert!(AllowedPattern::new(&deeper).is_err());
     }
 }
