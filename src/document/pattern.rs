@@ -1,20 +1,35 @@
-//! `allowedPattern` checking without a regex dependency: a parser for the RE2 subset session
-//! documents use, compiled to a small instruction list and run as a Pike VM (every thread
-//! advanced in lock step), so matching is linear in the input whatever the pattern.
+//! `allowedPattern` checking on `regex-lite`, whose Pike VM keeps matching linear in the input
+//! whatever the pattern. regex-lite's syntax is close to RE2's but not the same, so a short
+//! scanner first holds the pattern to the subset both read alike and rewrites it into the
+//! spelling regex-lite gives the RE2 meaning (RE2's `\s`, superfluous escapes such as `\<`,
+//! `[` and `&&` inside classes); a size limit then bounds what counted repetitions expand to.
 
 use std::fmt;
+use std::fmt::Write as _;
+
+use regex_lite::{Regex, RegexBuilder};
 
 use super::DocumentError;
 
-/// Instruction budget of one compiled pattern; counted repetitions are expanded, so this is
-/// what bounds `(a{1000}){1000}`.
-const MAX_PROGRAM: usize = 10_000;
 /// RE2's own limit on `{n,m}` counts: a larger count is refused there too.
 const MAX_REPEAT: u32 = 1000;
-/// Group nesting limit, so a hostile pattern cannot exhaust the parser's stack.
+/// Group nesting limit, so a hostile pattern cannot exhaust regex-lite's recursion.
 const MAX_DEPTH: usize = 64;
-/// One past the largest Unicode scalar value.
-const CHAR_END: u32 = 0x11_0000;
+/// regex-lite's nesting limit: a group level adds at most a repetition, an alternation and a
+/// concatenation around its contents, so this leaves room to spare.
+const NEST_LIMIT: u32 = 4 * MAX_DEPTH as u32;
+/// Bytes the compiled program may occupy: about 10 000 single-character steps (an NFA state
+/// is 32 bytes, a class adds 8 per range), which is what bounds `(a{1000}){1000}` and so the
+/// time a match can take.
+const SIZE_LIMIT: usize = 320 * 1024;
+/// RE2's `\s` (tab, newline, form feed, carriage return, space) as class items: regex-lite's
+/// also holds the vertical tab.
+const SPACE: &str = "\\t\\n\\x0C\\r ";
+/// The complement of [`SPACE`].
+const NOT_SPACE: &str = "\\x00-\\x08\\x0B\\x0E-\\x1F!-\\x{10FFFF}";
+/// Characters regex-lite gives a meaning somewhere (`#` with `x`, `& - ~` in classes); escaped,
+/// each stands for itself everywhere.
+const META: &str = "\\.+*?()|[]{}^$#&-~";
 
 /// A parameter's `allowedPattern`, checked the way the agent's Go `regexp.MatchString` does:
 /// the value is valid if the pattern matches **anywhere** in it, so patterns anchor with `^…$`.
@@ -29,7 +44,8 @@ const CHAR_END: u32 = 0x11_0000;
 ///
 /// Refused: flags (`(?i)`), named groups, back-references, `\b`, `\p{…}`, hex and octal
 /// escapes, POSIX classes (`[[:alpha:]]`), a bare `{` (RE2 reads some as literals; write `\{`),
-/// and patterns that expand to more than 10 000 instructions.
+/// groups nested deeper than 64, and patterns that compile to more than about 10 000 steps
+/// (a character class costs one to two steps, more with many ranges).
 ///
 /// # Examples
 ///
@@ -45,8 +61,7 @@ const CHAR_END: u32 = 0x11_0000;
 #[derive(Clone)]
 pub struct AllowedPattern {
     source: String,
-    program: Vec<Inst>,
-    sets: Vec<CharSet>,
+    regex: Regex,
 }
 
 impl fmt::Debug for AllowedPattern {
@@ -64,31 +79,29 @@ impl PartialEq for AllowedPattern {
 impl AllowedPattern {
     /// Compiles `pattern`, or says which part is outside the supported subset.
     pub fn new(pattern: &str) -> Result<Self, DocumentError> {
-        let mut parser = Parser {
+        let mut gate = Gate {
             source: pattern,
             chars: pattern.chars().collect(),
             pos: 0,
-            depth: 0,
+            out: String::with_capacity(pattern.len()),
         };
-        let node = parser.parse_alternation()?;
-        if parser.pos < parser.chars.len() {
-            // Only an unmatched `)` stops the top-level alternation early.
-            return Err(parser.error("unmatched `)`; escape it as `\\)` for a literal"));
-        }
-        let size = node.size();
-        if size > MAX_PROGRAM {
-            return Err(parser.error(&format!(
-                "the pattern expands to {size} instructions, more than the limit of \
-                 {MAX_PROGRAM}; use smaller repetition counts"
-            )));
-        }
-        let mut compiler = Compiler::default();
-        compiler.emit(&node);
-        compiler.program.push(Inst::Match);
+        gate.scan()?;
+        let regex = RegexBuilder::new(&gate.out)
+            .size_limit(SIZE_LIMIT)
+            .nest_limit(NEST_LIMIT)
+            .build()
+            .map_err(|error| {
+                gate.fail(
+                    0,
+                    format!(
+                        "the pattern is too large once repetitions are expanded ({error}); \
+                         use smaller repetition counts"
+                    ),
+                )
+            })?;
         Ok(AllowedPattern {
             source: pattern.to_owned(),
-            program: compiler.program,
-            sets: compiler.sets,
+            regex,
         })
     }
 
@@ -99,240 +112,44 @@ impl AllowedPattern {
 
     /// Whether the pattern matches somewhere in `value` (Go `MatchString` semantics).
     pub fn is_match(&self, value: &str) -> bool {
-        let chars: Vec<char> = value.chars().collect();
-        let len = chars.len();
-        // With a leading `^`, threads started after position 0 die at once: once the live
-        // ones are gone, nothing can match.
-        let anchored = matches!(self.program.first(), Some(Inst::Start));
-        let mut current = ThreadSet::new(self.program.len());
-        let mut next = ThreadSet::new(self.program.len());
-        let mut stack = Vec::new();
-        for pos in 0..=len {
-            // Unanchored search: a new thread starts at every position.
-            if self.add_thread(&mut current, &mut stack, 0, pos, len) {
-                return true;
-            }
-            let Some(&c) = chars.get(pos) else { break };
-            next.clear();
-            for &pc in &current.dense {
-                if let Some(Inst::Set(set)) = self.program.get(pc)
-                    && self.sets.get(*set).is_some_and(|set| set.contains(c))
-                    && self.add_thread(&mut next, &mut stack, pc + 1, pos + 1, len)
-                {
-                    return true;
-                }
-            }
-            std::mem::swap(&mut current, &mut next);
-            if anchored && current.dense.is_empty() {
-                return false;
-            }
-        }
-        false
-    }
-
-    /// Adds `pc` and everything reachable from it without consuming a character; true when
-    /// that reaches `Match`. `stack` is scratch space, reused across calls.
-    fn add_thread(
-        &self,
-        threads: &mut ThreadSet,
-        stack: &mut Vec<usize>,
-        pc: usize,
-        pos: usize,
-        len: usize,
-    ) -> bool {
-        stack.clear();
-        stack.push(pc);
-        while let Some(pc) = stack.pop() {
-            if !threads.insert(pc) {
-                continue;
-            }
-            match self.program.get(pc) {
-                Some(Inst::Match) => return true,
-                Some(Inst::Jump(to)) => stack.push(*to),
-                Some(Inst::Split(first, second)) => {
-                    stack.push(*second);
-                    stack.push(*first);
-                }
-                Some(Inst::Start) if pos == 0 => stack.push(pc + 1),
-                Some(Inst::End) if pos == len => stack.push(pc + 1),
-                _ => {}
-            }
-        }
-        false
-    }
-}
-
-/// A set of program counters with insertion order, cleared in time proportional to its size.
-struct ThreadSet {
-    member: Vec<bool>,
-    dense: Vec<usize>,
-}
-
-impl ThreadSet {
-    fn new(size: usize) -> Self {
-        ThreadSet {
-            member: vec![false; size],
-            dense: Vec::new(),
-        }
-    }
-
-    fn insert(&mut self, pc: usize) -> bool {
-        match self.member.get_mut(pc) {
-            Some(seen) if !*seen => {
-                *seen = true;
-                self.dense.push(pc);
-                true
-            }
-            _ => false,
-        }
-    }
-
-    fn clear(&mut self) {
-        for pc in self.dense.drain(..) {
-            if let Some(seen) = self.member.get_mut(pc) {
-                *seen = false;
-            }
-        }
-    }
-}
-
-/// Sorted, non-overlapping inclusive ranges of Unicode scalar values.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct CharSet(Vec<(u32, u32)>);
-
-impl CharSet {
-    fn from_ranges(mut ranges: Vec<(u32, u32)>) -> Self {
-        ranges.sort_unstable();
-        let mut merged: Vec<(u32, u32)> = Vec::with_capacity(ranges.len());
-        for (lo, hi) in ranges {
-            match merged.last_mut() {
-                Some(last) if lo <= last.1.saturating_add(1) => last.1 = last.1.max(hi),
-                _ => merged.push((lo, hi)),
-            }
-        }
-        CharSet(merged)
-    }
-
-    fn single(c: char) -> Self {
-        CharSet(vec![(c as u32, c as u32)])
-    }
-
-    fn complement(&self) -> Self {
-        let mut out = Vec::new();
-        let mut next = 0u32;
-        for &(lo, hi) in &self.0 {
-            if lo > next {
-                out.push((next, lo - 1));
-            }
-            next = hi.saturating_add(1);
-        }
-        if next < CHAR_END {
-            out.push((next, CHAR_END - 1));
-        }
-        CharSet(out)
-    }
-
-    fn contains(&self, c: char) -> bool {
-        let c = c as u32;
-        self.0
-            .binary_search_by(|&(lo, hi)| {
-                if hi < c {
-                    std::cmp::Ordering::Less
-                } else if lo > c {
-                    std::cmp::Ordering::Greater
-                } else {
-                    std::cmp::Ordering::Equal
-                }
-            })
-            .is_ok()
-    }
-
-    fn digit() -> Self {
-        CharSet(vec![(u32::from('0'), u32::from('9'))])
-    }
-
-    fn word() -> Self {
-        CharSet::from_ranges(vec![
-            (u32::from('0'), u32::from('9')),
-            (u32::from('A'), u32::from('Z')),
-            (u32::from('_'), u32::from('_')),
-            (u32::from('a'), u32::from('z')),
-        ])
-    }
-
-    /// RE2's `\s`: tab, newline, form feed, carriage return, space.
-    fn space() -> Self {
-        CharSet::from_ranges(vec![(0x09, 0x0A), (0x0C, 0x0D), (0x20, 0x20)])
-    }
-}
-
-/// The parsed pattern.
-#[derive(Debug)]
-enum Node {
-    Empty,
-    Set(CharSet),
-    Start,
-    End,
-    Concat(Vec<Node>),
-    Alternation(Vec<Node>),
-    Repeat {
-        node: Box<Node>,
-        min: u32,
-        max: Option<u32>,
-    },
-}
-
-impl Node {
-    /// Instructions the node compiles to, saturating so huge nestings stay comparable.
-    fn size(&self) -> usize {
-        match self {
-            Node::Empty => 0,
-            Node::Set(_) | Node::Start | Node::End => 1,
-            Node::Concat(nodes) => nodes.iter().fold(0, |sum, n| sum.saturating_add(n.size())),
-            Node::Alternation(nodes) => nodes
-                .iter()
-                .fold(0, |sum, n| sum.saturating_add(n.size()).saturating_add(2)),
-            Node::Repeat { node, min, max } => {
-                let body = node.size();
-                let required = body.saturating_mul(*min as usize);
-                let optional = match max {
-                    None => body.saturating_add(2),
-                    Some(max) => body
-                        .saturating_add(1)
-                        .saturating_mul(max.saturating_sub(*min) as usize),
-                };
-                required.saturating_add(optional)
-            }
-        }
+        self.regex.is_match(value)
     }
 }
 
 /// What a backslash escape stands for.
 enum Escape {
     Char(char),
-    Set(CharSet),
-    Start,
-    End,
+    /// Class items in regex-lite syntax, without the brackets.
+    Set(&'static str),
+    /// `\A` or `\z`, spelt the same in regex-lite.
+    Anchor(&'static str),
 }
 
-struct Parser<'a> {
+/// What the last piece written was, which decides whether a repetition operator may follow.
+enum Last {
+    /// Nothing yet in this alternative.
+    Nothing,
+    Anchor,
+    Atom,
+    Repeated,
+}
+
+/// Checks a pattern against the subset while writing its regex-lite spelling to `out`.
+struct Gate<'a> {
     source: &'a str,
     chars: Vec<char>,
+    /// Character (not byte) position of the next character.
     pos: usize,
-    depth: usize,
+    out: String,
 }
 
-impl Parser<'_> {
-    fn error(&self, problem: &str) -> DocumentError {
+impl Gate<'_> {
+    fn fail(&self, offset: usize, problem: impl Into<String>) -> DocumentError {
         DocumentError::Pattern {
             pattern: self.source.to_owned(),
-            offset: self.pos,
-            problem: problem.to_owned(),
+            offset,
+            problem: problem.into(),
         }
-    }
-
-    fn peek(&self) -> Option<char> {
-        self.chars.get(self.pos).copied()
     }
 
     fn peek_at(&self, ahead: usize) -> Option<char> {
@@ -340,105 +157,161 @@ impl Parser<'_> {
     }
 
     fn bump(&mut self) -> Option<char> {
-        let c = self.peek()?;
+        let c = self.peek_at(0)?;
         self.pos += 1;
         Some(c)
     }
 
-    fn parse_alternation(&mut self) -> Result<Node, DocumentError> {
-        let mut branches = vec![self.parse_concat()?];
-        while self.peek() == Some('|') {
-            self.pos += 1;
-            branches.push(self.parse_concat()?);
-        }
-        Ok(if branches.len() == 1 {
-            branches.pop().unwrap_or(Node::Empty)
-        } else {
-            Node::Alternation(branches)
-        })
-    }
-
-    fn parse_concat(&mut self) -> Result<Node, DocumentError> {
-        let mut nodes = Vec::new();
-        while let Some(c) = self.peek() {
-            if c == '|' || c == ')' {
-                break;
-            }
-            nodes.push(self.parse_repeat()?);
-        }
-        Ok(match nodes.len() {
-            0 => Node::Empty,
-            1 => nodes.pop().unwrap_or(Node::Empty),
-            _ => Node::Concat(nodes),
-        })
-    }
-
-    fn parse_repeat(&mut self) -> Result<Node, DocumentError> {
-        let atom = self.parse_atom()?;
-        let Some((min, max)) = self.parse_quantifier()? else {
-            return Ok(atom);
-        };
-        if matches!(atom, Node::Start | Node::End) {
-            return Err(self.error("a repetition operator needs something to repeat"));
-        }
-        if self.peek() == Some('?') {
-            // Lazy: same set of matching values.
+    fn eat(&mut self, c: char) -> bool {
+        let found = self.peek_at(0) == Some(c);
+        if found {
             self.pos += 1;
         }
-        if matches!(self.peek(), Some('*' | '+' | '?' | '{')) {
-            return Err(self.error(
-                "nested repetition operators are not allowed; group the inner one with (?:…)",
-            ));
+        found
+    }
+
+    /// Writes `c` so that regex-lite reads it as itself in and out of classes.
+    fn literal(&mut self, c: char) {
+        if META.contains(c) {
+            self.out.push('\\');
         }
-        Ok(Node::Repeat {
-            node: Box::new(atom),
-            min,
-            max,
-        })
+        self.out.push(c);
     }
 
-    fn parse_quantifier(&mut self) -> Result<Option<(u32, Option<u32>)>, DocumentError> {
-        let quantifier = match self.peek() {
-            Some('*') => (0, None),
-            Some('+') => (1, None),
-            Some('?') => (0, Some(1)),
-            Some('{') => return self.parse_counted().map(Some),
-            _ => return Ok(None),
-        };
-        self.pos += 1;
-        Ok(Some(quantifier))
+    fn scan(&mut self) -> Result<(), DocumentError> {
+        let mut open_groups = Vec::new();
+        let mut last = Last::Nothing;
+        while let Some(c) = self.bump() {
+            let at = self.pos - 1;
+            last = match c {
+                '(' => {
+                    if self.eat('?') && !self.eat(':') {
+                        return Err(self.fail(
+                            at,
+                            "group flags and named groups (?…) are not supported; only (?:…) is",
+                        ));
+                    }
+                    open_groups.push(at);
+                    if open_groups.len() > MAX_DEPTH {
+                        return Err(self.fail(at, format!("groups nested deeper than {MAX_DEPTH}")));
+                    }
+                    // Nothing reads captures: a plain group is spelt `(?:` too.
+                    self.out.push_str("(?:");
+                    Last::Nothing
+                }
+                ')' => {
+                    if open_groups.pop().is_none() {
+                        return Err(
+                            self.fail(at, "unmatched `)`; escape it as `\\)` for a literal")
+                        );
+                    }
+                    self.out.push(')');
+                    Last::Atom
+                }
+                '|' => {
+                    self.out.push('|');
+                    Last::Nothing
+                }
+                '^' | '$' => {
+                    self.out.push(c);
+                    Last::Anchor
+                }
+                '.' => {
+                    self.out.push('.');
+                    Last::Atom
+                }
+                '[' => {
+                    self.class(at)?;
+                    Last::Atom
+                }
+                '\\' => match self.escape(at)? {
+                    Escape::Char(c) => {
+                        self.literal(c);
+                        Last::Atom
+                    }
+                    Escape::Set(items) => {
+                        let _ = write!(self.out, "[{items}]");
+                        Last::Atom
+                    }
+                    Escape::Anchor(anchor) => {
+                        self.out.push_str(anchor);
+                        Last::Anchor
+                    }
+                },
+                '*' | '+' | '?' | '{' => {
+                    match last {
+                        Last::Atom => {}
+                        Last::Repeated => {
+                            return Err(self.fail(
+                                at,
+                                "nested repetition operators are not allowed; group the inner \
+                                 one with (?:…)",
+                            ));
+                        }
+                        Last::Nothing | Last::Anchor => {
+                            return Err(self.fail(
+                                at,
+                                "a repetition operator needs something to repeat; write \\{ \\* \
+                                 \\+ \\? for literal characters",
+                            ));
+                        }
+                    }
+                    if c == '{' {
+                        self.counted(at)?;
+                    } else {
+                        self.out.push(c);
+                    }
+                    if self.eat('?') {
+                        // Lazy: same set of matching values.
+                        self.out.push('?');
+                    }
+                    Last::Repeated
+                }
+                c => {
+                    self.literal(c);
+                    Last::Atom
+                }
+            };
+        }
+        match open_groups.pop() {
+            Some(open) => Err(self.fail(open, "missing `)` for this group")),
+            None => Ok(()),
+        }
     }
 
-    /// `{n}`, `{n,}` or `{n,m}`; anything else after `{` is refused rather than read as text.
-    fn parse_counted(&mut self) -> Result<(u32, Option<u32>), DocumentError> {
-        let start = self.pos;
-        self.pos += 1;
-        let min = self.parse_count()?;
-        let max = if self.peek() == Some(',') {
-            self.pos += 1;
-            match self.peek() {
-                Some('}') => Some(None),
-                _ => self.parse_count()?.map(Some),
+    /// After the `{` at `open`: `{n}`, `{n,}` or `{n,m}`; anything else is refused rather than
+    /// read as text.
+    fn counted(&mut self, open: usize) -> Result<(), DocumentError> {
+        let min = self.count()?;
+        let max = if self.eat(',') {
+            if self.peek_at(0) == Some('}') {
+                Some(None)
+            } else {
+                self.count()?.map(Some)
             }
         } else {
             Some(min)
         };
-        let (Some(min), Some(max), Some('}')) = (min, max, self.bump()) else {
-            self.pos = start;
-            return Err(self.error(
+        let (Some(min), Some(max), true) = (min, max, self.eat('}')) else {
+            return Err(self.fail(
+                open,
                 "malformed repetition; use {n}, {n,} or {n,m}, or write \\{ for a literal brace",
             ));
         };
-        if max.is_some_and(|max| max < min) {
-            self.pos = start;
-            return Err(self.error("repetition {n,m} with m smaller than n"));
-        }
-        Ok((min, max))
+        let _ = match max {
+            Some(max) if max < min => {
+                return Err(self.fail(open, "repetition {n,m} with m smaller than n"));
+            }
+            Some(max) if max == min => write!(self.out, "{{{min}}}"),
+            Some(max) => write!(self.out, "{{{min},{max}}}"),
+            None => write!(self.out, "{{{min},}}"),
+        };
+        Ok(())
     }
 
-    fn parse_count(&mut self) -> Result<Option<u32>, DocumentError> {
+    fn count(&mut self) -> Result<Option<u32>, DocumentError> {
         let start = self.pos;
-        while self.peek().is_some_and(|c| c.is_ascii_digit()) {
+        while self.peek_at(0).is_some_and(|c| c.is_ascii_digit()) {
             self.pos += 1;
         }
         if start == self.pos {
@@ -447,256 +320,118 @@ impl Parser<'_> {
         let digits: String = self.chars[start..self.pos].iter().collect();
         match digits.parse::<u32>() {
             Ok(n) if n <= MAX_REPEAT => Ok(Some(n)),
-            _ => {
-                self.pos = start;
-                Err(self.error(&format!(
-                    "repetition count larger than {MAX_REPEAT} (RE2's limit)"
-                )))
-            }
+            _ => Err(self.fail(
+                start,
+                format!("repetition count larger than {MAX_REPEAT} (RE2's limit)"),
+            )),
         }
     }
 
-    fn parse_atom(&mut self) -> Result<Node, DocumentError> {
-        let Some(c) = self.bump() else {
-            return Ok(Node::Empty);
-        };
-        match c {
-            '(' => self.parse_group(),
-            '[' => self.parse_class().map(Node::Set),
-            '.' => Ok(Node::Set(CharSet::single('\n').complement())),
-            '^' => Ok(Node::Start),
-            '$' => Ok(Node::End),
-            '\\' => Ok(match self.parse_escape()? {
-                Escape::Char(c) => Node::Set(CharSet::single(c)),
-                Escape::Set(set) => Node::Set(set),
-                Escape::Start => Node::Start,
-                Escape::End => Node::End,
-            }),
-            '*' | '+' | '?' => {
-                self.pos -= 1;
-                Err(self.error("a repetition operator needs something to repeat"))
-            }
-            '{' => {
-                self.pos -= 1;
-                Err(self.error("write \\{ for a literal brace"))
-            }
-            c => Ok(Node::Set(CharSet::single(c))),
+    /// After the `[` at `open`: the class up to its `]`.
+    fn class(&mut self, open: usize) -> Result<(), DocumentError> {
+        self.out.push('[');
+        if self.eat('^') {
+            self.out.push('^');
         }
-    }
-
-    fn parse_group(&mut self) -> Result<Node, DocumentError> {
-        let open = self.pos - 1;
-        if self.peek() == Some('?') {
-            if self.peek_at(1) == Some(':') {
-                self.pos += 2;
-            } else {
-                return Err(self
-                    .error("group flags and named groups (?…) are not supported; only (?:…) is"));
-            }
-        }
-        self.depth += 1;
-        if self.depth > MAX_DEPTH {
-            return Err(self.error(&format!("groups nested deeper than {MAX_DEPTH}")));
-        }
-        let node = self.parse_alternation()?;
-        self.depth -= 1;
-        if self.bump() != Some(')') {
-            self.pos = open;
-            return Err(self.error("missing `)` for this group"));
-        }
-        Ok(node)
-    }
-
-    /// After `[`: the class up to its `]`.
-    fn parse_class(&mut self) -> Result<CharSet, DocumentError> {
-        let open = self.pos - 1;
-        let negated = self.peek() == Some('^');
-        if negated {
-            self.pos += 1;
-        }
-        let mut ranges = Vec::new();
         let mut first = true;
         loop {
             let Some(c) = self.bump() else {
-                self.pos = open;
-                return Err(self.error("missing `]` for this character class"));
+                return Err(self.fail(
+                    open,
+                    "missing `]` for this character class; write \\[ for a literal bracket",
+                ));
             };
+            let at = self.pos - 1;
             if c == ']' && !first {
-                break;
+                self.out.push(']');
+                return Ok(());
             }
             first = false;
-            if c == '[' && self.peek() == Some(':') {
-                self.pos -= 1;
-                return Err(self.error("POSIX classes like [:alpha:] are not supported"));
+            if c == '[' && self.peek_at(0) == Some(':') {
+                return Err(self.fail(
+                    at,
+                    "POSIX classes like [:alpha:] are not supported; write the range, e.g. \
+                     [a-zA-Z]",
+                ));
             }
-            let lo = match self.class_char(c)? {
+            let lo = match self.class_item(c, at)? {
                 Escape::Char(lo) => lo,
-                Escape::Set(set) => {
-                    ranges.extend(set.0);
+                Escape::Set(items) => {
+                    self.out.push_str(items);
                     continue;
                 }
-                Escape::Start | Escape::End => {
-                    return Err(self.error("\\A and \\z cannot appear inside a class"));
+                Escape::Anchor(_) => {
+                    return Err(self.fail(at, "\\A and \\z cannot appear inside a class"));
                 }
             };
-            if self.peek() == Some('-') && self.peek_at(1).is_some_and(|c| c != ']') {
-                self.pos += 1;
-                let hi = match self.bump() {
-                    Some(c) => self.class_char(c)?,
-                    None => return Err(self.error("missing `]` for this character class")),
-                };
-                let Escape::Char(hi) = hi else {
-                    return Err(self.error("a range must end in a single character"));
-                };
-                if hi < lo {
-                    return Err(self.error(&format!("range {lo}-{hi} is backwards")));
+            self.literal(lo);
+            if self.peek_at(0) == Some('-')
+                && let Some(c) = self.peek_at(1).filter(|&c| c != ']')
+            {
+                let hi_at = self.pos + 1;
+                self.pos += 2;
+                match self.class_item(c, hi_at)? {
+                    Escape::Char(hi) if hi >= lo => {
+                        self.out.push('-');
+                        self.literal(hi);
+                    }
+                    Escape::Char(hi) => {
+                        return Err(
+                            self.fail(at, format!("range {lo}-{hi} is backwards; write {hi}-{lo}"))
+                        );
+                    }
+                    Escape::Set(_) | Escape::Anchor(_) => {
+                        return Err(self.fail(at, "a range must end in a single character"));
+                    }
                 }
-                ranges.push((lo as u32, hi as u32));
-            } else {
-                ranges.push((lo as u32, lo as u32));
             }
         }
-        let set = CharSet::from_ranges(ranges);
-        Ok(if negated { set.complement() } else { set })
     }
 
-    fn class_char(&mut self, c: char) -> Result<Escape, DocumentError> {
+    /// `c`, found at `at` inside a class, and its escape if it is a backslash.
+    fn class_item(&mut self, c: char, at: usize) -> Result<Escape, DocumentError> {
         if c == '\\' {
-            self.parse_escape()
+            self.escape(at)
         } else {
             Ok(Escape::Char(c))
         }
     }
 
-    /// After `\`.
-    fn parse_escape(&mut self) -> Result<Escape, DocumentError> {
+    /// After the `\` at `at`.
+    fn escape(&mut self, at: usize) -> Result<Escape, DocumentError> {
         let Some(c) = self.bump() else {
-            return Err(self.error("the pattern ends with a lone backslash"));
+            return Err(self.fail(
+                at,
+                "the pattern ends with a lone backslash; write \\\\ for a literal one",
+            ));
         };
         Ok(match c {
-            'd' => Escape::Set(CharSet::digit()),
-            'D' => Escape::Set(CharSet::digit().complement()),
-            'w' => Escape::Set(CharSet::word()),
-            'W' => Escape::Set(CharSet::word().complement()),
-            's' => Escape::Set(CharSet::space()),
-            'S' => Escape::Set(CharSet::space().complement()),
+            'd' => Escape::Set("\\d"),
+            'D' => Escape::Set("\\D"),
+            'w' => Escape::Set("\\w"),
+            'W' => Escape::Set("\\W"),
+            's' => Escape::Set(SPACE),
+            'S' => Escape::Set(NOT_SPACE),
             'n' => Escape::Char('\n'),
             'r' => Escape::Char('\r'),
             't' => Escape::Char('\t'),
             'f' => Escape::Char('\x0C'),
             'v' => Escape::Char('\x0B'),
             'a' => Escape::Char('\x07'),
-            'A' => Escape::Start,
-            'z' => Escape::End,
+            'A' => Escape::Anchor("\\A"),
+            'z' => Escape::Anchor("\\z"),
             c if c.is_ascii_punctuation() => Escape::Char(c),
             _ => {
-                self.pos -= 2;
-                return Err(self.error(&format!(
-                    "escape \\{c} is not supported (word boundaries, Unicode classes, hex, \
-                     octal and back-references are outside the subset)"
-                )));
+                return Err(self.fail(
+                    at,
+                    format!(
+                        "escape \\{c} is not supported (word boundaries, Unicode classes, hex, \
+                         octal and back-references are outside the subset); write the \
+                         characters or a class such as [0-9] instead"
+                    ),
+                ));
             }
         })
-    }
-}
-
-/// One step of the compiled program.
-#[derive(Debug, Clone, Copy)]
-enum Inst {
-    /// Consume one character in `sets[i]`.
-    Set(usize),
-    Split(usize, usize),
-    Jump(usize),
-    Start,
-    End,
-    Match,
-}
-
-#[derive(Default)]
-struct Compiler {
-    program: Vec<Inst>,
-    sets: Vec<CharSet>,
-}
-
-impl Compiler {
-    fn push(&mut self, inst: Inst) -> usize {
-        self.program.push(inst);
-        self.program.len() - 1
-    }
-
-    fn patch_split(&mut self, at: usize, first: usize, second: usize) {
-        if let Some(inst) = self.program.get_mut(at) {
-            *inst = Inst::Split(first, second);
-        }
-    }
-
-    fn emit(&mut self, node: &Node) {
-        match node {
-            Node::Empty => {}
-            Node::Set(set) => {
-                let index = match self.sets.iter().position(|known| known == set) {
-                    Some(index) => index,
-                    None => {
-                        self.sets.push(set.clone());
-                        self.sets.len() - 1
-                    }
-                };
-                self.push(Inst::Set(index));
-            }
-            Node::Start => {
-                self.push(Inst::Start);
-            }
-            Node::End => {
-                self.push(Inst::End);
-            }
-            Node::Concat(nodes) => nodes.iter().for_each(|n| self.emit(n)),
-            Node::Alternation(branches) => {
-                let mut jumps = Vec::new();
-                let last = branches.len().saturating_sub(1);
-                for (i, branch) in branches.iter().enumerate() {
-                    if i == last {
-                        self.emit(branch);
-                    } else {
-                        let split = self.push(Inst::Split(0, 0));
-                        self.emit(branch);
-                        jumps.push(self.push(Inst::Jump(0)));
-                        let next = self.program.len();
-                        self.patch_split(split, split + 1, next);
-                    }
-                }
-                let end = self.program.len();
-                for jump in jumps {
-                    if let Some(inst) = self.program.get_mut(jump) {
-                        *inst = Inst::Jump(end);
-                    }
-                }
-            }
-            Node::Repeat { node, min, max } => {
-                for _ in 0..*min {
-                    self.emit(node);
-                }
-                match max {
-                    None => {
-                        let split = self.push(Inst::Split(0, 0));
-                        self.emit(node);
-                        self.push(Inst::Jump(split));
-                        let end = self.program.len();
-                        self.patch_split(split, split + 1, end);
-                    }
-                    Some(max) => {
-                        let mut splits = Vec::new();
-                        for _ in *min..*max {
-                            splits.push(self.push(Inst::Split(0, 0)));
-                            self.emit(node);
-                        }
-                        let end = self.program.len();
-                        for split in splits {
-                            self.patch_split(split, split + 1, end);
-                        }
-                    }
-                }
-            }
-        }
     }
 }
 
@@ -705,27 +440,52 @@ mod tests {
     use super::*;
 
     #[test]
-    fn complement_of_complement_is_identity() {
-        let set = CharSet::from_ranges(vec![(10, 20), (0, 3), (21, 30)]);
-        assert_eq!(set.0, vec![(0, 3), (10, 30)]);
-        assert_eq!(set.complement().complement(), set);
-        assert!(CharSet(vec![]).complement().contains(char::MAX));
+    fn regex_lite_spellings_keep_re2_meanings() {
+        let table: &[(&str, &[&str], &[&str])] = &[
+            // RE2's \s has no vertical tab; regex-lite's has.
+            (r"^\s$", &[" ", "\t", "\x0C"], &["\x0B", "x"]),
+            // ASCII, as RE2: no Unicode letters or digits.
+            (r"^\w\d$", &["_1"], &["é1", "a\u{661}"]),
+            (r"^\W\D$", &["é\u{661}"], &["a1"]),
+            (r"^\S$", &["\x0B", "x", "é"], &[" ", "\n"]),
+            (r"^[\S]$", &["\x0B", "x"], &[" "]),
+            (r"^[a\s]$", &["a", "\r"], &["\x0B"]),
+            // regex-lite reads these as word boundaries, nested classes or set operations.
+            (r"^\<\>$", &["<>"], &[""]),
+            ("^[[a]+$", &["[a"], &["b"]),
+            ("^[a&&b~~c]+$", &["a&b~c"], &["d"]),
+            ("^[--/]+$", &["-./"], &["a"]),
+            ("^[a-c-e]+$", &["ab-e"], &["d"]),
+            ("^[#]# $", &["## "], &["#"]),
+        ];
+        for (pattern, accepted, refused) in table {
+            let compiled =
+                AllowedPattern::new(pattern).unwrap_or_else(|e| panic!("{pattern}: {e}"));
+            for value in *accepted {
+                assert!(
+                    compiled.is_match(value),
+                    "{pattern} should accept {value:?}"
+                );
+            }
+            for value in *refused {
+                assert!(
+                    !compiled.is_match(value),
+                    "{pattern} should refuse {value:?}"
+                );
+            }
+        }
     }
 
     #[test]
-    fn size_estimate_bounds_the_program() {
-        for pattern in [r"^(a|bc){2,5}$", r"x*y+z?", r"(?:[a-c]{3}|d)*$"] {
-            let compiled = AllowedPattern::new(pattern).expect("supported");
-            let parser_size = Parser {
-                source: pattern,
-                chars: pattern.chars().collect(),
-                pos: 0,
-                depth: 0,
-            }
-            .parse_alternation()
-            .expect("parses")
-            .size();
-            assert!(compiled.program.len() <= parser_size + 1, "{pattern}");
-        }
+    fn size_limit_is_about_ten_thousand_steps() {
+        assert!(AllowedPattern::new("^(?:a{1000}){9}$").is_ok());
+        assert!(AllowedPattern::new(r"^[^,$^&\(\)!;'<>]{1000}$").is_ok());
+        assert!(AllowedPattern::new("^(?:a{1000}){11}$").is_err());
+        assert!(AllowedPattern::new("(a{1000}){1000}").is_err());
+        // Each level nests a repetition, an alternation and a concatenation.
+        let deep = format!("{}a{}", "(x|y".repeat(MAX_DEPTH), ")*".repeat(MAX_DEPTH));
+        assert!(AllowedPattern::new(&deep).is_ok());
+        let deeper = format!("({deep})");
+        assert!(AllowedPattern::new(&deeper).is_err());
     }
 }
