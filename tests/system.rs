@@ -1036,3 +1036,137 @@ fn aws_cli_runs_sessions_through_this_client_as_its_plugin() {
         "{ends:?}"
     );
 }
+
+/// The plugin as the AWS CLI runs it (SPEC §11) with `StartSession` already answered, in an
+/// environment with no credentials at all.
+fn plugin_without_credentials(
+    system: &System,
+    started: &ssm_session::client::StartedSession,
+) -> Command {
+    let home = temp_dir("no-credentials-home");
+    let response = serde_json::json!({
+        "SessionId": started.session_id,
+        "StreamUrl": started.stream_url,
+        "TokenValue": started.token_value,
+    });
+    let request = serde_json::json!({ "Target": started.target });
+    let mut command = Command::new(program("client"));
+    command
+        .arg(response.to_string())
+        .args(["us-east-1", "StartSession", ""])
+        .arg(request.to_string())
+        .arg(system.field("endpoint"))
+        .env("HOME", &home)
+        .env("AWS_CONFIG_FILE", home.join("config"))
+        .env("AWS_SHARED_CREDENTIALS_FILE", home.join("credentials"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (name, _) in std::env::vars() {
+        if name.starts_with("AWS_")
+            && !name.starts_with("AWS_CONFIG")
+            && !name.starts_with("AWS_SHARED")
+        {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+/// A plain shell needs no credentials (as with the reference plugin); an encrypted one names
+/// the operation that needed them and what to set.
+#[test]
+fn plugin_runs_a_plain_shell_without_credentials() {
+    let system = System::start_with("no-credentials", |_| {});
+    let target = system.field("agent_id").to_owned();
+    let sessions = system.admin();
+    let start = |document: Option<&str>| {
+        runtime()
+            .block_on(sessions.start_session(&target, document, BTreeMap::new()))
+            .unwrap()
+    };
+
+    let mut plain = plugin_without_credentials(&system, &start(None))
+        .spawn()
+        .unwrap();
+    plain
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"echo plain-$((6*7))\nexit 4\n")
+        .unwrap();
+    let output = wait_with_timeout(plain, Duration::from_secs(30));
+    assert!(
+        text(&output.stdout).contains("plain-42"),
+        "stdout: {:?}, stderr: {}",
+        text(&output.stdout),
+        text(&output.stderr)
+    );
+    assert_eq!(output.status.code(), Some(4), "{}", text(&output.stderr));
+
+    let encrypted = plugin_without_credentials(&system, &start(Some(DEV_ENCRYPTED_SHELL)))
+        .spawn()
+        .unwrap();
+    let output = wait_with_timeout(encrypted, Duration::from_secs(30));
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(255), "{stderr}");
+    assert!(
+        stderr.contains("TrentService.GenerateDataKey needs AWS credentials")
+            && stderr.contains("AWS_ACCESS_KEY_ID"),
+        "{stderr}"
+    );
+}
+
+/// SIGTERM stops the agent gracefully: the live session ends for the client, the gateway
+/// records `agent_shutdown`, and the agent exits 0.
+#[test]
+fn agent_stops_gracefully_on_sigterm() {
+    let mut system = System::start_with("agent-sigterm", |_| {});
+    let target = system.field("agent_id").to_owned();
+    let sessions = system.admin();
+    let rt = runtime();
+    let mut connection = rt.block_on(async {
+        let started = sessions
+            .start_session(&target, None, BTreeMap::new())
+            .await
+            .unwrap();
+        let mut connection = sessions.connect(&started).await.unwrap();
+        connection.write_all(b"echo running\n").await.unwrap();
+        connection
+    });
+    let agent = system._agent.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &agent])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let ending = rt.block_on(async {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(15), connection.recv())
+                .await
+                .expect("the session did not end after SIGTERM")
+            {
+                Some(Incoming::Ended(ending)) => break ending,
+                Some(_) => {}
+                None => panic!("no ending"),
+            }
+        }
+    });
+    let status = wait_exit(&mut system._agent.0, Duration::from_secs(15));
+    assert!(status.success(), "the agent exited {status} ({ending})");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !system
+        .audit()
+        .iter()
+        .any(|record| record["event"] == "session.end" && record["end_reason"] == "agent_shutdown")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no agent_shutdown in {:#?}",
+            system.audit()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

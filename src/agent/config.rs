@@ -92,3 +92,42 @@ impl AgentFile {
         Ok(secret.trim_end_matches(['\n', '\r']).to_owned())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_example_parses() {
+        let file = AgentFile::parse(include_str!("../../dist/agent.example.json")).unwrap();
+        assert_eq!(file.agent_id.as_deref(), Some("mi-0123456789abcdef0"));
+        assert_eq!(
+            file.agent_secret_file.as_deref(),
+            Some(Path::new("/etc/ssm-agent/secret"))
+        );
+    }
+
+    #[test]
+    fn unknown_fields_and_unreadable_files_are_refused_with_the_path() {
+        let typo = AgentFile::parse(r#"{"agent_secret": "inline"}"#).unwrap_err();
+        assert!(
+            typo.to_string().contains("unknown field `agent_secret`"),
+            "{typo}"
+        );
+        let missing = AgentFile::load(Path::new("/nonexistent/agent.json")).unwrap_err();
+        assert!(
+            missing.to_string().contains("/nonexistent/agent.json"),
+            "{missing}"
+        );
+    }
+
+    #[test]
+    fn secrets_lose_only_their_line_end() {
+        let dir = std::env::temp_dir().join(format!("ssm-agent-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("secret");
+        std::fs::write(&path, " s3cret \n").unwrap();
+        assert_eq!(AgentFile::read_secret(&path).unwrap(), " s3cret ");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
