@@ -669,14 +669,7 @@ fn preferences_come_from_substituted_inputs() {
 // Agent message round trip
 
 fn assert_same_session(request: &AgentSessionRequest, resolved: &ResolvedSession) {
-    assert_eq!(request.session_type, resolved.session_type);
-    assert_eq!(request.content, resolved.content);
-    assert_eq!(request.properties, resolved.properties);
-    assert_eq!(request.parameters, resolved.parameters);
-    assert_eq!(request.preferences, resolved.preferences);
-    assert_eq!(request.port, resolved.port);
-    assert_eq!(request.command, resolved.command);
-    assert_eq!(request.run_as_elevated, resolved.run_as_elevated);
+    assert_eq!(&request.session, resolved);
 }
 
 #[test]
@@ -745,11 +738,14 @@ fn agent_message_round_trip_with_lists_and_preferences() {
     let request = AgentSessionRequest::from_value(&content).expect("parses");
     assert_eq!(request.run_as_user, None);
     assert_eq!(
-        request.preferences.idle_session_timeout,
+        request.session.preferences.idle_session_timeout,
         Duration::from_secs(6)
     );
-    assert_eq!(request.preferences.kms_key_id.as_deref(), Some("alias/k"));
-    assert!(request.run_as_elevated);
+    assert_eq!(
+        request.session.preferences.kms_key_id.as_deref(),
+        Some("alias/k")
+    );
+    assert!(request.session.run_as_elevated);
     assert_same_session(&request, &resolved);
 }
 
@@ -772,9 +768,12 @@ fn agent_request_is_lenient_like_go() {
     assert_eq!(request.session_id, "s-2");
     assert_eq!(request.run_as_user, None);
     assert_eq!(request.session_owner, "arn:aws:iam::1:user/b");
-    assert_eq!(request.parameters, params(&[("portNumber", "2222")]));
     assert_eq!(
-        request.port.map(|p| (p.port, p.kind)),
+        request.session.parameters,
+        params(&[("portNumber", "2222")])
+    );
+    assert_eq!(
+        request.session.port.map(|p| (p.port, p.kind)),
         Some((2222, PortKind::Standard))
     );
 }
@@ -787,7 +786,10 @@ fn agent_request_does_not_substitute_again() {
         .expect("valid");
     let content = doc.agent_message_content(&resolved, "s-3", None, "o");
     let request = AgentSessionRequest::from_value(&content).expect("parses");
-    assert_eq!(request.command.as_deref(), Some("echo {{ command }}"));
+    assert_eq!(
+        request.session.command.as_deref(),
+        Some("echo {{ command }}")
+    );
 }
 
 #[test]

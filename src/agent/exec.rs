@@ -18,7 +18,7 @@ pub(crate) async fn run(
     request: &AgentSessionRequest,
     cancel: CancellationToken,
 ) -> Outcome {
-    let Some(command) = request.command.clone() else {
+    let Some(command) = request.session.command.clone() else {
         return refuse(connection, "the document names no command".into()).await;
     };
     let spawned = tokio::process::Command::new("/bin/sh")

@@ -395,7 +395,7 @@ async fn run_session(
         };
         let span = tracing::Span::current();
         span.record("principal", request.session_owner.as_str());
-        span.record("session_type", request.session_type.as_str());
+        span.record("session_type", request.session.session_type.as_str());
         if cancel.is_cancelled() {
             return Outcome::failed("the agent is stopping");
         }
@@ -432,7 +432,7 @@ async fn run_document(
     request: &AgentSessionRequest,
     cancel: CancellationToken,
 ) -> Outcome {
-    match request.session_type {
+    match request.session.session_type {
         SessionType::StandardStream | SessionType::InteractiveCommands => {
             shell::run(context, connection, request, cancel).await
         }
@@ -454,13 +454,14 @@ async fn open_data_channel(
     let mut config = AgentConfig::new(
         session_id,
         &settings.agent_id,
-        request.session_type.as_str(),
+        request.session.session_type.as_str(),
     );
-    match request.session_type {
-        SessionType::Port => config.properties = Some(request.properties.clone()),
-        _ => config.kms_key_id = request.preferences.kms_key_id.clone(),
+    match request.session.session_type {
+        SessionType::Port => config.properties = Some(request.session.properties.clone()),
+        _ => config.kms_key_id = request.session.preferences.kms_key_id.clone(),
     }
-    config.separate_output_stream = request.session_type == SessionType::NonInteractiveCommands;
+    config.separate_output_stream =
+        request.session.session_type == SessionType::NonInteractiveCommands;
     let api = context.api.clone();
     let id = session_id.to_owned();
     let token_source = move || -> net::TokenFuture {

@@ -34,7 +34,7 @@ pub(crate) async fn run(
     request: &AgentSessionRequest,
     cancel: CancellationToken,
 ) -> Outcome {
-    let Some(target) = request.port.clone() else {
+    let Some(target) = request.session.port.clone() else {
         return super::shell::refuse(connection, "the document names no port".into()).await;
     };
     let host = target.host.clone().unwrap_or_else(|| "localhost".into());

@@ -43,13 +43,13 @@ pub(crate) fn find_account(text: &str, name: &str) -> Option<Account> {
 
 /// The account the session runs as, when run-as applies: Err says why it cannot.
 fn run_as(request: &AgentSessionRequest) -> Result<Option<Account>, String> {
-    if !request.preferences.run_as_enabled {
+    if !request.session.preferences.run_as_enabled {
         return Ok(None);
     }
     let Some(name) = request
         .run_as_user
         .clone()
-        .or_else(|| request.preferences.run_as_default_user.clone())
+        .or_else(|| request.session.preferences.run_as_default_user.clone())
     else {
         return Err("run-as is enabled but no user is named (runAsDefaultUser)".into());
     };
@@ -81,7 +81,7 @@ pub(crate) async fn run(
         Err(error) => return refuse(connection, format!("opening a PTY: {error}")).await,
     };
     let _ = pty.resize(pty_process::Size::new(24, 80));
-    let mut command = match (&request.session_type, &request.command) {
+    let mut command = match (&request.session.session_type, &request.session.command) {
         (SessionType::InteractiveCommands, Some(command)) => {
             pty_process::Command::new("/bin/sh").arg("-c").arg(command)
         }
@@ -102,9 +102,9 @@ pub(crate) async fn run(
         Err(error) => return refuse(connection, format!("starting the shell: {error}")).await,
     };
     let (mut pty_out, mut pty_in) = pty.into_split();
-    if let Some(profile) = &request.preferences.shell_profile_linux
+    if let Some(profile) = &request.session.preferences.shell_profile_linux
         && !profile.trim().is_empty()
-        && request.session_type == SessionType::StandardStream
+        && request.session.session_type == SessionType::StandardStream
     {
         let _ = pty_in.write_all(format!("{profile}\n").as_bytes()).await;
     }
@@ -124,9 +124,10 @@ pub(crate) async fn run(
         context.outbox.clone(),
     );
     let (mut reader, mut writer) = connection.split();
-    let idle = request.preferences.idle_session_timeout;
+    let idle = request.session.preferences.idle_session_timeout;
     let mut idle_deadline = Instant::now() + idle;
     let max_deadline = request
+        .session
         .preferences
         .max_session_duration
         .map(|limit| Instant::now() + limit);

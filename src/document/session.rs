@@ -391,7 +391,7 @@ impl ResolvedSession {
 }
 
 /// The agent's reading of an `interactive_shell` message's `Content` (SPEC §10.2): the
-/// message's own fields plus the same typed views as [`ResolvedSession`].
+/// message's own fields around the [`ResolvedSession`] it carries.
 ///
 /// Lenient as the Go agent: key case is ignored, unknown keys are skipped, `DocumentContent`
 /// may be an object or a string holding one, and `Parameters` values may be strings or lists.
@@ -412,9 +412,9 @@ impl ResolvedSession {
 ///
 /// let request = AgentSessionRequest::from_json(&content.to_string())?;
 /// assert_eq!(request.session_id, "alice-0123");
-/// assert_eq!(request.session_type, SessionType::Port);
-/// assert_eq!(request.port.as_ref().map(|p| p.port), Some(22));
-/// assert_eq!(request.properties, resolved.properties);
+/// assert_eq!(request.session.session_type, SessionType::Port);
+/// assert_eq!(request.session.port.as_ref().map(|p| p.port), Some(22));
+/// assert_eq!(request.session, resolved);
 /// # Ok::<(), ssm_session::document::DocumentError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq)]
@@ -428,22 +428,9 @@ pub struct AgentSessionRequest {
     pub run_as_user: Option<String>,
     /// `SessionOwner`: the principal's ARN.
     pub session_owner: String,
-    /// The document's `sessionType`.
-    pub session_type: SessionType,
-    /// `DocumentContent`, as received.
-    pub content: Value,
-    /// `DocumentContent.properties` (JSON `null` when absent).
-    pub properties: Value,
-    /// `Parameters`, each as a list of strings.
-    pub parameters: Parameters,
-    /// From `DocumentContent.inputs`.
-    pub preferences: ShellPreferences,
-    /// For `Port` sessions.
-    pub port: Option<PortTarget>,
-    /// For command sessions: `properties.linux.commands`.
-    pub command: Option<String>,
-    /// For command sessions: `properties.linux.runAsElevated`.
-    pub run_as_elevated: bool,
+    /// The session it asks for: `DocumentContent` (as received, already resolved by the
+    /// gateway) and `Parameters`, read into the same typed views the gateway resolved.
+    pub session: ResolvedSession,
 }
 
 impl AgentSessionRequest {
@@ -504,14 +491,7 @@ impl AgentSessionRequest {
             session_id,
             run_as_user: Some(text("RunAsUser")?).filter(|u| !u.is_empty()),
             session_owner: text("SessionOwner")?,
-            session_type: session.session_type,
-            content: session.content,
-            properties: session.properties,
-            parameters: session.parameters,
-            preferences: session.preferences,
-            port: session.port,
-            command: session.command,
-            run_as_elevated: session.run_as_elevated,
+            session,
         })
     }
 }
