@@ -136,7 +136,7 @@ async fn tls_refuses_an_untrusted_certificate() {
         .await
         .unwrap_err();
     assert!(
-        matches!(error, NetError::Connect(ref text) if text.contains("certificate")),
+        matches!(error, NetError::Connect(ref cause) if cause.to_string().contains("certificate")),
         "{error}"
     );
 }

@@ -472,9 +472,9 @@ async fn open_data_channel(
                 .await
                 .map_err(|error| match error.code() {
                     Some("DoesNotExistException" | "AccessDeniedException") => {
-                        TokenError::Final(error.to_string())
+                        TokenError::Final(Box::new(error))
                     }
-                    _ => TokenError::Retry(error.to_string()),
+                    _ => TokenError::Retry(Box::new(error)),
                 })
         })
     };

@@ -249,9 +249,9 @@ impl SessionClient {
                 match resume.resume_session(&id, &target).await {
                     Ok(started) => Ok(started.token_value),
                     Err(error @ ApiCallError::Service { .. }) => {
-                        Err(TokenError::Final(error.to_string()))
+                        Err(TokenError::Final(Box::new(error)))
                     }
-                    Err(error) => Err(TokenError::Retry(error.to_string())),
+                    Err(error) => Err(TokenError::Retry(Box::new(error))),
                 }
             })
         };

@@ -52,9 +52,9 @@ pub async fn run_port_forwarding(
     let ending = match end {
         ForwardEnd::Session(ending) => ending,
         ForwardEnd::Terminated => Ending::Closed,
-        ForwardEnd::Mux(error) => {
-            Ending::Failed(std::sync::Arc::new(crate::net::NetError::Connect(error)))
-        }
+        ForwardEnd::Mux(error) => Ending::Failed(std::sync::Arc::new(
+            crate::net::NetError::Connect(error.into()),
+        )),
     };
     Ok(SessionSummary {
         exit_code: None,

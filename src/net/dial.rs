@@ -53,6 +53,6 @@ pub(crate) fn classify(error: tungstenite::Error) -> NetError {
         Error::Http(response) if matches!(response.status().as_u16(), 401 | 403 | 404) => {
             NetError::Refused(format!("HTTP {} on upgrade", response.status()))
         }
-        other => NetError::Connect(other.to_string()),
+        other => NetError::Connect(Box::new(other)),
     }
 }

@@ -289,10 +289,10 @@ impl Driver {
             let app_keeps_up = self.to_app.is_empty();
             let reading = app_keeps_up && out.messages.len() < MAX_UNSENT;
             if liveness.check(now, app_keeps_up, &mut out).is_err() {
-                return Some(NetError::Connect(format!(
+                return Some(NetError::Connect(described(format!(
                     "no answer to a ping within {:?}",
                     self.options.pong_timeout
-                )));
+                ))));
             }
             let deadline = [self.session.poll_timeout(), Some(liveness.deadline())]
                 .into_iter()
@@ -336,9 +336,7 @@ impl Driver {
             match step {
                 Step::Written(Ok(())) | Step::Delivered => {}
                 Step::Written(Err(error)) => {
-                    return Some(NetError::Connect(format!(
-                        "websocket write failed: {error}"
-                    )));
+                    return Some(NetError::Connect(Box::new(error)));
                 }
                 Step::ReaderGone => self.reader_dropped(),
                 Step::Key(answer) => {
@@ -426,11 +424,11 @@ impl Driver {
     ) -> Option<NetError> {
         let data = match message {
             None => {
-                return Some(NetError::Connect(
-                    "the gateway closed the connection".into(),
-                ));
+                return Some(NetError::Connect(described(
+                    "the gateway closed the connection",
+                )));
             }
-            Some(Err(error)) => return Some(NetError::Connect(format!("websocket: {error}"))),
+            Some(Err(error)) => return Some(NetError::Connect(Box::new(error))),
             Some(Ok(Message::Binary(data))) => data,
             Some(Ok(Message::Text(text))) => Bytes::from(text),
             Some(Ok(Message::Close(frame))) => return Some(close_cause(frame)),
@@ -581,7 +579,7 @@ impl Driver {
     /// Redials with fresh tokens and back-off until it works or resuming is impossible.
     async fn reconnect(&mut self, cause: NetError) -> Result<Ws, NetError> {
         let Some(source) = self.options.token_source.clone() else {
-            return Err(NetError::NoTokenSource(cause.to_string()));
+            return Err(NetError::NoTokenSource(Box::new(cause)));
         };
         let backoff = self.options.backoff;
         let started = Instant::now();
@@ -613,7 +611,7 @@ impl Driver {
                 return Err(NetError::ResumeFailed {
                     attempts,
                     elapsed,
-                    last: last.to_string(),
+                    last: Box::new(last),
                 });
             }
             tokio::time::sleep(runtime::jittered(delay, &mut self.entropy)).await;
@@ -630,17 +628,22 @@ fn poll_key_job(cx: &mut Context<'_>, job: &mut Option<KeyJob>) -> Poll<KeyAnswe
     }
 }
 
+/// A cause that is only a description.
+fn described(text: impl Into<String>) -> super::Cause {
+    text.into().into()
+}
+
 /// A Close from the gateway: a policy close is a refusal (bad token, session gone).
 fn close_cause(frame: Option<CloseFrame>) -> NetError {
     match frame {
         Some(frame) if frame.code == CloseCode::Policy => {
             NetError::Refused(frame.reason.as_str().to_owned())
         }
-        Some(frame) => NetError::Connect(format!(
+        Some(frame) => NetError::Connect(described(format!(
             "the gateway closed the connection ({}: {})",
             frame.code, frame.reason
-        )),
-        None => NetError::Connect("the gateway closed the connection".into()),
+        ))),
+        None => NetError::Connect(described("the gateway closed the connection")),
     }
 }
 

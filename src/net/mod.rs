@@ -221,16 +221,20 @@ where
     }
 }
 
+/// The error behind a [`NetError`] or [`TokenError`], kept for [`std::error::Error::source`].
+/// Anything that is an error converts into it (`error.into()`), and so does a `String`.
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
 /// Why a [`TokenSource`] has no token.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TokenError {
     /// The session cannot be resumed (terminated, expired, access revoked): stop trying.
     #[error("session cannot be resumed: {0}")]
-    Final(String),
+    Final(#[source] Cause),
     /// A passing failure (network, throttling): try again after the back-off.
     #[error("no token yet: {0}")]
-    Retry(String),
+    Retry(#[source] Cause),
 }
 
 /// What ended or prevented a connection.
@@ -242,7 +246,7 @@ pub enum NetError {
     InvalidUrl(String),
     /// Dialing failed (TCP, TLS or the websocket upgrade).
     #[error("could not connect: {0}")]
-    Connect(String),
+    Connect(#[source] Cause),
     /// Dialing took longer than [`Options::connect_timeout`].
     #[error("connecting timed out after {0:?}")]
     ConnectTimeout(Duration),
@@ -252,7 +256,7 @@ pub enum NetError {
     Refused(String),
     /// The connection was lost and no [`TokenSource`] was given to resume it.
     #[error("connection lost ({0}) and no token source to resume it: set Options::token_source")]
-    NoTokenSource(String),
+    NoTokenSource(#[source] Box<NetError>),
     /// The token source said the session cannot be resumed.
     #[error(transparent)]
     Token(#[from] TokenError),
@@ -264,7 +268,8 @@ pub enum NetError {
         /// Time spent.
         elapsed: Duration,
         /// The last attempt's error.
-        last: String,
+        #[source]
+        last: Box<NetError>,
     },
     /// The session failed (handshake, KMS, timeouts).
     #[error(transparent)]
