@@ -12,7 +12,7 @@ use std::time::Instant;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ssm_session::SeededEntropy;
 use ssm_session::kms::LocalKms;
-use ssm_session::session::{AgentConfig, ClientConfig, Event, KeyRequest, Session};
+use ssm_session::session::{AgentConfig, ClientConfig, Event, KeyRequest, Session, SessionType};
 
 /// Counts live heap bytes, to measure what a session holds.
 struct Counting;
@@ -42,11 +42,11 @@ const WALL: u64 = 1_700_000_000_000;
 fn connected(extensions: bool, encrypt: bool) -> (Session, Session, Instant) {
     let now = Instant::now();
     let mut client_config = ClientConfig::new("s-bench", "i-bench");
-    let mut agent_config = AgentConfig::new("s-bench", "i-bench", "Port");
+    let mut agent_config = AgentConfig::new("s-bench", "i-bench", SessionType::Port);
     client_config.extensions = extensions;
     agent_config.extensions = extensions;
     if encrypt {
-        agent_config.session_type = "Standard_Stream".into();
+        agent_config.session_type = SessionType::StandardStream;
         agent_config.kms_key_id = Some("alias/bench".into());
     }
     let mut client = Session::client(client_config, now, WALL, Box::new(SeededEntropy::new(1)));

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use ssm_session::SeededEntropy;
-use ssm_session::session::{AgentConfig, ClientConfig};
+use ssm_session::session::{AgentConfig, ClientConfig, SessionType};
 use ssm_session::sim::{LinkConfig, Pair};
 
 #[derive(Parser)]
@@ -79,7 +79,11 @@ fn main() -> ExitCode {
         reorder: args.reorder,
     };
     let mut client = ClientConfig::new("sim-session", "i-0123456789abcdef0");
-    let mut agent = AgentConfig::new("sim-session", "i-0123456789abcdef0", "Standard_Stream");
+    let mut agent = AgentConfig::new(
+        "sim-session",
+        "i-0123456789abcdef0",
+        SessionType::StandardStream,
+    );
     client.extensions = !args.compat;
     agent.extensions = !args.compat;
     if args.encrypt {

@@ -32,9 +32,7 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::fmt;
 
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 mod error;
@@ -61,51 +59,7 @@ pub const DEFAULT_DOCUMENT: &str = "SSM-SessionManagerRunShell";
 /// The only session document schema version AWS defines (and the agent accepts).
 const SCHEMA_VERSION: &str = "1.0";
 
-/// A document's `sessionType`; the serde and [`as_str`](Self::as_str) forms are the wire
-/// strings (`Standard_Stream`, …).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum SessionType {
-    /// `Standard_Stream`: an interactive shell.
-    #[serde(rename = "Standard_Stream")]
-    StandardStream,
-    /// `InteractiveCommands`: one command in a terminal.
-    InteractiveCommands,
-    /// `NonInteractiveCommands`: one command, output only.
-    NonInteractiveCommands,
-    /// `Port`: TCP forwarding.
-    Port,
-}
-
-impl SessionType {
-    /// All four, in AWS's order.
-    pub const ALL: [SessionType; 4] = [
-        SessionType::StandardStream,
-        SessionType::InteractiveCommands,
-        SessionType::NonInteractiveCommands,
-        SessionType::Port,
-    ];
-
-    /// The wire string.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SessionType::StandardStream => "Standard_Stream",
-            SessionType::InteractiveCommands => "InteractiveCommands",
-            SessionType::NonInteractiveCommands => "NonInteractiveCommands",
-            SessionType::Port => "Port",
-        }
-    }
-
-    /// The type a wire string names (exact match, as the agent compares).
-    pub fn from_wire(text: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|t| t.as_str() == text)
-    }
-}
-
-impl fmt::Display for SessionType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::session::SessionType;
 
 /// One session document: its name, its content exactly as written (sent to the agent), and
 /// the parts this crate reads, checked once when the document is loaded.

@@ -109,7 +109,7 @@ pub fn session_ops(data: &[u8]) {
 
     use crate::SeededEntropy;
     use crate::kms::LocalKms;
-    use crate::session::{AgentConfig, ClientConfig, Event, KeyRequest, Session};
+    use crate::session::{AgentConfig, ClientConfig, Event, KeyRequest, Session, SessionType};
 
     let Some((&mode, mut ops)) = data.split_first() else {
         return;
@@ -121,7 +121,11 @@ pub fn session_ops(data: &[u8]) {
     let mut agent_config = AgentConfig::new(
         "s-fuzz",
         "i-fuzz",
-        ["Standard_Stream", "Port", "NonInteractiveCommands"][usize::from(mode % 3)],
+        [
+            SessionType::StandardStream,
+            SessionType::Port,
+            SessionType::NonInteractiveCommands,
+        ][usize::from(mode % 3)],
     );
     client_config.extensions = mode & 4 != 0;
     agent_config.extensions = mode & 8 != 0;

@@ -7,10 +7,10 @@
 //!
 //! ```
 //! use ssm_session::sim::{LinkConfig, Pair};
-//! use ssm_session::session::{AgentConfig, ClientConfig};
+//! use ssm_session::session::{AgentConfig, ClientConfig, SessionType};
 //!
 //! let link = LinkConfig { loss: 0.1, ..LinkConfig::default() };
-//! let mut pair = Pair::new(ClientConfig::new("s-1", "i-1"), AgentConfig::new("s-1", "i-1", "Port"), link, 7);
+//! let mut pair = Pair::new(ClientConfig::new("s-1", "i-1"), AgentConfig::new("s-1", "i-1", SessionType::Port), link, 7);
 //! pair.run_until(|pair| pair.handshake_done(), 10_000);
 //! pair.client_source.extend_from_slice(b"hello");
 //! pair.run_until(|pair| pair.agent_received.len() == 5, 10_000);

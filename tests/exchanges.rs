@@ -10,7 +10,7 @@ use serde_json::Value;
 use ssm_session::crypto::{Cipher, Direction};
 use ssm_session::kms::DataKey;
 use ssm_session::payload::{ExitCode, Flag, JsonPayload, TerminalSize};
-use ssm_session::session::{AgentConfig, ClientConfig, Event, KeyRequest, Session};
+use ssm_session::session::{AgentConfig, ClientConfig, Event, KeyRequest, Session, SessionType};
 use ssm_session::{Frame, MessageType, PayloadType, SeededEntropy};
 
 const WALL: u64 = 1_700_000_000_000;
@@ -59,7 +59,7 @@ fn reference_agent(session_type: &str) -> AgentConfig {
     let mut config = AgentConfig::new(
         "vectors-user-0a1b2c3d4e5f60718",
         "i-0123456789abcdef0",
-        session_type,
+        SessionType::from_wire(session_type).unwrap(),
     );
     config.agent_version = "3.3.0.0".into();
     config.extensions = false;

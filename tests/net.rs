@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use ssm_session::net::{self, Ending, Incoming, NetError, TokenError, TokenFuture};
 use ssm_session::payload::{ExitCode, Flag, TerminalSize};
-use ssm_session::session::{AgentConfig, ClientConfig, Role};
+use ssm_session::session::{AgentConfig, ClientConfig, Role, SessionType};
 use support::loopback::{Loopback, Pattern, Transfer, exchange};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
@@ -79,7 +79,7 @@ async fn round_trip(
 /// A NonInteractiveCommands session with separate stdout and stderr.
 fn command_session(lo: &Loopback) -> (ClientConfig, AgentConfig) {
     let (client, mut agent) = lo.configs(false, false);
-    agent.session_type = "NonInteractiveCommands".into();
+    agent.session_type = SessionType::NonInteractiveCommands;
     agent.properties = None;
     agent.separate_output_stream = true;
     (client, agent)
@@ -96,7 +96,7 @@ async fn port_session_without_encryption() {
     let mut lo = Loopback::start(false).await;
     let (client_config, agent_config) = lo.configs(false, false);
     let (client, agent) = lo.connect_pair(client_config, agent_config).await.unwrap();
-    assert_eq!(client.info().session_type, "Port");
+    assert_eq!(client.info().session_type, SessionType::Port);
     assert_eq!(
         client.info().properties.as_ref().unwrap()["portNumber"],
         "22"
@@ -146,7 +146,10 @@ async fn every_payload_type_end_to_end() {
     let lo = Loopback::start(false).await;
     let (client_config, agent_config) = command_session(&lo);
     let (mut client, mut agent) = lo.connect_pair(client_config, agent_config).await.unwrap();
-    assert_eq!(client.info().session_type, "NonInteractiveCommands");
+    assert_eq!(
+        client.info().session_type,
+        SessionType::NonInteractiveCommands
+    );
 
     client.write_all(b"input bytes").await.unwrap();
     client.resize(132, 43).await.unwrap();

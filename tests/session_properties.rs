@@ -5,12 +5,12 @@
 use std::time::Duration;
 
 use proptest::prelude::*;
-use ssm_session::session::{AgentConfig, ClientConfig};
+use ssm_session::session::{AgentConfig, ClientConfig, SessionType};
 use ssm_session::sim::{LinkConfig, Pair};
 
 fn pair(seed: u64, link: LinkConfig, extensions: bool, encrypt: bool) -> Pair {
     let mut client = ClientConfig::new("s-prop", "i-prop");
-    let mut agent = AgentConfig::new("s-prop", "i-prop", "Standard_Stream");
+    let mut agent = AgentConfig::new("s-prop", "i-prop", SessionType::StandardStream);
     client.extensions = extensions;
     agent.extensions = extensions;
     if encrypt {

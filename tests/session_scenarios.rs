@@ -12,6 +12,7 @@ use ssm_session::payload::{
 };
 use ssm_session::session::{
     AgentConfig, ClientConfig, CloseReason, Event, KeyRequest, SendError, Session, SessionError,
+    SessionType,
 };
 use ssm_session::{Frame, MessageType, PayloadType, SeededEntropy};
 use uuid::Uuid;
@@ -35,7 +36,7 @@ fn compat_client() -> ClientConfig {
 }
 
 fn compat_agent(session_type: &str) -> AgentConfig {
-    let mut config = AgentConfig::new("s-1", "i-1", session_type);
+    let mut config = AgentConfig::new("s-1", "i-1", SessionType::from_wire(session_type).unwrap());
     config.extensions = false;
     config
 }
@@ -288,7 +289,11 @@ fn legacy_shell_session_has_no_handshake() {
     let Some(Event::HandshakeComplete(info)) = duo.client_events.first() else {
         panic!("{:?}", duo.client_events)
     };
-    assert!(info.legacy && info.session_type == "Standard_Stream" && info.peer_version.is_none());
+    assert!(
+        info.legacy
+            && info.session_type == SessionType::StandardStream
+            && info.peer_version.is_none()
+    );
     assert_eq!(stream_bytes(&duo.client_events), b"sh-5.2$ ");
 }
 
@@ -296,7 +301,7 @@ fn legacy_shell_session_has_no_handshake() {
 fn a_client_without_extensions_answers_like_the_go_client() {
     let mut duo = Duo::new(
         compat_client(),
-        AgentConfig::new("s-1", "i-1", "Standard_Stream"),
+        AgentConfig::new("s-1", "i-1", SessionType::StandardStream),
     );
     let out = duo.agent_out();
     duo.deliver_to_client(&out);
@@ -329,7 +334,7 @@ fn a_client_without_extensions_answers_like_the_go_client() {
 fn negotiated_extensions_send_large_payloads_and_fewer_acks() {
     let mut duo = Duo::new(
         ClientConfig::new("s-1", "i-1"),
-        AgentConfig::new("s-1", "i-1", "Standard_Stream"),
+        AgentConfig::new("s-1", "i-1", SessionType::StandardStream),
     );
     duo.exchange();
     assert_eq!(

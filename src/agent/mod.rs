@@ -16,7 +16,9 @@
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let settings = AgentSettings::new("http://127.0.0.1:8080", "mi-0123456789abcdef0", "secret")?;
-//! agent::run(settings).await; // reconnects forever
+//! // Reconnects until the future completes (the program passes SIGTERM/Ctrl-C), then stops
+//! // gracefully.
+//! agent::run(settings, async { let _ = tokio::signal::ctrl_c().await; }).await?;
 //! # Ok(()) }
 //! ```
 
@@ -451,11 +453,7 @@ async fn open_data_channel(
     let token = create_data_channel(&context.api, session_id)
         .await
         .map_err(|error| format!("CreateDataChannel: {error}"))?;
-    let mut config = AgentConfig::new(
-        session_id,
-        &settings.agent_id,
-        request.session.session_type.as_str(),
-    );
+    let mut config = AgentConfig::new(session_id, &settings.agent_id, request.session.session_type);
     match request.session.session_type {
         SessionType::Port => config.properties = Some(request.session.properties.clone()),
         _ => config.kms_key_id = request.session.preferences.kms_key_id.clone(),

@@ -41,7 +41,7 @@ pub use terminal::{run_standard_stream, run_terminal};
 use crate::aws::{ApiCallError, ApiClient, HttpKms};
 use crate::kms::KeyProvider;
 use crate::net::{self, Connection, NetError, Options, TokenError};
-use crate::session::ClientConfig;
+use crate::session::{ClientConfig, PortKind, SessionType};
 
 /// What `StartSession` (or `ResumeSession`) returned.
 #[derive(Clone)]
@@ -283,10 +283,10 @@ impl SessionClient {
                 .and_then(Value::as_str)
                 .map(str::to_owned)
         };
-        if info.session_type != "Port" {
+        if info.session_type != SessionType::Port {
             return Ok(run_terminal(connection).await?);
         }
-        if property("type").as_deref() != Some("LocalPortForwarding") {
+        if PortKind::from_properties(info.properties.as_ref()) != PortKind::LocalPortForwarding {
             return Ok(run_standard_stream(connection).await?);
         }
         let local_port = match property("localPortNumber").filter(|port| !port.is_empty()) {

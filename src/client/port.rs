@@ -8,6 +8,7 @@ use tokio::net::TcpListener;
 use super::SessionSummary;
 use crate::forward::{self, ForwardEnd, Streams};
 use crate::net::{Connection, Ending};
+use crate::session::PortKind;
 use crate::smux::{Mux, MuxConfig};
 use crate::version;
 
@@ -21,12 +22,8 @@ pub async fn run_port_forwarding(
     let started = Instant::now();
     let info = connection.info().clone();
     let agent_version = info.peer_version.clone().unwrap_or_default();
-    let local = info
-        .properties
-        .as_ref()
-        .and_then(|properties| properties.get("type"))
-        .and_then(|kind| kind.as_str())
-        == Some("LocalPortForwarding");
+    let local =
+        PortKind::from_properties(info.properties.as_ref()) == PortKind::LocalPortForwarding;
     let (reader, writer) = connection.split();
     // Totals of closed connections: bytes read from them (sent) and written to them.
     let counters = std::sync::Arc::new(std::sync::Mutex::new((0u64, 0u64)));

@@ -202,16 +202,7 @@ fn parse_minutes(text: &str, max: u32) -> Option<Duration> {
         .flatten()
 }
 
-/// How the client and agent treat a `Port` session (SPEC §8.2), from the `type` property.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum PortKind {
-    /// `type` is `LocalPortForwarding`: the client listens locally (basic or mux mode).
-    LocalPortForwarding,
-    /// Any other `type`, usually absent as in `AWS-StartSSHSession`: the client forwards its
-    /// stdin/stdout (standard-stream mode) and the agent uses basic mode.
-    Standard,
-}
+pub use crate::session::PortKind;
 
 /// Where a `Port` session connects, read from its resolved `properties` (SPEC §8.1).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -261,10 +252,7 @@ impl PortTarget {
             ),
             _ => None,
         };
-        let kind = match property_text(fields, "type").as_deref() {
-            Some("LocalPortForwarding") => PortKind::LocalPortForwarding,
-            _ => PortKind::Standard,
-        };
+        let kind = PortKind::from_properties(Some(properties));
         Ok(PortTarget {
             host: property_text(fields, "host").filter(|h| !h.is_empty()),
             port,

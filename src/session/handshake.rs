@@ -9,7 +9,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 
 use super::{
-    AgentConfig, ClientConfig, EXTENDED_MAX_PAYLOAD, Event, KeyRequest, Session, SessionError, Wire,
+    AgentConfig, ClientConfig, EXTENDED_MAX_PAYLOAD, Event, KeyRequest, Session, SessionError,
+    SessionType, Wire,
 };
 use crate::crypto::{Cipher, DATA_KEY_LEN, Direction};
 use crate::kms::{
@@ -26,8 +27,8 @@ use crate::{Frame, PayloadType, version};
 #[derive(Debug, Clone, PartialEq, Default)]
 #[non_exhaustive]
 pub struct HandshakeInfo {
-    /// `Standard_Stream`, `InteractiveCommands`, `NonInteractiveCommands` or `Port`.
-    pub session_type: String,
+    /// What the session runs.
+    pub session_type: SessionType,
     /// The document properties (`Port` sessions).
     pub properties: Option<serde_json::Value>,
     /// The peer's self-reported version, when it sent one (the version gates of SPEC §12
@@ -43,12 +44,6 @@ pub struct HandshakeInfo {
     pub legacy: bool,
 }
 
-const SESSION_TYPES: [&str; 4] = [
-    "Standard_Stream",
-    "InteractiveCommands",
-    "NonInteractiveCommands",
-    "Port",
-];
 const ENCRYPTED_MESSAGE: &str = "This session is encrypted using AWS KMS.";
 const UPDATE_MESSAGE: &str = "Please update session manager plugin version (minimum required version 1.2.312.0) for fully support of separate StdOut/StdErr output.\r\n";
 const RESPONSE_TIMEOUT: &str = "Handshake timed out. Please ensure that you have the latest version of the session manager plugin.";
@@ -69,6 +64,8 @@ pub(super) struct ClientHandshake {
     config: ClientConfig,
     phase: ClientPhase,
     info: HandshakeInfo,
+    /// The agent named the session type (a handshake without one fails, as in Go).
+    typed: bool,
     negotiated: Option<Wire>,
 }
 
@@ -113,13 +110,14 @@ impl Handshake {
             config,
             phase: ClientPhase::Waiting,
             info: HandshakeInfo::default(),
+            typed: false,
             negotiated: None,
         })
     }
 
     pub(super) fn agent(config: AgentConfig) -> Self {
         let info = HandshakeInfo {
-            session_type: config.session_type.clone(),
+            session_type: config.session_type,
             properties: config.properties.clone(),
             ..HandshakeInfo::default()
         };
@@ -176,7 +174,7 @@ impl AgentHandshake {
     }
 
     fn encrypts(&self) -> bool {
-        self.config.kms_key_id.is_some() && self.config.session_type != "Port"
+        self.config.kms_key_id.is_some() && self.config.session_type != SessionType::Port
     }
 }
 
@@ -205,8 +203,8 @@ impl Session {
         let agent = self.agent_state();
         let config = &agent.config;
         let needs_handshake = matches!(
-            config.session_type.as_str(),
-            "Port" | "NonInteractiveCommands"
+            config.session_type,
+            SessionType::Port | SessionType::NonInteractiveCommands
         ) || agent.encrypts()
             || config.extensions;
         if !needs_handshake {
@@ -214,11 +212,11 @@ impl Session {
             let info = agent.info.clone();
             return self.events.push_back(Event::HandshakeComplete(info));
         }
-        let properties = (config.session_type == "Port")
+        let properties = (config.session_type == SessionType::Port)
             .then(|| config.properties.clone())
             .flatten();
         let mut actions = vec![RequestedClientAction::session_type(&SessionTypeRequest {
-            session_type: config.session_type.clone(),
+            session_type: config.session_type.as_str().to_owned(),
             properties,
         })];
         if agent.encrypts() {
@@ -387,7 +385,7 @@ impl Session {
         let agent = self.agent_state();
         let client_version = agent.info.peer_version.clone().unwrap_or_default();
         let mut message = String::new();
-        if agent.config.session_type == "NonInteractiveCommands"
+        if agent.config.session_type == SessionType::NonInteractiveCommands
             && agent.config.separate_output_stream
             && version::client_lacks_output_separation(&client_version)
         {
@@ -452,9 +450,12 @@ impl Session {
             match action_type {
                 RequestedClientAction::SESSION_TYPE => {
                     match action.parameters::<SessionTypeRequest>() {
-                        Ok(request) if SESSION_TYPES.contains(&request.session_type.as_str()) => {
-                            client.info.session_type = request.session_type;
+                        Ok(request)
+                            if let Some(kind) = SessionType::from_wire(&request.session_type) =>
+                        {
+                            client.info.session_type = kind;
                             client.info.properties = request.properties;
+                            client.typed = true;
                             response.push_success(action_type, None);
                         }
                         Ok(request) => response.push_failure(
@@ -572,7 +573,7 @@ impl Session {
         if matches!(client.phase, ClientPhase::Complete) {
             return true;
         }
-        if client.info.session_type.is_empty() {
+        if !client.typed {
             self.fail(SessionError::Handshake(
                 "unable to determine SessionType".into(),
             ));
@@ -598,7 +599,8 @@ impl Session {
             && matches!(client.phase, ClientPhase::Waiting)
         {
             client.phase = ClientPhase::Complete;
-            client.info.session_type = "Standard_Stream".into();
+            client.info.session_type = SessionType::StandardStream;
+            client.typed = true;
             client.info.legacy = true;
             let info = client.info.clone();
             self.events.push_back(Event::HandshakeComplete(info));

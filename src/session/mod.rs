@@ -3,6 +3,7 @@
 //! See [`Session`] for the run loop.
 
 mod handshake;
+mod kind;
 mod recv;
 mod rtt;
 mod send;
@@ -28,6 +29,7 @@ use rtt::RttEstimator;
 use send::SendBuffer;
 
 pub use handshake::HandshakeInfo;
+pub use kind::{PortKind, SessionType};
 
 /// Payload size the reference peers use and every peer accepts (SPEC §14.1).
 pub const COMPAT_MAX_PAYLOAD: usize = 1024;
@@ -122,8 +124,8 @@ pub struct AgentConfig {
     pub session_id: String,
     /// The instance id (`aws:ssm:TargetId` in the KMS context).
     pub instance_id: String,
-    /// `Standard_Stream`, `InteractiveCommands`, `NonInteractiveCommands` or `Port`.
-    pub session_type: String,
+    /// What the session runs.
+    pub session_type: SessionType,
     /// Document properties, sent to the client for `Port` sessions only.
     pub properties: Option<serde_json::Value>,
     /// KMS key from the session preferences; encryption is on when set (never for `Port`).
@@ -145,13 +147,13 @@ impl AgentConfig {
     pub fn new(
         session_id: impl Into<String>,
         instance_id: impl Into<String>,
-        session_type: impl Into<String>,
+        session_type: SessionType,
     ) -> Self {
         AgentConfig {
             agent_version: "3.3.1957.0".into(),
             session_id: session_id.into(),
             instance_id: instance_id.into(),
-            session_type: session_type.into(),
+            session_type,
             properties: None,
             kms_key_id: None,
             require_challenge_ack: false,
@@ -344,11 +346,11 @@ struct PendingAck {
 /// ```
 /// use std::time::Instant;
 /// use ssm_session::SeededEntropy;
-/// use ssm_session::session::{AgentConfig, ClientConfig, Event, Session};
+/// use ssm_session::session::{AgentConfig, ClientConfig, Event, Session, SessionType};
 ///
 /// let now = Instant::now();
 /// let wall_ms = 1_700_000_000_000;
-/// let mut agent = Session::agent(AgentConfig::new("s-1", "i-1", "Standard_Stream"), now, wall_ms, Box::new(SeededEntropy::new(1)));
+/// let mut agent = Session::agent(AgentConfig::new("s-1", "i-1", SessionType::StandardStream), now, wall_ms, Box::new(SeededEntropy::new(1)));
 /// let mut client = Session::client(ClientConfig::new("s-1", "i-1"), now, wall_ms, Box::new(SeededEntropy::new(2)));
 /// // Shuttle messages both ways until both sides are quiet (a real loop would use sockets).
 /// loop {

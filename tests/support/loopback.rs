@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use ssm_session::kms::LocalKms;
 use ssm_session::net::relay::{Relay, RelayConfig, TokenTable};
 use ssm_session::net::{self, Connection, Options, TlsConfig, TokenFuture};
-use ssm_session::session::{AgentConfig, ClientConfig, Role};
+use ssm_session::session::{AgentConfig, ClientConfig, Role, SessionType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 
@@ -145,7 +145,11 @@ impl Loopback {
     /// (the reference never encrypts port sessions); `compat` keeps the reference wire.
     pub fn configs(&self, encrypt: bool, compat: bool) -> (ClientConfig, AgentConfig) {
         let mut client = ClientConfig::new(&self.session_id, "i-loopback");
-        let session_type = if encrypt { "Standard_Stream" } else { "Port" };
+        let session_type = if encrypt {
+            SessionType::StandardStream
+        } else {
+            SessionType::Port
+        };
         let mut agent = AgentConfig::new(&self.session_id, "i-loopback", session_type);
         if encrypt {
             agent.kms_key_id = Some("alias/loopback".into());
