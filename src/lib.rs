@@ -2,96 +2,174 @@
 //! channel: the protocol the `session-manager-plugin` client and the `amazon-ssm-agent` speak
 //! through the gateway.
 //!
+//! A [`session::Session`] is one end of a data channel as a state machine. It never touches a
+//! socket, a clock or a random source: the caller passes in what happened and the time, and
+//! polls for what to do, so the same inputs always give the same outputs. Tests, the
+//! simulator and the tokio adapters all drive it with the same loop:
+//!
+//! 1. feed it input — [`handle_message`](session::Session::handle_message) for each websocket
+//!    message, [`handle_timeout`](session::Session::handle_timeout) once its deadline has
+//!    passed — or a command such as [`send`](session::Session::send) or
+//!    [`close`](session::Session::close);
+//! 2. drain [`poll_transmit`](session::Session::poll_transmit) until `None`, sending each as a
+//!    binary websocket message;
+//! 3. drain [`poll_event`](session::Session::poll_event) until `None`: data, and KMS work to
+//!    answer (an answer is input again, so drain once more);
+//! 4. arm a timer for [`poll_timeout`](session::Session::poll_timeout).
+//!
+//! Here both ends run in one process, with a queue for each websocket and virtual time, through
+//! an encrypted handshake:
+//!
+//! ```
+//! use std::collections::VecDeque;
+//! use std::time::Instant;
+//!
+//! use bytes::Bytes;
+//! use ssm_session::SeededEntropy;
+//! use ssm_session::kms::LocalKms;
+//! use ssm_session::session::{AgentConfig, ClientConfig, Event, KeyRequest, Session};
+//!
+//! const WALL_MS: u64 = 1_700_000_000_000; // the wall clock: it only stamps CreatedDate
+//!
+//! /// What the driver of one end owns.
+//! struct Driver {
+//!     session: Session,
+//!     sent: VecDeque<Bytes>, // the websocket: messages sent, not yet delivered
+//!     timer: Option<Instant>,
+//!     kms: LocalKms,
+//!     received: Vec<u8>,
+//! }
+//!
+//! impl Driver {
+//!     /// Steps 2–4, after every input or command.
+//!     fn drain(&mut self, now: Instant) {
+//!         loop {
+//!             while let Some(message) = self.session.poll_transmit() {
+//!                 self.sent.push_back(message); // one binary websocket message each
+//!             }
+//!             let Some(event) = self.session.poll_event() else { break };
+//!             match event {
+//!                 Event::Stream { data, .. } => self.received.extend_from_slice(&data),
+//!                 // The session never calls KMS itself. An answer is input: the loop goes on.
+//!                 Event::KeyRequest(KeyRequest::GenerateDataKey { key_id, context }) => {
+//!                     let (plaintext, nonce) = ([1; 64], [2; 12]); // random in real use
+//!                     let kms = &self.kms;
+//!                     let key = kms.generate_data_key_with(&key_id, &context, plaintext, nonce);
+//!                     self.session.provide_data_key(now, key);
+//!                 }
+//!                 Event::KeyRequest(KeyRequest::Decrypt { key_id, ciphertext_blob, context }) => {
+//!                     match self.kms.decrypt_now(&key_id, &ciphertext_blob, &context) {
+//!                         Ok(plaintext) => self.session.provide_plaintext_key(now, plaintext),
+//!                         Err(error) => self.session.key_failed(now, &error.to_string()),
+//!                     }
+//!                 }
+//! #               Event::HandshakeComplete(info) => assert!(info.encrypted),
+//!                 _ => {} // HandshakeComplete, Writable, Closed, …
+//!             }
+//!         }
+//!         self.timer = self.session.poll_timeout();
+//!     }
+//! }
+//!
+//! /// Step 1, over a perfect network: deliver what is in flight; when nothing is, jump to the
+//! /// earliest deadline. Returns the time once both ends are idle.
+//! fn run(client: &mut Driver, agent: &mut Driver, mut now: Instant) -> Instant {
+//!     loop {
+//!         if let Some(message) = client.sent.pop_front() {
+//!             agent.session.handle_message(now, WALL_MS, message);
+//!             agent.drain(now);
+//!         } else if let Some(message) = agent.sent.pop_front() {
+//!             client.session.handle_message(now, WALL_MS, message);
+//!             client.drain(now);
+//!         } else if let Some(deadline) = client.timer.into_iter().chain(agent.timer).min() {
+//!             now = deadline;
+//!             for end in [&mut *client, &mut *agent] {
+//!                 if end.timer.is_some_and(|at| at <= now) {
+//!                     end.session.handle_timeout(now);
+//!                     end.drain(now);
+//!                 }
+//!             }
+//!         } else {
+//!             return now;
+//!         }
+//!     }
+//! }
+//!
+//! let now = Instant::now();
+//! let mut agent_config = AgentConfig::new("s-1", "i-1", "Standard_Stream");
+//! agent_config.kms_key_id = Some("alias/ssm".into()); // encrypted: each end asks for a key
+//! let client_config = ClientConfig::new("s-1", "i-1");
+//! // Randomness is passed in too: `SystemEntropy` in real use.
+//! let client = Session::client(client_config, now, WALL_MS, Box::new(SeededEntropy::new(1)));
+//! let agent = Session::agent(agent_config, now, WALL_MS, Box::new(SeededEntropy::new(2)));
+//! # let driver = |session| Driver { session, sent: VecDeque::new(), timer: None,
+//! #     kms: LocalKms::from_master_key([7; 32]), received: Vec::new() };
+//! let (mut client, mut agent) = (driver(client), driver(agent));
+//! client.drain(now); // a new session already has messages to send
+//! agent.drain(now);
+//!
+//! let now = run(&mut client, &mut agent, now); // the handshake, KMS included
+//! client.session.send(now, b"ls\r")?;
+//! client.session.close(now); // done once the agent has acknowledged everything
+//! client.drain(now);
+//! run(&mut client, &mut agent, now);
+//! assert_eq!(agent.received, b"ls\r");
+//! assert!(client.session.is_closed());
+//! # Ok::<(), ssm_session::session::SendError>(())
+//! ```
+//!
+//! `src/net/driver.rs` runs the same loop against a real websocket; [`session::Session`] lists
+//! every input and command.
+//!
 //! # Layers
 //!
-//! Everything here is a pure function of its input: no sockets, no clock, no randomness inside.
-//! Callers pass in `Instant`s, wall-clock milliseconds and an [`Entropy`] source, which is what
-//! lets the tests run sessions in virtual time and the fuzzer drive the whole state machine.
+//! The core is what `default-features = false` builds: no async runtime, no I/O.
 //!
-//! * [`session::Session`] — one data channel, client or agent role: sequence numbers,
-//!   acknowledgements, retransmission (RFC 6298), a bounded send window with back-pressure,
-//!   the handshake, KMS-style AES-256-GCM encryption, and our own negotiated extensions.
+//! * [`session`] — the data channel in either role: sequence numbers, acknowledgements,
+//!   retransmission (RFC 6298), a bounded send window with back-pressure, the handshake,
+//!   AES-256-GCM encryption with KMS data keys, and our own negotiated extensions.
 //! * [`Frame`] — the 120-byte-header binary frame that carries every message (SPEC §2).
 //!   [`Frame::decode`] never panics and names every rejection in [`DecodeError`];
 //!   [`Header::parse`] reads the fixed fields alone.
-//! * [`payload`] — typed payloads with JSON byte-identical to the Go peers', decoded as leniently.
+//! * [`payload`] — typed payloads with JSON byte-identical to the Go peers', decoded as
+//!   leniently.
 //! * [`crypto`], [`kms`] — the session cipher, and the [`kms::KeyProvider`] trait with the
-//!   embedded [`kms::LocalKms`]. The session never calls KMS itself: it asks through an event.
-//! * [`smux`] — smux v1 frames for multiplexed port forwarding.
-//! * [`sim`] — a client/agent pair over an emulated lossy network, in virtual time.
+//!   embedded [`kms::LocalKms`].
+//! * [`smux`] — smux v1 frames and [`smux::Mux`], the stream table of multiplexed port
+//!   forwarding, polled like a session.
+//! * [`version`] — the version gates each end applies to the other.
+//! * [`Entropy`] — the random source passed in: [`SystemEntropy`], or [`SeededEntropy`] to
+//!   replay.
 //!
-//! On top, behind the default cargo feature `net` (`default-features = false` keeps only the
-//! sans-IO core above):
+//! Two features only extend the core, for tests: `sim` (`sim::Pair`, a client/agent pair over
+//! an emulated lossy network in virtual time) and `fuzzing` (the fuzz targets' entry points,
+//! not a stable API).
 //!
-//! * `net` — tokio adapters: [`net::connect`] / [`net::connect_agent`] dial `ws://` or
-//!   `wss://` (rustls on ring), run the handshake and return a [`net::Connection`] that is an
-//!   `AsyncRead + AsyncWrite` byte stream with control methods. One driver task per connection
-//!   runs the loop below against the socket; it resumes after transport loss with fresh tokens.
-//!   [`net::relay`] pairs the two ends of a session by id, as the gateway does.
+//! Above the core, each layer behind its feature (the default is `gateway`, `agent` and
+//! `client`, which bring in `net`):
 //!
-//! The self-hosted system, behind the default feature `system`:
-//!
-//! * `gateway` — the service: the Systems Manager JSON API subset (SigV4 via [`sigv4`],
-//!   IAM-style [`policy`], session [`document`]s), agents' control channels ([`control`]), the
-//!   relay, instant revocation on policy reload, and the hash-chained [`audit`] log.
+//! * `net` — tokio adapters: `net::connect` and `net::connect_agent` dial `ws://` or `wss://`
+//!   (rustls on ring), run the handshake and return a `net::Connection`, an
+//!   `AsyncRead + AsyncWrite` byte stream that survives transport loss; `net::relay` pairs the
+//!   two ends of a session by id, as the gateway does.
+//! * `gateway` — the service: the Systems Manager JSON API subset (SigV4, IAM-style policies,
+//!   session documents), agents' control channels, the relay, revocation on policy reload and
+//!   a hash-chained audit log.
 //! * `agent` — dials out to the gateway and runs shells in a PTY, commands and port forwards
-//!   (basic, or smux via [`smux::Mux`]), recording terminals as asciicast.
+//!   (basic, or multiplexed over smux), recording terminals as asciicast.
 //! * `client` — `StartSession` and friends through `aws::ApiClient`, then an interactive
-//!   terminal or a local port forwarder; `client::plugin` is the `session-manager-plugin`
-//!   argument contract, so the AWS CLI can run sessions through it.
+//!   terminal or a local port forwarder, with the `session-manager-plugin` argument contract
+//!   so that the AWS CLI can run sessions through it.
+//! * `aws-kms` and `aws` — against AWS itself: `aws_sdk::AwsKms` (a key provider on
+//!   `aws-sdk-kms`) and the standard AWS configuration, then sessions started with
+//!   `aws-sdk-ssm`.
 //!
-//! Against AWS itself, behind the optional features `aws-kms` and `aws`: `aws_sdk` — the
-//! standard AWS configuration, `aws_sdk::AwsKms` (a key provider on `aws-sdk-kms`), and
-//! sessions started with `aws-sdk-ssm`.
+//! # Programs and examples
 //!
-//! The programs in `examples/` (`gateway`, `agent`, `client`, `demo`, `aws`) are thin layers
-//! over these.
-//!
-//! # The run loop
-//!
-//! A [`session::Session`] is driven the same way by tests, the simulator and the socket
-//! adapters (`src/net/driver.rs` is this loop over a real websocket):
-//!
-//! 1. feed it what happened: [`session::Session::handle_message`] for each websocket message,
-//!    [`session::Session::handle_timeout`] when its deadline passes, and commands
-//!    ([`session::Session::send`], KMS answers, transport lost/restored, close);
-//! 2. after **every** such call, drain it: [`session::Session::poll_transmit`] until `None`
-//!    (send each as a binary websocket message), [`session::Session::poll_event`] until `None`
-//!    (deliver data, answer key requests), then arm a timer for
-//!    [`session::Session::poll_timeout`].
-//!
-//! Nothing happens between calls, so the same inputs always give the same outputs.
-//!
-//! # Example: answer a received stream message
-//!
-//! ```
-//! use bytes::Bytes;
-//! use ssm_session::payload::{Acknowledge, JsonPayload};
-//! use ssm_session::{Frame, MessageType, PayloadType};
-//! use uuid::Uuid;
-//!
-//! # let received = Frame { message_type: MessageType::OutputStreamData, schema_version: 1,
-//! #     created_date: 1_700_000_000_000, sequence_number: 0, flags: Frame::FLAG_SYN,
-//! #     message_id: Uuid::from_u128(7), payload_type: PayloadType::Output,
-//! #     payload: Bytes::from_static(b"sh-5.2$ ") }.to_bytes()?;
-//! // `received` is one binary websocket message.
-//! let frame = Frame::decode(received)?;
-//! assert_eq!(frame.payload_type, PayloadType::Output);
-//!
-//! let ack = Frame {
-//!     message_type: MessageType::Acknowledge,
-//!     schema_version: 1,
-//!     created_date: 1_700_000_000_123, // wall clock, passed in
-//!     sequence_number: 0,
-//!     flags: Frame::FLAG_SYN | Frame::FLAG_FIN,
-//!     message_id: Uuid::from_u128(8), // random v4 in real use, passed in
-//!     payload_type: PayloadType::Unset,
-//!     payload: Acknowledge::for_frame(&frame).to_json().into(),
-//! };
-//! let reply: Bytes = ack.to_bytes()?; // send as one binary websocket message
-//! # assert_eq!(Frame::decode(reply)?.message_type, MessageType::Acknowledge);
-//! # Ok::<(), Box<dyn std::error::Error>>(())
-//! ```
+//! The programs in `src/bin/` are thin layers over those features: `ssm-gateway`, `ssm-agent`
+//! and `session-manager-plugin`. The examples are `demo` (the whole system on loopback),
+//! `frame` (decode and encode frames), `simulate` (a session over a lossy emulated network),
+//! `throughput` (bytes through one session on loopback) and `aws` (a session with real AWS).
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
@@ -137,8 +215,8 @@ pub mod version;
 
 pub use entropy::{Entropy, SeededEntropy, SystemEntropy};
 
-/// Compiles the README's examples as doctests.
-#[cfg(doctest)]
+/// Compiles the README's examples as doctests; one of them runs over `net`.
+#[cfg(all(doctest, feature = "net"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 

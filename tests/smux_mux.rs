@@ -344,7 +344,12 @@ proptest! {
                     closes += usize::from(mux.is_open(id));
                     mux.close(id);
                 }
-                7 => { let _ = mux.poll_event(); }
+                7 => {
+                    // The application takes one event: data is exactly what a PSH carried.
+                    if let Some(MuxEvent::Data(_, data)) = mux.poll_event() {
+                        prop_assert!(!data.is_empty() && data.iter().all(|&byte| byte == 0xAB));
+                    }
+                }
                 8 => {
                     sent.extend(transmitted(&mut mux));
                     closes = 0;

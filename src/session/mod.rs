@@ -490,16 +490,19 @@ impl Session {
     // ----- outputs -------------------------------------------------------------------------
 
     /// The next websocket message to send (binary), if any.
+    #[must_use = "a polled message is gone: send it, and drain until None"]
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
         self.transmits.pop_front()
     }
 
     /// The next event for the application, if any.
+    #[must_use = "a polled event is gone: handle it, and drain until None"]
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
     }
 
     /// When [`Session::handle_timeout`] must be called next, if ever.
+    #[must_use = "arm a timer for it: retransmissions and acknowledgements wait on it"]
     pub fn poll_timeout(&self) -> Option<Instant> {
         if self.state == State::Closed {
             return None;

@@ -379,6 +379,7 @@ impl Mux {
 
     /// The next bytes to send to the peer (several frames coalesced, ≤ 64 KiB, possibly cut
     /// mid-frame), `None` when nothing waits.
+    #[must_use = "polled bytes are gone: send them, and drain until None"]
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
         if self.outgoing.is_empty() {
             return None;
@@ -389,6 +390,7 @@ impl Mux {
 
     /// The next event for the application. Polling a [`MuxEvent::Data`] counts it as
     /// consumed: only poll when its bytes can be taken.
+    #[must_use = "a polled event is gone (its data counts as consumed): handle it"]
     pub fn poll_event(&mut self) -> Option<MuxEvent> {
         let event = self.events.pop_front()?;
         self.events_cost -= event.cost();
@@ -419,6 +421,7 @@ impl Mux {
 
     /// When [`Mux::handle_timeout`] must be called next; `None` without keep-alive or once
     /// dead.
+    #[must_use = "arm a timer for it: keep-alive pings and the dead-peer check wait on it"]
     pub fn poll_timeout(&self) -> Option<Instant> {
         (self.config.keep_alive && !self.dead)
             .then(|| self.next_ping.min(self.last_received + KEEP_ALIVE_TIMEOUT))
