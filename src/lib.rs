@@ -27,7 +27,7 @@
 //! use bytes::Bytes;
 //! use ssm_session::SeededEntropy;
 //! use ssm_session::kms::LocalKms;
-//! use ssm_session::session::{AgentConfig, ClientConfig, Event, KeyRequest, Session};
+//! use ssm_session::session::{AgentConfig, ClientConfig, Event, KeyRequest, Session, SessionType};
 //!
 //! const WALL_MS: u64 = 1_700_000_000_000; // the wall clock: it only stamps CreatedDate
 //!
@@ -96,7 +96,7 @@
 //! }
 //!
 //! let now = Instant::now();
-//! let mut agent_config = AgentConfig::new("s-1", "i-1", "Standard_Stream");
+//! let mut agent_config = AgentConfig::new("s-1", "i-1", SessionType::StandardStream);
 //! agent_config.kms_key_id = Some("alias/ssm".into()); // encrypted: each end asks for a key
 //! let client_config = ClientConfig::new("s-1", "i-1");
 //! // Randomness is passed in too: `SystemEntropy` in real use.
