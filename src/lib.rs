@@ -18,6 +18,7 @@
 //! * [`crypto`], [`kms`] — the session cipher, and the [`kms::KeyProvider`] trait with the
 //!   embedded [`kms::LocalKms`]. The session never calls KMS itself: it asks through an event.
 //! * [`smux`] — smux v1 frames for multiplexed port forwarding.
+//! * [`relay`] — the gateway's data-channel relay: pairing, queues and pause/start flow control.
 //! * [`sim`] — a client/agent pair over an emulated lossy network, in virtual time.
 //!
 //! On top, behind the default cargo feature `net` (`default-features = false` keeps only the
@@ -120,6 +121,7 @@ pub mod kms;
 pub mod net;
 pub mod payload;
 pub mod policy;
+pub mod relay;
 pub mod session;
 pub mod sigv4;
 pub mod sim;
