@@ -213,9 +213,11 @@ pub struct ChannelStats {
 impl Hub {
     /// A hub with `config` (its `tls` is not used: the caller terminates TLS).
     pub fn new(config: RelayConfig) -> Hub {
-        let mut limits = relay::Config::default();
-        limits.soft_limit = config.soft_limit;
-        limits.hard_limit = config.hard_limit;
+        let limits = relay::Config {
+            soft_limit: config.soft_limit,
+            hard_limit: config.hard_limit,
+            ..relay::Config::default()
+        };
         let core = relay::Relay::new(
             limits,
             Instant::now(),
