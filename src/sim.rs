@@ -202,7 +202,8 @@ pub struct Pair {
     pub events: Vec<(Side, Event)>,
     /// What the relay asked of the simulation apart from writing ([`relay::Event::Transmit`]).
     pub relay_events: Vec<(Instant, relay::Event)>,
-    /// Frames the relay itself originated (pause, start, channel_closed), as each side got them.
+    /// Frames the relay itself originated (pause, start, channel_closed), when it handed each
+    /// out toward a side.
     pub relay_frames: Vec<(Instant, Side, MessageType)>,
     /// Times at which both connections will drop, then come back after `reconnect_delay`.
     pub drops: Vec<Instant>,
@@ -373,17 +374,6 @@ impl Pair {
                 self.offer(side, message);
             }
             while let Some(message) = self.down[s].poll(self.now) {
-                if let Ok(header) = Header::parse(&message)
-                    && matches!(
-                        header.message_type,
-                        MessageType::PausePublication
-                            | MessageType::StartPublication
-                            | MessageType::ChannelClosed
-                    )
-                {
-                    self.relay_frames
-                        .push((self.now, side, header.message_type));
-                }
                 let (now, wall_ms) = (self.now, self.wall_ms);
                 self.session(side).handle_message(now, wall_ms, message);
             }
@@ -579,6 +569,17 @@ impl Pair {
                 break;
             };
             moved = true;
+            if let Ok(header) = Header::parse(&message)
+                && matches!(
+                    header.message_type,
+                    MessageType::PausePublication
+                        | MessageType::StartPublication
+                        | MessageType::ChannelClosed
+                )
+            {
+                self.relay_frames
+                    .push((self.now, side, header.message_type));
+            }
             if let Some(rate) = self.read_rate[s] {
                 let start = self.ready_at[s].max(self.now);
                 let secs = message.len() as f64 / rate.max(1) as f64;
