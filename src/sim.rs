@@ -68,6 +68,8 @@ pub struct Link {
     rng: SeededEntropy,
     queue: BinaryHeap<Reverse<(Instant, u64, Bytes)>>,
     counter: u64,
+    /// When the latest [`Link::send_in_order`] message arrives.
+    in_order: Option<Instant>,
 }
 
 impl Link {
@@ -78,6 +80,7 @@ impl Link {
             rng: SeededEntropy::new(seed),
             queue: BinaryHeap::new(),
             counter: 0,
+            in_order: None,
         }
     }
 
@@ -102,6 +105,19 @@ impl Link {
         }
     }
 
+    /// Puts `message` on the link at `now` as TCP would carry it: never lost or duplicated, and
+    /// never ahead of an earlier message sent this way. For the relay's own frames, which
+    /// nothing retransmits: a lost `start_publication` would leave its side paused for good.
+    pub fn send_in_order(&mut self, now: Instant, message: Bytes) {
+        let delay = self.config.delay + self.config.jitter.mul_f64(self.rng.next_f64());
+        let at = self
+            .in_order
+            .map_or(now + delay, |last| last.max(now + delay));
+        self.in_order = Some(at);
+        self.counter += 1;
+        self.queue.push(Reverse((at, self.counter, message)));
+    }
+
     /// A message that has arrived by `now`, if any.
     pub fn poll(&mut self, now: Instant) -> Option<Bytes> {
         let Reverse((at, _, _)) = self.queue.peek()?;
@@ -119,6 +135,7 @@ impl Link {
     /// The connection died: everything in flight is gone.
     pub fn clear(&mut self) {
         self.queue.clear();
+        self.in_order = None;
     }
 }
 
@@ -569,23 +586,22 @@ impl Pair {
                 break;
             };
             moved = true;
-            if let Ok(header) = Header::parse(&message)
-                && matches!(
-                    header.message_type,
-                    MessageType::PausePublication
-                        | MessageType::StartPublication
-                        | MessageType::ChannelClosed
-                )
-            {
-                self.relay_frames
-                    .push((self.now, side, header.message_type));
-            }
             if let Some(rate) = self.read_rate[s] {
                 let start = self.ready_at[s].max(self.now);
                 let secs = message.len() as f64 / rate.max(1) as f64;
                 self.ready_at[s] = start + Duration::from_secs_f64(secs);
             }
-            self.down[s].send(self.now, message);
+            match Header::parse(&message).map(|header| header.message_type) {
+                Ok(
+                    own @ (MessageType::PausePublication
+                    | MessageType::StartPublication
+                    | MessageType::ChannelClosed),
+                ) => {
+                    self.relay_frames.push((self.now, side, own));
+                    self.down[s].send_in_order(self.now, message);
+                }
+                _ => self.down[s].send(self.now, message),
+            }
         }
         moved
     }
