@@ -32,8 +32,15 @@
 //! let client = relay.attach(now, "s-1", Role::Client)?;
 //! let agent = relay.attach(now, "s-1", Role::Agent)?;
 //! relay.receive(now, client, Bytes::from_static(b"frame"))?;
-//! assert_eq!(relay.poll_event(), Some(Event::Transmit(agent)));
-//! assert_eq!(relay.poll_transmit(agent), Some(Bytes::from_static(b"frame")));
+//! let mut written = Vec::new(); // what a driver would write to each websocket
+//! while let Some(event) = relay.poll_event() {
+//!     if let Event::Transmit(conn) = event {
+//!         while let Some(message) = relay.poll_transmit(conn) {
+//!             written.push((conn, message));
+//!         }
+//!     }
+//! }
+//! assert_eq!(written, [(agent, Bytes::from_static(b"frame"))]);
 //! # Ok::<(), ssm_session::relay::Refused>(())
 //! ```
 
