@@ -354,7 +354,7 @@ pub fn relay_ops(data: &[u8]) {
             }
             (4, Some(conn)) => {
                 for _ in 0..arg % 5 {
-                    let _ = relay.poll_transmit(conn);
+                    let _ = relay.poll_transmit(now, conn);
                 }
             }
             (5, _) => {

@@ -35,7 +35,7 @@
 //! let mut written = Vec::new(); // what a driver would write to each websocket
 //! while let Some(event) = relay.poll_event() {
 //!     if let Event::Transmit(conn) = event {
-//!         while let Some(message) = relay.poll_transmit(conn) {
+//!         while let Some(message) = relay.poll_transmit(now, conn) {
 //!             written.push((conn, message));
 //!         }
 //!     }
@@ -394,9 +394,10 @@ impl Relay {
     }
 
     /// The next message to write to `conn`: a pause or start for it first, then what its peer
-    /// sent, in order.
+    /// sent, in order. `now` dates the frames this causes and starts the close linger.
     #[must_use]
-    pub fn poll_transmit(&mut self, conn: ConnectionId) -> Option<Bytes> {
+    pub fn poll_transmit(&mut self, now: Instant, conn: ConnectionId) -> Option<Bytes> {
+        self.out.tick(now);
         let (session_id, side) = self.connections.get(&conn)?;
         let side = *side;
         let slot = self.sessions.get_mut(session_id)?;
@@ -677,8 +678,8 @@ mod tests {
         std::iter::from_fn(|| relay.poll_event()).collect()
     }
 
-    fn drain(relay: &mut Relay, conn: ConnectionId) -> Vec<Bytes> {
-        std::iter::from_fn(|| relay.poll_transmit(conn)).collect()
+    fn drain(relay: &mut Relay, now: Instant, conn: ConnectionId) -> Vec<Bytes> {
+        std::iter::from_fn(|| relay.poll_transmit(now, conn)).collect()
     }
 
     fn types(messages: &[Bytes]) -> Vec<MessageType> {
@@ -697,7 +698,7 @@ mod tests {
             Err(Refused::UnknownConnection)
         );
         assert_eq!(relay.detach(now, ghost), Err(Refused::UnknownConnection));
-        assert_eq!(relay.poll_transmit(ghost), None);
+        assert_eq!(relay.poll_transmit(now, ghost), None);
         assert!(!relay.disconnect(now, "nobody", Role::Agent));
         assert!(!relay.end(now, "nobody", ""));
         assert_eq!(relay.poll_event(), None);
@@ -731,7 +732,7 @@ mod tests {
             Err(Refused::Ended)
         );
         assert_eq!(relay.attach(now, "s", Role::Agent), Err(Refused::Ended));
-        let sent = drain(&mut relay, agent);
+        let sent = drain(&mut relay, now, agent);
         assert_eq!(types(&sent), [MessageType::ChannelClosed]);
         assert!(events(&mut relay).contains(&Event::Close(agent)));
     }
@@ -745,17 +746,17 @@ mod tests {
             .receive(now, client, Bytes::from_static(b"early"))
             .unwrap();
         assert_eq!(
-            types(&drain(&mut relay, client)),
+            types(&drain(&mut relay, now, client)),
             [MessageType::PausePublication]
         );
         let agent = relay.attach(now, "s", Role::Agent).unwrap();
         assert_eq!(
-            drain(&mut relay, agent),
+            drain(&mut relay, now, agent),
             [Bytes::from_static(b"early")],
             "queued while absent"
         );
         assert_eq!(
-            types(&drain(&mut relay, client)),
+            types(&drain(&mut relay, now, client)),
             [MessageType::StartPublication]
         );
     }
@@ -765,7 +766,7 @@ mod tests {
         let (mut relay, now) = relay(Config::default());
         let client = relay.attach(now, "s", Role::Client).unwrap();
         relay.attach(now, "s", Role::Agent).unwrap();
-        assert_eq!(drain(&mut relay, client), Vec::<Bytes>::new());
+        assert_eq!(drain(&mut relay, now, client), Vec::<Bytes>::new());
     }
 
     #[test]
@@ -794,12 +795,12 @@ mod tests {
             }
         );
         events(&mut relay);
-        let _ = relay.poll_transmit(agent);
+        let _ = relay.poll_transmit(now, agent);
         assert!(
             !events(&mut relay).contains(&Event::Readable(client)),
             "20 bytes is above soft"
         );
-        let _ = relay.poll_transmit(agent);
+        let _ = relay.poll_transmit(now, agent);
         assert!(events(&mut relay).contains(&Event::Readable(client)));
         relay.receive(now, client, chunk).unwrap();
     }
@@ -823,10 +824,12 @@ mod tests {
         let (mut relay, now) = relay(Config::default());
         let client = relay.attach(now, "s", Role::Client).unwrap();
         relay.end(now, "s", "");
-        let _ = drain(&mut relay, client);
+        // The linger counts from the Close, however long the last messages took to write.
+        let written = now + Duration::from_secs(30);
+        let _ = drain(&mut relay, written, client);
         assert!(events(&mut relay).contains(&Event::Close(client)));
         let at = relay.poll_timeout().unwrap();
-        assert_eq!(at, now + Config::default().close_linger);
+        assert_eq!(at, written + Config::default().close_linger);
         relay.handle_timeout(at - Duration::from_millis(1));
         assert_eq!(relay.session_count(), 1);
         relay.handle_timeout(at);
@@ -857,10 +860,9 @@ mod tests {
     #[test]
     fn frames_are_stamped_from_the_clock_passed_in() {
         let (mut relay, now) = relay(Config::default());
-        let client = relay
-            .attach(now + Duration::from_millis(250), "s", Role::Client)
-            .unwrap();
-        let frame = Frame::decode(relay.poll_transmit(client).unwrap()).unwrap();
+        let later = now + Duration::from_millis(250);
+        let client = relay.attach(later, "s", Role::Client).unwrap();
+        let frame = Frame::decode(relay.poll_transmit(later, client).unwrap()).unwrap();
         assert_eq!(frame.created_date, 1_700_000_000_250);
         assert!(!frame.message_id.is_nil());
     }

@@ -581,7 +581,7 @@ impl Pair {
         };
         let mut moved = false;
         while self.pending[s] && self.ready_at[s] <= self.now {
-            let Some(message) = self.relay.poll_transmit(conn) else {
+            let Some(message) = self.relay.poll_transmit(self.now, conn) else {
                 self.pending[s] = false;
                 break;
             };

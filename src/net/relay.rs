@@ -667,8 +667,9 @@ where
     let mut batch = Vec::with_capacity(WRITE_BATCH);
     loop {
         state.with_core(|inner| {
+            let now = Instant::now();
             while batch.len() < WRITE_BATCH {
-                match inner.core.poll_transmit(conn) {
+                match inner.core.poll_transmit(now, conn) {
                     Some(message) => batch.push(message),
                     None => break,
                 }
