@@ -188,8 +188,8 @@ struct Connection {
     announced: bool,
     /// A message was refused as [`Refused::Full`]: an [`Event::Readable`] is owed.
     refused: bool,
-    /// [`Event::Close`] was given; the connection is dropped at this instant.
-    linger_until: Option<Instant>,
+    /// [`Event::Close`] was given; a linger timer drops the connection.
+    closing: bool,
 }
 
 fn index(side: Role) -> usize {
@@ -252,7 +252,7 @@ impl Relay {
             publication: None,
             announced: false,
             refused: false,
-            linger_until: None,
+            closing: false,
         });
         if let Some(previous) = previous {
             self.connections.remove(&previous.id);
@@ -408,9 +408,9 @@ impl Relay {
         }
         let Some(message) = endpoint.outbox.pop_front() else {
             connection.announced = false;
-            if slot.ended && connection.linger_until.is_none() {
+            if slot.ended && !connection.closing {
+                connection.closing = true;
                 let at = self.out.clock.0 + self.out.config.close_linger;
-                connection.linger_until = Some(at);
                 self.out.timers.push(Reverse((at, Timer::Linger(conn))));
                 self.out.events.push_back(Event::Close(conn));
             }
