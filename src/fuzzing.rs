@@ -297,3 +297,96 @@ pub fn gateway_inputs(data: &[u8]) {
         }
     }
 }
+
+/// Drives the relay core with arbitrary operations on three sessions: attaches, detaches and
+/// disconnects, messages of any size from any connection id (stale ones included), partial
+/// writes, time jumps and ends. Nothing may panic, the queues must stay within the limits (one
+/// message past the hard limit, plus the closing frame) and deadlines must lie ahead once
+/// handled.
+pub fn relay_ops(data: &[u8]) {
+    use std::collections::VecDeque;
+    use std::time::{Duration, Instant};
+
+    use crate::SeededEntropy;
+    use crate::relay::{Config, ConnectionId, Relay};
+    use crate::session::Role;
+
+    let config = Config {
+        soft_limit: 64,
+        hard_limit: 256,
+        max_queued: 8,
+        abandon_after: Duration::from_secs(1),
+        close_linger: Duration::from_millis(100),
+    };
+    let start = Instant::now();
+    let mut now = start;
+    let mut relay = Relay::new(
+        config.clone(),
+        now,
+        1_700_000_000_000,
+        Box::new(SeededEntropy::new(9)),
+    );
+    let sessions = ["s-0", "s-1", "s-2"];
+    let mut conns: VecDeque<ConnectionId> = VecDeque::new();
+    let mut largest = 0;
+    let mut ops = data;
+    while let Some((&op, rest)) = ops.split_first() {
+        let arg = rest.first().copied().unwrap_or(0);
+        ops = rest.get(1..).unwrap_or_default();
+        let session = sessions[usize::from(arg % 3)];
+        let side = match arg & 4 {
+            0 => Role::Client,
+            _ => Role::Agent,
+        };
+        let conn = conns.get(usize::from(arg) % conns.len().max(1)).copied();
+        match (op % 8, conn) {
+            (0, _) => {
+                if let Ok(conn) = relay.attach(now, session, side) {
+                    if conns.len() == 16 {
+                        conns.pop_front();
+                    }
+                    conns.push_back(conn);
+                }
+            }
+            (1, Some(conn)) => {
+                let _ = relay.detach(now, conn);
+            }
+            (2 | 3, Some(conn)) => {
+                let len = usize::from(op) * 2;
+                largest = largest.max(len);
+                let _ = relay.receive(now, conn, Bytes::from(vec![arg; len]));
+            }
+            (4, Some(conn)) => {
+                for _ in 0..arg % 5 {
+                    let _ = relay.poll_transmit(now, conn);
+                }
+            }
+            (5, _) => {
+                now += Duration::from_millis(u64::from(arg) * 10);
+                relay.handle_timeout(now);
+                if let Some(at) = relay.poll_timeout() {
+                    assert!(at > now, "a handled deadline is not left behind");
+                }
+            }
+            (6, _) => {
+                relay.end(now, session, "fuzz");
+            }
+            (7, _) => {
+                relay.disconnect(now, session, side);
+            }
+            _ => {}
+        }
+        while relay.poll_event().is_some() {}
+        for session in sessions {
+            for side in [Role::Client, Role::Agent] {
+                let backlog = relay.backlog(session, side);
+                assert!(
+                    backlog.bytes <= config.hard_limit + largest + 512,
+                    "{backlog:?} exceeds the hard limit by more than a message"
+                );
+                assert!(backlog.messages <= config.max_queued + 1, "{backlog:?}");
+            }
+        }
+        assert!(relay.session_count() <= sessions.len());
+    }
+}

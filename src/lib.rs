@@ -137,6 +137,8 @@
 //!   embedded [`kms::LocalKms`].
 //! * [`smux`] — smux v1 frames and [`smux::Mux`], the stream table of multiplexed port
 //!   forwarding, polled like a session.
+//! * [`relay`] — the gateway's data-channel relay: pairing by session and side, queues that
+//!   survive a side's reconnect, pause/start flow control, polled like a session.
 //! * [`version`] — the version gates each end applies to the other.
 //! * [`Entropy`] — the random source passed in: [`SystemEntropy`], or [`SeededEntropy`] to
 //!   replay.
@@ -205,6 +207,7 @@ pub mod net;
 pub mod payload;
 #[cfg(any(feature = "gateway", feature = "fuzzing"))]
 pub mod policy;
+pub mod relay;
 pub mod session;
 #[cfg(any(feature = "gateway", feature = "api-client", feature = "fuzzing"))]
 pub mod sigv4;

@@ -2,6 +2,9 @@
 //! `simulate` example and anyone embedding the core can use to see a session survive latency,
 //! jitter, loss, duplication, reordering and dropped connections.
 //!
+//! As in production, the two sessions never meet: each talks over its own links to a
+//! [`relay::Relay`] in the middle, which pairs them, queues, pauses and resumes them.
+//!
 //! Time only moves when [`Pair::step`] jumps it to the next thing that happens, so minutes of
 //! session run in milliseconds and every run with the same seed is identical.
 //!
@@ -18,16 +21,18 @@
 //! ```
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 use crate::entropy::SeededEntropy;
 use crate::kms::LocalKms;
+use crate::relay::{self, ConnectionId, Refused};
 use crate::session::{
-    AgentConfig, ClientConfig, CloseReason, Event, KeyRequest, SendError, Session,
+    AgentConfig, ClientConfig, CloseReason, Event, KeyRequest, Role, SendError, Session,
 };
+use crate::{Header, MessageType};
 
 /// How one direction of the network misbehaves. Probabilities apply per websocket message.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,6 +68,8 @@ pub struct Link {
     rng: SeededEntropy,
     queue: BinaryHeap<Reverse<(Instant, u64, Bytes)>>,
     counter: u64,
+    /// When the latest [`Link::send_in_order`] message arrives.
+    in_order: Option<Instant>,
 }
 
 impl Link {
@@ -73,6 +80,7 @@ impl Link {
             rng: SeededEntropy::new(seed),
             queue: BinaryHeap::new(),
             counter: 0,
+            in_order: None,
         }
     }
 
@@ -97,6 +105,19 @@ impl Link {
         }
     }
 
+    /// Puts `message` on the link at `now` as TCP would carry it: never lost or duplicated, and
+    /// never ahead of an earlier message sent this way. For the relay's own frames, which
+    /// nothing retransmits: a lost `start_publication` would leave its side paused for good.
+    pub fn send_in_order(&mut self, now: Instant, message: Bytes) {
+        let delay = self.config.delay + self.config.jitter.mul_f64(self.rng.next_f64());
+        let at = self
+            .in_order
+            .map_or(now + delay, |last| last.max(now + delay));
+        self.in_order = Some(at);
+        self.counter += 1;
+        self.queue.push(Reverse((at, self.counter, message)));
+    }
+
     /// A message that has arrived by `now`, if any.
     pub fn poll(&mut self, now: Instant) -> Option<Bytes> {
         let Reverse((at, _, _)) = self.queue.peek()?;
@@ -114,11 +135,48 @@ impl Link {
     /// The connection died: everything in flight is gone.
     pub fn clear(&mut self) {
         self.queue.clear();
+        self.in_order = None;
     }
 }
 
-/// A client and an agent session joined by two [`Link`]s, with a [`LocalKms`] answering their
-/// key requests and byte sources and sinks on both sides.
+/// The network of a [`Pair`]: each side's two links to the relay, the relay's limits and how
+/// fast each side reads what the relay writes to it.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Network {
+    /// Both directions between the client and the relay.
+    pub client_link: LinkConfig,
+    /// Both directions between the agent and the relay.
+    pub agent_link: LinkConfig,
+    /// The relay's limits and timings.
+    pub relay: relay::Config,
+    /// Bytes per second the client reads from the relay; `None` is as fast as it comes.
+    pub client_read_rate: Option<u64>,
+    /// Bytes per second the agent reads from the relay; `None` is as fast as it comes.
+    pub agent_read_rate: Option<u64>,
+}
+
+impl Network {
+    /// `client_link` between the client and the relay, the agent next to the relay (a perfect,
+    /// instant link), default relay limits, no slow readers: the client's network is what
+    /// misbehaves, as when the relay and the agent share a data centre.
+    pub fn new(client_link: LinkConfig) -> Network {
+        Network {
+            client_link,
+            agent_link: LinkConfig {
+                delay: Duration::ZERO,
+                ..LinkConfig::default()
+            },
+            relay: relay::Config::default(),
+            client_read_rate: None,
+            agent_read_rate: None,
+        }
+    }
+}
+
+/// A client and an agent session joined through a [`relay::Relay`] (client ⇄ links ⇄ relay ⇄
+/// links ⇄ agent), with a [`LocalKms`] answering their key requests and byte sources and sinks
+/// on both sides.
 pub struct Pair {
     /// The client-role session.
     pub client: Session,
@@ -127,8 +185,24 @@ pub struct Pair {
     /// Virtual time.
     pub now: Instant,
     wall_ms: u64,
-    to_agent: Link,
-    to_client: Link,
+    session_id: String,
+    relay: relay::Relay,
+    /// Per side (client, agent): toward the relay, and from it.
+    up: [Link; 2],
+    down: [Link; 2],
+    /// Per side: its connection to the relay, while connected.
+    connections: [Option<ConnectionId>; 2],
+    /// Per side: messages the relay refused as full, waiting in the "socket" in order.
+    stalled: [VecDeque<Bytes>; 2],
+    /// Per side: the relay announced messages for it.
+    pending: [bool; 2],
+    /// Per side: reading speed, and when it can read the next message.
+    read_rate: [Option<u64>; 2],
+    ready_at: [Instant; 2],
+    /// Per side: when a lost connection comes back.
+    reconnect_at: [Option<Instant>; 2],
+    /// The relay ended the session: nobody reconnects.
+    ended: bool,
     kms: LocalKms,
     kms_rng: SeededEntropy,
     /// Bytes the client sends, as fast as its window allows.
@@ -143,12 +217,16 @@ pub struct Pair {
     pub agent_received: Vec<u8>,
     /// Every other event, with the side that saw it.
     pub events: Vec<(Side, Event)>,
-    /// Times at which the connection will drop, then come back after `reconnect_delay`.
+    /// What the relay asked of the simulation apart from writing ([`relay::Event::Transmit`]).
+    pub relay_events: Vec<(Instant, relay::Event)>,
+    /// Frames the relay itself originated (pause, start, channel_closed), when it handed each
+    /// out toward a side.
+    pub relay_frames: Vec<(Instant, Side, MessageType)>,
+    /// Times at which both connections will drop, then come back after `reconnect_delay`.
     pub drops: Vec<Instant>,
     /// How long a dropped connection stays down.
     pub reconnect_delay: Duration,
-    reconnect_at: Option<Instant>,
-    /// Websocket messages put on the links.
+    /// Websocket messages the two sessions sent.
     pub messages: u64,
     handshake_done: [bool; 2],
 }
@@ -162,11 +240,42 @@ pub enum Side {
     Agent = 1,
 }
 
+impl Side {
+    /// The session role on this side.
+    pub fn role(self) -> Role {
+        match self {
+            Side::Client => Role::Client,
+            Side::Agent => Role::Agent,
+        }
+    }
+}
+
+const SIDES: [Side; 2] = [Side::Client, Side::Agent];
+
 impl Pair {
-    /// A pair with the same `link` behaviour both ways; `seed` fixes every random choice.
+    /// A pair whose client reaches the relay over `link` (both ways; see [`Network::new`]);
+    /// `seed` fixes every random choice.
     pub fn new(client: ClientConfig, agent: AgentConfig, link: LinkConfig, seed: u64) -> Pair {
+        Pair::with_network(client, agent, Network::new(link), seed)
+    }
+
+    /// A pair over `network`. Both sides connect at once.
+    pub fn with_network(
+        client: ClientConfig,
+        agent: AgentConfig,
+        network: Network,
+        seed: u64,
+    ) -> Pair {
         let now = Instant::now();
         let wall_ms = 1_700_000_000_000;
+        let session_id = client.session_id.clone();
+        let mut relay = relay::Relay::new(
+            network.relay,
+            now,
+            wall_ms,
+            Box::new(SeededEntropy::new(seed ^ 0x44)),
+        );
+        let connections = SIDES.map(|side| relay.attach(now, &session_id, side.role()).ok());
         Pair {
             client: Session::client(
                 client,
@@ -182,8 +291,23 @@ impl Pair {
             ),
             now,
             wall_ms,
-            to_agent: Link::new(link.clone(), seed ^ 0x11),
-            to_client: Link::new(link, seed ^ 0x22),
+            session_id,
+            relay,
+            up: [
+                Link::new(network.client_link.clone(), seed ^ 0x11),
+                Link::new(network.agent_link.clone(), seed ^ 0x55),
+            ],
+            down: [
+                Link::new(network.client_link, seed ^ 0x22),
+                Link::new(network.agent_link, seed ^ 0x66),
+            ],
+            connections,
+            stalled: [VecDeque::new(), VecDeque::new()],
+            pending: [false; 2],
+            read_rate: [network.client_read_rate, network.agent_read_rate],
+            ready_at: [now; 2],
+            reconnect_at: [None; 2],
+            ended: false,
             kms: LocalKms::from_master_key([0x5a; 32]),
             kms_rng: SeededEntropy::new(seed ^ 0x33),
             client_source: Vec::new(),
@@ -192,12 +316,28 @@ impl Pair {
             client_received: Vec::new(),
             agent_received: Vec::new(),
             events: Vec::new(),
+            relay_events: Vec::new(),
+            relay_frames: Vec::new(),
             drops: Vec::new(),
             reconnect_delay: Duration::from_millis(300),
-            reconnect_at: None,
             messages: 0,
             handshake_done: [false; 2],
         }
+    }
+
+    /// The relay in the middle.
+    pub fn relay(&self) -> &relay::Relay {
+        &self.relay
+    }
+
+    /// The session id both sides and the relay use.
+    pub fn session_id(&self) -> &str {
+        &self.session_id
+    }
+
+    /// Whether `side` is connected to the relay now.
+    pub fn is_connected(&self, side: Side) -> bool {
+        self.connections[side as usize].is_some()
     }
 
     /// Whether both sides reported [`Event::HandshakeComplete`].
@@ -208,6 +348,21 @@ impl Pair {
     /// Whether either side closed.
     pub fn closed(&self) -> bool {
         self.client.is_closed() || self.agent.is_closed()
+    }
+
+    /// `side`'s connection to the relay drops now (what is in flight on it is lost) and comes
+    /// back after `down_for`, as a resume on a new websocket.
+    pub fn disconnect(&mut self, side: Side, down_for: Duration) {
+        let back = self.now + down_for;
+        self.lose(side, back);
+        self.drain();
+    }
+
+    /// The service ends the session: the relay sends `channel_closed` to both sides.
+    pub fn end(&mut self, output: &str) {
+        self.ended = true;
+        self.relay.end(self.now, &self.session_id, output);
+        self.drain();
     }
 
     /// Runs until `done` holds (`true`) or `max_steps` steps pass or nothing is left to happen
@@ -230,12 +385,14 @@ impl Pair {
         self.apply_drops();
         self.pump_sources();
         self.drain();
-        for (link, session) in [
-            (&mut self.to_agent, &mut self.agent),
-            (&mut self.to_client, &mut self.client),
-        ] {
-            while let Some(message) = link.poll(self.now) {
-                session.handle_message(self.now, self.wall_ms, message);
+        for side in SIDES {
+            let s = side as usize;
+            while let Some(message) = self.up[s].poll(self.now) {
+                self.offer(side, message);
+            }
+            while let Some(message) = self.down[s].poll(self.now) {
+                let (now, wall_ms) = (self.now, self.wall_ms);
+                self.session(side).handle_message(now, wall_ms, message);
             }
         }
         for session in [&mut self.client, &mut self.agent] {
@@ -243,17 +400,26 @@ impl Pair {
                 session.handle_timeout(self.now);
             }
         }
+        if self.relay.poll_timeout().is_some_and(|at| at <= self.now) {
+            self.relay.handle_timeout(self.now);
+        }
         self.pump_sources();
         self.drain();
+        let reads = SIDES.map(|side| {
+            let s = side as usize;
+            (self.pending[s] && self.connections[s].is_some()).then_some(self.ready_at[s])
+        });
         let next = [
             self.client.poll_timeout(),
             self.agent.poll_timeout(),
-            self.to_agent.next_arrival(),
-            self.to_client.next_arrival(),
-            self.reconnect_at,
+            self.relay.poll_timeout(),
             self.drops.iter().min().copied(),
         ]
         .into_iter()
+        .chain(self.up.iter().map(Link::next_arrival))
+        .chain(self.down.iter().map(Link::next_arrival))
+        .chain(self.reconnect_at)
+        .chain(reads)
         .flatten()
         .min();
         match next {
@@ -269,19 +435,84 @@ impl Pair {
     }
 
     fn apply_drops(&mut self) {
-        if self.reconnect_at.is_some_and(|at| at <= self.now) {
-            self.reconnect_at = None;
-            self.client.transport_restored(self.now);
-            self.agent.transport_restored(self.now);
+        for side in SIDES {
+            if self.reconnect_at[side as usize].is_some_and(|at| at <= self.now) {
+                self.restore(side);
+            }
         }
         if let Some(index) = self.drops.iter().position(|at| *at <= self.now) {
             self.drops.swap_remove(index);
-            self.to_agent.clear();
-            self.to_client.clear();
-            self.client.transport_lost(self.now);
-            self.agent.transport_lost(self.now);
-            self.reconnect_at = Some(self.now + self.reconnect_delay);
+            let back = self.now + self.reconnect_delay;
+            for side in SIDES {
+                self.lose(side, back);
+            }
         }
+    }
+
+    /// `side`'s websocket died: what was in flight either way is gone.
+    fn lose(&mut self, side: Side, back: Instant) {
+        let s = side as usize;
+        self.up[s].clear();
+        self.down[s].clear();
+        self.stalled[s].clear();
+        self.pending[s] = false;
+        if let Some(conn) = self.connections[s].take() {
+            let _ = self.relay.detach(self.now, conn);
+        }
+        let now = self.now;
+        self.session(side).transport_lost(now);
+        let at = self.reconnect_at[s].map_or(back, |at| at.max(back));
+        self.reconnect_at[s] = Some(at);
+    }
+
+    /// `side` opens a new websocket to the relay and resumes on it.
+    fn restore(&mut self, side: Side) {
+        let s = side as usize;
+        self.reconnect_at[s] = None;
+        if self.ended {
+            return;
+        }
+        if let Ok(conn) = self.relay.attach(self.now, &self.session_id, side.role()) {
+            self.connections[s] = Some(conn);
+            self.ready_at[s] = self.now;
+            let now = self.now;
+            self.session(side).transport_restored(now);
+        }
+    }
+
+    /// A message from `side` reached the relay; a full relay leaves it (and what follows)
+    /// unread until it says it can take more.
+    fn offer(&mut self, side: Side, message: Bytes) {
+        let s = side as usize;
+        let Some(conn) = self.connections[s] else {
+            return;
+        };
+        if !self.stalled[s].is_empty() {
+            self.stalled[s].push_back(message);
+            return;
+        }
+        if self.relay.receive(self.now, conn, message.clone()) == Err(Refused::Full) {
+            self.stalled[s].push_back(message);
+        }
+    }
+
+    fn unstall(&mut self, side: Side) {
+        let s = side as usize;
+        let Some(conn) = self.connections[s] else {
+            return;
+        };
+        while let Some(message) = self.stalled[s].pop_front() {
+            if self.relay.receive(self.now, conn, message.clone()) == Err(Refused::Full) {
+                self.stalled[s].push_front(message);
+                return;
+            }
+        }
+    }
+
+    fn side_of(&self, conn: ConnectionId) -> Option<Side> {
+        SIDES
+            .into_iter()
+            .find(|side| self.connections[*side as usize] == Some(conn))
     }
 
     fn pump_sources(&mut self) {
@@ -313,17 +544,24 @@ impl Pair {
     fn drain(&mut self) {
         loop {
             let mut moved = false;
-            while let Some(message) = self.client.poll_transmit() {
-                self.to_agent.send(self.now, message);
-                self.messages += 1;
-                moved = true;
+            for side in SIDES {
+                let s = side as usize;
+                while let Some(message) = self.session(side).poll_transmit() {
+                    self.messages += 1;
+                    moved = true;
+                    if self.connections[s].is_some() {
+                        self.up[s].send(self.now, message);
+                    }
+                }
             }
-            while let Some(message) = self.agent.poll_transmit() {
-                self.to_client.send(self.now, message);
-                self.messages += 1;
+            while let Some(event) = self.relay.poll_event() {
                 moved = true;
+                self.on_relay_event(event);
             }
-            for side in [Side::Client, Side::Agent] {
+            for side in SIDES {
+                moved |= self.write_to(side);
+            }
+            for side in SIDES {
                 while let Some(event) = self.session(side).poll_event() {
                     moved = true;
                     self.on_event(side, event);
@@ -333,6 +571,71 @@ impl Pair {
                 return;
             }
         }
+    }
+
+    /// Moves what the relay has for `side` onto its link, as fast as the side reads.
+    fn write_to(&mut self, side: Side) -> bool {
+        let s = side as usize;
+        let Some(conn) = self.connections[s] else {
+            return false;
+        };
+        let mut moved = false;
+        while self.pending[s] && self.ready_at[s] <= self.now {
+            let Some(message) = self.relay.poll_transmit(self.now, conn) else {
+                self.pending[s] = false;
+                break;
+            };
+            moved = true;
+            if let Some(rate) = self.read_rate[s] {
+                let start = self.ready_at[s].max(self.now);
+                let secs = message.len() as f64 / rate.max(1) as f64;
+                self.ready_at[s] = start + Duration::from_secs_f64(secs);
+            }
+            match Header::parse(&message).map(|header| header.message_type) {
+                Ok(
+                    own @ (MessageType::PausePublication
+                    | MessageType::StartPublication
+                    | MessageType::ChannelClosed),
+                ) => {
+                    self.relay_frames.push((self.now, side, own));
+                    self.down[s].send_in_order(self.now, message);
+                }
+                _ => self.down[s].send(self.now, message),
+            }
+        }
+        moved
+    }
+
+    fn on_relay_event(&mut self, event: relay::Event) {
+        match &event {
+            relay::Event::Transmit(conn) => {
+                if let Some(side) = self.side_of(*conn) {
+                    self.pending[side as usize] = true;
+                }
+                return;
+            }
+            relay::Event::Readable(conn) => {
+                if let Some(side) = self.side_of(*conn) {
+                    self.unstall(side);
+                }
+            }
+            // The peer's Close comes back at once; what is in flight still arrives.
+            relay::Event::Close(conn) => {
+                if let Some(side) = self.side_of(*conn) {
+                    self.connections[side as usize] = None;
+                    let _ = self.relay.detach(self.now, *conn);
+                }
+            }
+            relay::Event::Drop(conn) => {
+                if let Some(side) = self.side_of(*conn) {
+                    self.connections[side as usize] = None;
+                    let back = self.now + self.reconnect_delay;
+                    self.lose(side, back);
+                }
+            }
+            relay::Event::Abandoned(_) => {}
+        }
+        self.relay_events.push((self.now, event));
     }
 
     fn session(&mut self, side: Side) -> &mut Session {

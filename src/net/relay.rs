@@ -9,6 +9,10 @@
 //! [`RelayConfig::hard_limit`], which only a peer that ignores the pause can cause; then it
 //! stops reading that peer. Queued messages survive a side's reconnection.
 //!
+//! All of that is decided by the sans-IO [`crate::relay::Relay`]; this module is its tokio
+//! driver: one task per connection feeds it and writes what it hands out, and one timer task
+//! per hub runs its deadlines (abandoned sessions, closes that linger).
+//!
 //! # Examples
 //!
 //! ```no_run
@@ -26,13 +30,13 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use bytes::Bytes;
@@ -51,10 +55,11 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::dial::websocket_config;
+use super::runtime::{lock, wall_ms};
 use crate::entropy::{Entropy, SystemEntropy};
-use crate::payload::{AgentOpenDataChannelInput, ChannelClosed, JsonPayload};
+use crate::payload::{AgentOpenDataChannelInput, JsonPayload};
+use crate::relay::{self, ConnectionId, Event, Refused};
 use crate::session::Role;
-use crate::{Frame, MessageType, PayloadType, SCHEMA_VERSION};
 
 /// Path prefix of data-channel upgrades; the session id follows.
 pub const PATH_PREFIX: &str = "/v1/data-channel/";
@@ -181,12 +186,6 @@ fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 /// A running relay; dropping it (or [`Relay::shutdown`]) closes every connection at once.
 pub struct Relay {
     addr: SocketAddr,
@@ -214,18 +213,36 @@ pub struct ChannelStats {
 impl Hub {
     /// A hub with `config` (its `tls` is not used: the caller terminates TLS).
     pub fn new(config: RelayConfig) -> Hub {
+        let limits = relay::Config {
+            soft_limit: config.soft_limit,
+            hard_limit: config.hard_limit,
+            ..relay::Config::default()
+        };
+        let core = relay::Relay::new(
+            limits,
+            Instant::now(),
+            wall_ms(),
+            Box::new(SystemEntropy::new()),
+        );
         Hub {
             state: Arc::new(State {
                 config,
-                sessions: Mutex::new(HashMap::new()),
-                stats: Mutex::new(HashMap::new()),
+                inner: Mutex::new(Inner {
+                    core,
+                    connections: HashMap::new(),
+                    stats: HashMap::new(),
+                    armed: None,
+                }),
+                timer: Arc::new(Notify::new()),
+                timer_started: AtomicBool::new(false),
             }),
         }
     }
 
     /// Starts counting the bytes of `session_id`; the counters live until [`Hub::end`].
     pub fn register(&self, session_id: &str) -> Arc<ChannelStats> {
-        lock(&self.state.stats)
+        lock(&self.state.inner)
+            .stats
             .entry(session_id.to_owned())
             .or_default()
             .clone()
@@ -242,45 +259,24 @@ impl Hub {
 
     /// Which sides of `session_id` are connected now: `(client, agent)`.
     pub fn connected(&self, session_id: &str) -> (bool, bool) {
-        let sessions = lock(&self.state.sessions);
-        sessions.get(session_id).map_or((false, false), |slot| {
-            (
-                slot.sides[0].connection.is_some(),
-                slot.sides[1].connection.is_some(),
-            )
-        })
+        lock(&self.state.inner).core.connected(session_id)
     }
 
     /// Ends `session_id` for good: both sides get `channel_closed` with `output` after what is
     /// already queued toward them, then their connections close; unused tokens are revoked.
     pub fn end(&self, session_id: &str, output: &str) {
         self.state.config.tokens.revoke_session(session_id);
-        lock(&self.state.stats).remove(session_id);
-        let mut sessions = lock(&self.state.sessions);
-        let Some(slot) = sessions.get_mut(session_id) else {
-            return;
-        };
-        for endpoint in &mut slot.sides {
-            let frame = channel_closed_frame(session_id, output);
-            endpoint.outbox_bytes += frame.len();
-            endpoint.outbox.push_back(frame);
-            endpoint.closing = true;
-            endpoint.writer.notify_one();
-        }
+        self.state.with_core(|inner| {
+            inner.stats.remove(session_id);
+            inner.core.end(Instant::now(), session_id, output);
+        });
     }
 
     /// Drops `side`'s connection of `session_id` abruptly (no Close frame), as a network
     /// failure would. Returns whether there was one.
     pub fn disconnect(&self, session_id: &str, side: Role) -> bool {
-        let sessions = lock(&self.state.sessions);
-        let Some(kill) = sessions
-            .get(session_id)
-            .and_then(|slot| slot.sides[index(side)].connection.as_ref())
-        else {
-            return false;
-        };
-        kill.notify_one();
-        true
+        self.state
+            .with_core(|inner| inner.core.disconnect(Instant::now(), session_id, side))
     }
 }
 
@@ -356,42 +352,114 @@ impl Drop for Relay {
     }
 }
 
+/// The core and what its events are carried out with; one lock for all sessions.
 struct State {
     config: RelayConfig,
-    sessions: Mutex<HashMap<String, Slot>>,
-    stats: Mutex<HashMap<String, Arc<ChannelStats>>>,
+    inner: Mutex<Inner>,
+    /// Wakes the timer task when the core's deadline moves earlier, or the state goes away.
+    timer: Arc<Notify>,
+    timer_started: AtomicBool,
 }
 
-/// Both sides of one session.
+struct Inner {
+    core: relay::Relay,
+    /// The wake-ups of each attached connection's task.
+    connections: HashMap<ConnectionId, Arc<Signals>>,
+    stats: HashMap<String, Arc<ChannelStats>>,
+    /// The deadline the timer task sleeps until.
+    armed: Option<Instant>,
+}
+
+/// How the core's events reach one connection's task.
 #[derive(Default)]
-struct Slot {
-    sides: [Endpoint; 2],
-    stats: Arc<ChannelStats>,
+struct Signals {
+    /// [`Event::Transmit`] and [`Event::Close`].
+    writer: Notify,
+    /// [`Event::Readable`].
+    reader: Notify,
+    /// [`Event::Drop`].
+    kill: Notify,
+    /// [`Event::Close`] came: send a Close frame once the queue is written.
+    closing: AtomicBool,
 }
 
-/// One side of a session: its current connection and the messages waiting to be written to
-/// it.
-#[derive(Default)]
-struct Endpoint {
-    /// Set while connected: notified to drop the connection.
-    connection: Option<Arc<Notify>>,
-    generation: u64,
-    outbox: VecDeque<Bytes>,
-    outbox_bytes: usize,
-    /// Whether this side was last told to pause.
-    paused: bool,
-    /// The session was ended: close the connection once the outbox is written.
-    closing: bool,
-    /// Wakes this side's writer when its outbox gains messages.
-    writer: Arc<Notify>,
-    /// Wakes this side's reader when the other side's outbox drains.
-    reader: Arc<Notify>,
+impl State {
+    /// Runs `f` on the core, then carries out the events it caused.
+    fn with_core<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
+        let mut inner = lock(&self.inner);
+        let result = f(&mut inner);
+        inner.dispatch(&self.timer);
+        result
+    }
+
+    /// Starts the task that runs the core's timers, once per hub (inside the runtime).
+    fn start_timers(self: &Arc<Self>) {
+        if !self.timer_started.swap(true, Ordering::Relaxed) {
+            tokio::spawn(run_timers(Arc::downgrade(self), self.timer.clone()));
+        }
+    }
 }
 
-fn index(side: Role) -> usize {
-    match side {
-        Role::Client => 0,
-        Role::Agent => 1,
+impl Drop for State {
+    fn drop(&mut self) {
+        self.timer.notify_one(); // the timer task sees the state gone and ends
+    }
+}
+
+impl Inner {
+    fn dispatch(&mut self, timer: &Notify) {
+        while let Some(event) = self.core.poll_event() {
+            match event {
+                Event::Transmit(conn) => self.signal(conn, |signals| signals.writer.notify_one()),
+                Event::Readable(conn) => self.signal(conn, |signals| signals.reader.notify_one()),
+                Event::Close(conn) => self.signal(conn, |signals| {
+                    signals.closing.store(true, Ordering::Relaxed);
+                    signals.writer.notify_one();
+                }),
+                Event::Drop(conn) => {
+                    if let Some(signals) = self.connections.remove(&conn) {
+                        signals.kill.notify_one();
+                    }
+                }
+                // The gateway ends such sessions itself; the counters wait for that.
+                Event::Abandoned(_) => {}
+            }
+        }
+        let deadline = self.core.poll_timeout();
+        if deadline.is_some_and(|at| self.armed.is_none_or(|armed| at < armed)) {
+            self.armed = deadline;
+            timer.notify_one();
+        }
+    }
+
+    fn signal(&self, conn: ConnectionId, f: impl FnOnce(&Signals)) {
+        if let Some(signals) = self.connections.get(&conn) {
+            f(signals);
+        }
+    }
+}
+
+/// Sleeps until the core's next deadline and handles it, while the hub exists.
+async fn run_timers(state: Weak<State>, wake: Arc<Notify>) {
+    loop {
+        let deadline = {
+            let Some(state) = state.upgrade() else { return };
+            let mut inner = lock(&state.inner);
+            inner.armed = inner.core.poll_timeout();
+            inner.armed
+        };
+        match deadline {
+            Some(at) => {
+                let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(at));
+                tokio::select! {
+                    () = sleep => {}
+                    () = wake.notified() => {}
+                }
+            }
+            None => wake.notified().await,
+        }
+        let Some(state) = state.upgrade() else { return };
+        state.with_core(|inner| inner.core.handle_timeout(Instant::now()));
     }
 }
 
@@ -461,8 +529,22 @@ where
         Ok(Some(Ok(Message::Text(text)))) => opening_side(&state, &session_id, text.as_bytes()),
         _ => Err("expected the opening message"),
     };
-    let side = match side {
-        Ok(side) => side,
+    let attached = side.and_then(|side| {
+        state.with_core(|inner| {
+            let now = Instant::now();
+            inner.core.set_wall_clock(now, wall_ms());
+            let conn = inner
+                .core
+                .attach(now, &session_id, side)
+                .map_err(|_| "the session has ended")?;
+            let signals = Arc::new(Signals::default());
+            inner.connections.insert(conn, signals.clone());
+            let stats = inner.stats.get(&session_id).cloned();
+            Ok((conn, side, signals, stats))
+        })
+    });
+    let (conn, side, signals, stats) = match attached {
+        Ok(attached) => attached,
         Err(reason) => {
             let close = CloseFrame {
                 code: CloseCode::Policy,
@@ -472,18 +554,19 @@ where
             return;
         }
     };
+    state.start_timers();
+    let counter = stats.map(|stats| (stats, side));
     let (sink, mut stream) = ws.split();
-    let (kill, generation) = attach(&state, &session_id, side);
     let ended = tokio::select! {
-        () = kill.notified() => Ended::Dropped,
-        () = forward_in(&state, &session_id, side, &mut stream) => Ended::Dropped,
-        ended = forward_out(&state, &session_id, side, sink) => ended,
+        () = signals.kill.notified() => Ended::Dropped,
+        () = forward_in(&state, conn, &signals, counter, &mut stream) => Ended::Dropped,
+        ended = forward_out(&state, conn, &signals, sink) => ended,
     };
-    detach(&state, &session_id, side, generation);
     if ended == Ended::Closed {
-        // Closing handshake: read (and discard) until the peer's Close. Dropping the socket
-        // with its data unread would make the kernel reset the connection, and the peer could
-        // lose the channel_closed still in its receive buffer and try to resume.
+        // Closing handshake: read (and discard) until the peer's Close, or until the core
+        // gives up on it. Dropping the socket with its data unread would make the kernel reset
+        // the connection, and the peer could lose the channel_closed still in its receive
+        // buffer and try to resume.
         let drain = async {
             while let Some(Ok(message)) = stream.next().await {
                 if message.is_close() {
@@ -491,8 +574,16 @@ where
                 }
             }
         };
-        let _ = tokio::time::timeout(CLOSE_LINGER, drain).await;
+        tokio::select! {
+            () = signals.kill.notified() => {}
+            () = drain => {}
+        }
     }
+    state.with_core(|inner| {
+        inner.connections.remove(&conn);
+        // Already detached if it was dropped or replaced.
+        let _ = inner.core.detach(Instant::now(), conn);
+    });
 }
 
 /// How a connection's writer stopped.
@@ -503,9 +594,6 @@ enum Ended {
     /// The connection failed or was replaced.
     Dropped,
 }
-
-/// How long a connection ended by the session waits for the peer's Close frame.
-const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 /// Which side the opening message is from, if its token is valid for this session. Both
 /// openings read as the agent's shape; only the agent's names an instance (SPEC §4.1, §4.2).
@@ -526,158 +614,17 @@ fn opening_side(state: &State, session_id: &str, text: &[u8]) -> Result<Role, &'
     }
 }
 
-/// Registers a new connection for `side`, replacing (and dropping) any previous one.
-fn attach(state: &State, session_id: &str, side: Role) -> (Arc<Notify>, u64) {
-    let mut sessions = lock(&state.sessions);
-    let slot = sessions
-        .entry(session_id.to_owned())
-        .or_insert_with(|| Slot {
-            sides: Default::default(),
-            stats: lock(&state.stats)
-                .get(session_id)
-                .cloned()
-                .unwrap_or_default(),
-        });
-    let endpoint = &mut slot.sides[index(side)];
-    if let Some(previous) = endpoint.connection.take() {
-        previous.notify_one();
-    }
-    let kill = Arc::new(Notify::new());
-    endpoint.connection = Some(kill.clone());
-    endpoint.generation += 1;
-    // A new connection starts unpaused (the session resumes on a new transport).
-    endpoint.paused = false;
-    let generation = endpoint.generation;
-    let writer = endpoint.writer.clone();
-    update_publication(state, session_id, slot, side);
-    update_publication(state, session_id, slot, other(side));
-    writer.notify_one();
-    (kill, generation)
-}
-
-fn detach(state: &State, session_id: &str, side: Role, generation: u64) {
-    let mut sessions = lock(&state.sessions);
-    let Some(slot) = sessions.get_mut(session_id) else {
-        return;
-    };
-    let endpoint = &mut slot.sides[index(side)];
-    if endpoint.generation != generation {
-        return; // already replaced by a newer connection
-    }
-    endpoint.connection = None;
-    if slot
-        .sides
-        .iter()
-        .all(|endpoint| endpoint.connection.is_none())
-    {
-        sessions.remove(session_id);
-        return;
-    }
-    update_publication(state, session_id, slot, other(side));
-}
-
-fn other(side: Role) -> Role {
-    match side {
-        Role::Client => Role::Agent,
-        Role::Agent => Role::Client,
-    }
-}
-
-/// Tells `side` to pause or start publishing, if its peer's presence or backlog changed that.
-fn update_publication(state: &State, session_id: &str, slot: &mut Slot, side: Role) {
-    let peer = &slot.sides[index(other(side))];
-    let pause = if peer.connection.is_none() || peer.outbox_bytes > state.config.soft_limit {
-        true
-    } else if peer.outbox_bytes <= state.config.soft_limit / 2 {
-        false
-    } else {
-        return; // between the marks: leave it as it is
-    };
-    let endpoint = &mut slot.sides[index(side)];
-    if endpoint.connection.is_none() || endpoint.paused == pause {
-        return;
-    }
-    endpoint.paused = pause;
-    let message_type = match pause {
-        true => MessageType::PausePublication,
-        false => MessageType::StartPublication,
-    };
-    let frame = publication_frame(message_type, session_id);
-    // Ahead of queued data: it is about what the side should send, not what it receives.
-    endpoint.outbox_bytes += frame.len();
-    endpoint.outbox.push_front(frame);
-    endpoint.writer.notify_one();
-}
-
-/// The `channel_closed` frame that ends a session at either side (SPEC §4.4).
-fn channel_closed_frame(session_id: &str, output: &str) -> Bytes {
-    let message_id = random_uuid();
-    let payload = ChannelClosed {
-        message_id: message_id.to_string(),
-        created_date: wall_ms().to_string(),
-        destination_id: session_id.to_owned(),
-        session_id: session_id.to_owned(),
-        message_type: MessageType::ChannelClosed.to_string(),
-        schema_version: 1,
-        output: output.to_owned(),
-    };
-    relay_frame(
-        MessageType::ChannelClosed,
-        message_id,
-        payload.to_json().into(),
-    )
-}
-
-fn random_uuid() -> uuid::Uuid {
-    let mut id = [0; 16];
-    SystemEntropy::new().fill(&mut id);
-    uuid::Builder::from_random_bytes(id).into_uuid()
-}
-
-fn wall_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |elapsed| elapsed.as_millis() as u64)
-        .max(1)
-}
-
-/// A frame the relay itself originates (sequence 0, flags SYN|FIN, no payload type).
-fn relay_frame(message_type: MessageType, message_id: uuid::Uuid, payload: Bytes) -> Bytes {
-    Frame {
-        message_type,
-        schema_version: SCHEMA_VERSION,
-        created_date: wall_ms(),
-        sequence_number: 0,
-        flags: Frame::FLAG_SYN | Frame::FLAG_FIN,
-        message_id,
-        payload_type: PayloadType::Unset,
-        payload,
-    }
-    .to_bytes()
-    .unwrap_or_default()
-}
-
-/// A `pause_publication` / `start_publication` frame. No peer reads the payload (SPEC §4.5,
-/// §15): ours names the message and the session, as `channel_closed` does.
-fn publication_frame(message_type: MessageType, session_id: &str) -> Bytes {
-    let payload = serde_json::json!({
-        "MessageType": message_type.to_string(),
-        "SchemaVersion": 1,
-        "SessionId": session_id,
-    });
-    relay_frame(message_type, random_uuid(), payload.to_string().into())
-}
-
-/// Reads `side` and queues its messages toward the other side.
+/// Reads the connection and hands its messages to the core; while the queue toward the peer
+/// is full it stops reading and offers the refused message again when the core says so.
 async fn forward_in<S>(
     state: &State,
-    session_id: &str,
-    side: Role,
+    conn: ConnectionId,
+    signals: &Signals,
+    counter: Option<(Arc<ChannelStats>, Role)>,
     stream: &mut SplitStream<WebSocketStream<S>>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let to = other(side);
     while let Some(Ok(message)) = stream.next().await {
         let data = match message {
             Message::Binary(data) => data,
@@ -686,76 +633,54 @@ async fn forward_in<S>(
             _ => continue, // pings are answered by tungstenite
         };
         loop {
-            let full = {
-                let mut sessions = lock(&state.sessions);
-                let Some(slot) = sessions.get_mut(session_id) else {
-                    return;
-                };
-                let queue = &mut slot.sides[index(to)];
-                if queue.outbox_bytes > state.config.hard_limit {
-                    Some(slot.sides[index(side)].reader.clone())
-                } else {
-                    queue.outbox_bytes += data.len();
-                    queue.outbox.push_back(data.clone());
-                    queue.writer.notify_one();
-                    let counter = match side {
-                        Role::Client => &slot.stats.client_to_agent,
-                        Role::Agent => &slot.stats.agent_to_client,
-                    };
-                    counter.fetch_add(data.len() as u64, Ordering::Relaxed);
-                    update_publication(state, session_id, slot, side);
-                    None
+            let received =
+                state.with_core(|inner| inner.core.receive(Instant::now(), conn, data.clone()));
+            match received {
+                Ok(()) => {
+                    if let Some((stats, side)) = &counter {
+                        let total = match side {
+                            Role::Client => &stats.client_to_agent,
+                            Role::Agent => &stats.agent_to_client,
+                        };
+                        total.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    }
+                    break;
                 }
-            };
-            match full {
-                Some(drained) => drained.notified().await,
-                None => break,
+                Err(Refused::Full) => signals.reader.notified().await,
+                // Ended or replaced: the writer or the kill signal ends this connection.
+                Err(_) => break,
             }
         }
     }
 }
 
-/// Writes what is queued toward `side`.
+/// Writes what the core hands out for the connection; after the session's end, a Close.
 async fn forward_out<S>(
     state: &State,
-    session_id: &str,
-    side: Role,
+    conn: ConnectionId,
+    signals: &Signals,
     mut sink: SplitSink<WebSocketStream<S>, Message>,
 ) -> Ended
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let from = other(side);
     let mut batch = Vec::with_capacity(WRITE_BATCH);
     loop {
-        let wake = {
-            let mut sessions = lock(&state.sessions);
-            let Some(slot) = sessions.get_mut(session_id) else {
-                return Ended::Dropped;
-            };
-            let endpoint = &mut slot.sides[index(side)];
+        state.with_core(|inner| {
+            let now = Instant::now();
             while batch.len() < WRITE_BATCH {
-                let Some(message) = endpoint.outbox.pop_front() else {
-                    break;
-                };
-                endpoint.outbox_bytes -= message.len();
-                batch.push(message);
+                match inner.core.poll_transmit(now, conn) {
+                    Some(message) => batch.push(message),
+                    None => break,
+                }
             }
-            let writer = endpoint.writer.clone();
-            let finished = endpoint.closing && endpoint.outbox.is_empty();
-            if !batch.is_empty() {
-                slot.sides[index(from)].reader.notify_one();
-                update_publication(state, session_id, slot, from);
-            }
-            (writer, finished)
-        };
-        let (wake, finished) = wake;
-        if batch.is_empty() && finished {
-            let _ = sink.send(Message::Close(None)).await;
-            return Ended::Closed;
-        }
+        });
         if batch.is_empty() {
-            wake.notified().await;
+            if signals.closing.load(Ordering::Relaxed) {
+                let _ = sink.send(Message::Close(None)).await;
+                return Ended::Closed;
+            }
+            signals.writer.notified().await;
             continue;
         }
         for message in batch.drain(..) {
