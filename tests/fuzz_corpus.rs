@@ -35,6 +35,12 @@ fn smux_stream_corpus() {
 }
 
 #[test]
+fn relay_ops_corpus() {
+    fuzzing::relay_ops(&[]);
+    run_corpus("relay", fuzzing::relay_ops);
+}
+
+#[test]
 fn gateway_inputs_corpus() {
     run_corpus("gateway_inputs", fuzzing::gateway_inputs);
 }
