@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 use crate::crypto::DATA_KEY_LEN;
 use crate::kms::{DataKey, EncryptionContext, KeyProvider, KmsError, KmsFuture};
 use crate::net::TlsConfig;
-use crate::net::http::{self, Endpoint, HttpError};
+use crate::net::http::{self, Endpoint, EndpointError, HttpError};
 use crate::sigv4::{self, Credentials};
 
 /// How long one call may take.
@@ -40,13 +40,14 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 pub enum ApiCallError {
     /// The endpoint URL is unusable.
     #[error("bad endpoint: {0}")]
-    Endpoint(String),
+    Endpoint(#[from] EndpointError),
     /// The request did not get an answer.
     #[error("{endpoint} did not answer: {error}")]
     Transport {
         /// The endpoint called.
         endpoint: String,
         /// What failed.
+        #[source]
         error: HttpError,
     },
     /// The service refused the call (`__type` and `message` of the AWS error).
@@ -103,7 +104,7 @@ impl ApiClient {
         tls: TlsConfig,
     ) -> Result<ApiClient, ApiCallError> {
         Ok(ApiClient {
-            endpoint: Endpoint::parse(endpoint).map_err(ApiCallError::Endpoint)?,
+            endpoint: Endpoint::parse(endpoint)?,
             url: endpoint.to_owned(),
             region: region.to_owned(),
             credentials,
@@ -149,7 +150,7 @@ impl ApiClient {
         target: Option<&str>,
         body: &Value,
     ) -> Result<Value, ApiCallError> {
-        let body = body.to_string().into_bytes();
+        let body = bytes::Bytes::from(body.to_string());
         let mut headers = vec![
             ("host".to_owned(), self.endpoint.authority()),
             (
@@ -180,7 +181,7 @@ impl ApiClient {
             &self.tls,
             path,
             &headers,
-            &body,
+            body,
             CALL_TIMEOUT,
         )
         .await

@@ -1,5 +1,5 @@
-//! End to end with the real programs: the `gateway`, `agent` and `client` examples as
-//! processes on loopback. `cargo test` builds them next to the test binaries.
+//! End to end with the real programs: `ssm-gateway`, `ssm-agent` and
+//! `session-manager-plugin` as processes on loopback. `cargo test` builds them.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -18,23 +18,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 #[path = "support/external.rs"]
 mod external;
 
+/// The programs of `src/bin/`, which cargo builds for integration tests.
 fn program(name: &str) -> PathBuf {
-    let deps = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let path = deps
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        path.exists(),
-        "{} not built; run the tests with `cargo test`",
-        path.display()
-    );
-    path
+    PathBuf::from(match name {
+        "gateway" => env!("CARGO_BIN_EXE_ssm-gateway"),
+        "agent" => env!("CARGO_BIN_EXE_ssm-agent"),
+        "client" => env!("CARGO_BIN_EXE_session-manager-plugin"),
+        other => panic!("no program {other}"),
+    })
 }
 
 /// A child process killed when dropped.

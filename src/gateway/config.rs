@@ -44,6 +44,39 @@ pub struct GatewayConfig {
     /// How long a data-channel token may wait before it is used.
     #[serde(default = "default_token_lifetime")]
     pub token_lifetime_secs: u64,
+    /// Time and size limits on what clients send.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// How long and how much a peer may take, so that no connection holds the gateway's memory
+/// or a task without bound. The defaults suit clients across the internet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct Limits {
+    /// A connection must complete its TLS handshake within this.
+    pub tls_handshake_timeout_secs: u64,
+    /// A request head must arrive within this (the first one counted from the connection).
+    pub header_read_timeout_secs: u64,
+    /// A request, body included, must be read and answered within this.
+    pub request_timeout_secs: u64,
+    /// Largest request body (API calls are a few hundred bytes; KMS blobs a few KiB).
+    pub max_body_bytes: usize,
+    /// Connections served at once; more wait in the kernel's accept queue.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            tls_handshake_timeout_secs: 10,
+            header_read_timeout_secs: 15,
+            request_timeout_secs: 30,
+            max_body_bytes: 1 << 20,
+            max_connections: 10_000,
+        }
+    }
 }
 
 fn default_token_lifetime() -> u64 {
@@ -149,6 +182,17 @@ pub enum ConfigError {
     /// The configuration contradicts itself.
     #[error("invalid configuration: {0}")]
     Invalid(String),
+    /// A policy document is refused.
+    #[error("policy {name:?}: {source}")]
+    Policy {
+        /// Its name in `policies`.
+        name: String,
+        /// What is wrong with it.
+        source: crate::policy::PolicyError,
+    },
+    /// A session document in `documents_dir` is refused.
+    #[error("documents: {0}")]
+    Documents(#[source] crate::document::DocumentError),
 }
 
 impl GatewayConfig {
@@ -283,6 +327,7 @@ impl GatewayConfig {
                 aliases: vec![DEV_KEY_ALIAS.into()],
             }],
             token_lifetime_secs: default_token_lifetime(),
+            limits: Limits::default(),
         };
         (config, setup)
     }
