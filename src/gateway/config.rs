@@ -408,3 +408,18 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     file.sync_all()?;
     std::fs::rename(&temporary, path)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_example_configuration_is_valid() {
+        let text = include_str!("../../dist/gateway.example.json");
+        let config: GatewayConfig = serde_json::from_str(text).unwrap();
+        config.check().unwrap();
+        super::super::auth::Auth::build(&config).unwrap();
+        assert_eq!(config.limits, Limits::default());
+        assert_eq!(config.state_dir, Path::new("/var/lib/ssm-gateway"));
+    }
+}
