@@ -110,7 +110,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     let gateway = Gateway::start(config.clone(), Some(config_path.clone())).await?;
     tracing::info!(
-        listen = %config.listen,
+        listen = %gateway.local_addr(),
         endpoint = gateway.endpoint(),
         scheme = if config.tls.is_some() { "https" } else { "http" },
         region = %config.region,

@@ -116,6 +116,7 @@ fn io_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> GatewayError {
 /// A running gateway; dropping it stops it at once, [`Gateway::shutdown`] gracefully.
 pub struct Gateway {
     endpoint: String,
+    local_addr: SocketAddr,
     service: Arc<Service>,
     tasks: JoinSet<()>,
 }
@@ -174,6 +175,7 @@ impl Gateway {
         }
         Ok(Gateway {
             endpoint,
+            local_addr: addr,
             service,
             tasks,
         })
@@ -183,6 +185,11 @@ impl Gateway {
     /// the name generated certificates are made for).
     pub fn endpoint(&self) -> &str {
         &self.endpoint
+    }
+
+    /// The address the gateway listens on (the port chosen when `listen` asked for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
     }
 
     /// Re-reads the configuration file, swaps in its principals, policies, agents and
