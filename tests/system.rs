@@ -1092,6 +1092,20 @@ fn sigterm_ends_live_sessions_as_gateway_shutdown_and_exits_zero() {
             && record["end_reason"] == "gateway_shutdown"
     });
     assert!(ended, "the shutdown is in the audit log");
+    // The agents' control channels close after the sessions end, and the chain is whole.
+    let records = system.audit();
+    let end_at = records
+        .iter()
+        .position(|record| record["end_reason"] == "gateway_shutdown")
+        .unwrap();
+    assert!(
+        records[end_at..]
+            .iter()
+            .any(|record| record["event"] == "agent.disconnect"),
+        "no agent.disconnect after the session ended"
+    );
+    let log = std::fs::File::open(system.state.join("audit.jsonl")).unwrap();
+    ssm_session::audit::verify(BufReader::new(log)).unwrap();
 }
 
 /// A gateway in this process with short limits, for HTTP-level tests.

@@ -59,6 +59,11 @@ impl Registry {
             .is_ok()
     }
 
+    /// Whether any agent's control channel is open.
+    pub(super) fn any_online(&self) -> bool {
+        lock(&self.agents).values().any(Presence::online)
+    }
+
     pub(super) fn presence(&self, agent_id: &str) -> Option<Presence> {
         lock(&self.agents).get(agent_id).cloned()
     }
@@ -127,7 +132,7 @@ impl Service {
         let (mut sink, mut stream) = ws.split();
         let why = loop {
             tokio::select! {
-                () = self.stopping.cancelled() => {
+                () = self.closing_agents.cancelled() => {
                     let _ = sink.send(Message::Close(None)).await;
                     break "the gateway is shutting down";
                 }

@@ -114,6 +114,7 @@ impl Service {
         call: &mut Call,
     ) -> Result<Value, ApiError> {
         let name = caller.user()?;
+        self.refuse_if_stopping()?;
         let input: StartSessionInput = parse(body)?;
         let document_name = input
             .document_name
@@ -222,6 +223,18 @@ impl Service {
         }))
     }
 
+    /// Sessions started during shutdown would end at once: refuse them plainly.
+    fn refuse_if_stopping(&self) -> Result<(), ApiError> {
+        match self.stopping.is_cancelled() {
+            true => Err(ApiError::new(
+                503,
+                "ServiceUnavailable",
+                "the gateway is shutting down",
+            )),
+            false => Ok(()),
+        }
+    }
+
     /// `ws(s)://<the host the caller used>/v1/data-channel/<id>?role=publish_subscribe`.
     fn stream_url(&self, request: &ApiRequest, session_id: &str) -> String {
         let host = request.header("host").unwrap_or("localhost");
@@ -267,6 +280,7 @@ impl Service {
         call: &mut Call,
     ) -> Result<Value, ApiError> {
         let name = caller.user()?;
+        self.refuse_if_stopping()?;
         let input: SessionIdInput = parse(body)?;
         self.own_live_session(name, "ssm:ResumeSession", &input.session_id, call)?;
         let token = self.tokens.issue(&input.session_id, Role::Client);

@@ -36,8 +36,10 @@ pub(super) struct Service {
     audit: Mutex<ChainWriter<std::fs::File>>,
     /// The same file as `audit`'s, for fsync.
     audit_file: std::fs::File,
-    /// Cancelled when the gateway shuts down: stop accepting, close control channels.
+    /// Cancelled when the gateway starts shutting down: stop accepting, start no session.
     pub(super) stopping: CancellationToken,
+    /// Cancelled once sessions have ended: close the agents' control channels.
+    pub(super) closing_agents: CancellationToken,
 }
 
 /// What [`Service::new`] needs besides the configuration.
@@ -70,6 +72,7 @@ impl Service {
             audit: Mutex::new(parts.audit),
             audit_file: parts.audit_file,
             stopping: CancellationToken::new(),
+            closing_agents: CancellationToken::new(),
         }
     }
 
@@ -132,29 +135,42 @@ impl Service {
         }
     }
 
-    /// Ends every live session (`gateway_shutdown`), then waits up to `flush` for the relay to
-    /// deliver what it had queued toward both ends, `channel_closed` last.
+    /// Ends every live session (`gateway_shutdown`), waits up to `flush` for the relay to
+    /// deliver what it had queued toward both ends (`channel_closed` last), then closes the
+    /// agents' control channels (waiting up to `flush` again for their last records).
     pub(super) async fn end_all(&self, flush: Duration) {
-        let ended: Vec<String> = self
-            .sessions
-            .live_ids()
-            .into_iter()
-            .filter(|id| {
-                self.end(
-                    id,
-                    EndReason::GatewayShutdown,
-                    None,
-                    "the gateway is shutting down",
-                )
-            })
-            .collect();
-        let deadline = tokio::time::Instant::now() + flush;
-        while ended
-            .iter()
-            .any(|id| self.hub.connected(id) != (false, false))
-            && tokio::time::Instant::now() < deadline
-        {
-            tokio::time::sleep(FLUSH_POLL).await;
-        }
+        let end_live = || {
+            self.sessions
+                .live_ids()
+                .into_iter()
+                .filter(|id| {
+                    self.end(
+                        id,
+                        EndReason::GatewayShutdown,
+                        None,
+                        "the gateway is shutting down",
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        let ended = end_live();
+        wait_until(flush, || {
+            ended
+                .iter()
+                .all(|id| self.hub.connected(id) == (false, false))
+        })
+        .await;
+        // A StartSession that was already past its check when shutdown began.
+        end_live();
+        self.closing_agents.cancel();
+        wait_until(flush, || !self.agents.any_online()).await;
+    }
+}
+
+/// Polls `done` until it holds or `limit` has passed.
+async fn wait_until(limit: Duration, done: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !done() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(FLUSH_POLL).await;
     }
 }
