@@ -228,8 +228,12 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// Spawns `command` and reads the JSON line it prints on stdout.
+/// Spawns `command` and reads the JSON line it prints on stdout. Its log shows warnings and
+/// errors only (set `RUST_LOG` to see more).
 fn spawn_with_line(mut command: Command) -> (Running, Value) {
+    if std::env::var_os("RUST_LOG").is_none() {
+        command.env("RUST_LOG", "warn");
+    }
     let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
