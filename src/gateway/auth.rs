@@ -1,8 +1,7 @@
 //! Who is calling and what they may do: SigV4 verification against the configured principals
 //! and agents, policy evaluation, the session documents and the KMS key names (one immutable
-//! [`Auth`] per configuration, swapped whole on reload), and the one place where the API and
-//! the KMS endpoint authenticate and authorise a request ([`Service::authenticate`],
-//! [`Service::authorize`]).
+//! [`Auth`] per configuration, swapped whole on reload), and the request, caller and error
+//! types the API and the KMS endpoint share. Nothing here depends on the running service.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -12,8 +11,6 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::config::{ConfigError, GatewayConfig};
-use super::service::Service;
-use super::wall_ms;
 use crate::audit::{EventKind, Record};
 use crate::document::DocumentStore;
 use crate::policy::{self, Policy};
@@ -225,6 +222,24 @@ impl Auth {
         })
     }
 
+    /// Who signed `request` at `now` (Unix seconds): a principal, or else an agent.
+    pub(super) fn verify(&self, request: &ApiRequest, now: u64) -> Result<Caller, ApiError> {
+        let verified = sigv4::verify(&request.signed(), |key| self.secret(key), now)
+            .map_err(|error| ApiError::new(400, error.aws_code(), error.to_string()))?;
+        let key = verified.access_key_id;
+        match self.users.get(&key) {
+            Some(user) => Ok(Caller::User(user.name.clone())),
+            None => Ok(Caller::Agent(key)),
+        }
+    }
+
+    /// Which agent signed `request` at `now`; principals' keys are not accepted.
+    pub(super) fn verify_agent(&self, request: &ApiRequest, now: u64) -> Result<String, String> {
+        sigv4::verify(&request.signed(), |key| self.agents.get(key).cloned(), now)
+            .map(|verified| verified.access_key_id)
+            .map_err(|error| format!("{}: {error}", error.aws_code()))
+    }
+
     fn secret(&self, access_key_id: &str) -> Option<String> {
         self.users
             .get(access_key_id)
@@ -281,76 +296,5 @@ impl Auth {
     /// The key id behind a key id, alias or ARN.
     pub(super) fn key_id(&self, name: &str) -> Option<String> {
         self.keys.get(name).cloned()
-    }
-}
-
-impl Service {
-    /// Verifies the request's signature against principals and agents: who is calling.
-    pub(super) fn authenticate(&self, request: &ApiRequest) -> Result<Caller, ApiError> {
-        let auth = self.auth();
-        let verified = sigv4::verify(&request.signed(), |key| auth.secret(key), wall_ms() / 1000)
-            .map_err(|error| ApiError::new(400, error.aws_code(), error.to_string()))?;
-        let key = verified.access_key_id;
-        match auth.users.get(&key) {
-            Some(user) => Ok(Caller::User(user.name.clone())),
-            None => Ok(Caller::Agent(key)),
-        }
-    }
-
-    /// Verifies a control-channel upgrade signed by `agent_id`; refusals are audited.
-    pub(super) fn authenticate_agent(
-        &self,
-        request: &ApiRequest,
-        agent_id: &str,
-        peer: std::net::SocketAddr,
-    ) -> Result<(), ApiError> {
-        let auth = self.auth();
-        let verified = sigv4::verify(
-            &request.signed(),
-            |key| auth.agents.get(key).cloned(),
-            wall_ms() / 1000,
-        );
-        let refusal = match verified {
-            Ok(verified) if verified.access_key_id == agent_id => return Ok(()),
-            Ok(verified) => format!(
-                "agent {} may not open the control channel of {agent_id}",
-                verified.access_key_id
-            ),
-            Err(error) => format!("{}: {error}", error.aws_code()),
-        };
-        tracing::info!(%agent_id, %peer, reason = %refusal, "control channel refused");
-        let mut record = Record::new(EventKind::ApiCall);
-        record.action = Some("ssmmessages:OpenControlChannel".into());
-        record.source = Some(peer.to_string());
-        record.target = Some(agent_id.to_owned());
-        record.decision = Some("deny".into());
-        record.reason = Some(refusal.clone());
-        self.audit(record);
-        Err(ApiError::new(403, "AccessDeniedException", refusal))
-    }
-
-    /// Checks that `name`'s policies allow `action` on `resources`, noting the allowing
-    /// statement in the call's audit record.
-    pub(super) fn authorize(
-        &self,
-        name: &str,
-        action: &str,
-        resources: &[String],
-        call: &mut Call,
-    ) -> Result<(), ApiError> {
-        match self.auth().authorize(name, action, resources) {
-            Ok(statement) => {
-                call.record.reason = Some(statement);
-                Ok(())
-            }
-            Err(why) => Err(ApiError::new(
-                400,
-                "AccessDeniedException",
-                format!(
-                    "User: arn:aws:iam::{}:user/{name} is not authorized to perform: {action}: {why}",
-                    self.account
-                ),
-            )),
-        }
     }
 }

@@ -2,6 +2,7 @@
 //! per running gateway. The API, KMS, agent and session operations are its methods, in the
 //! files named after them.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -9,7 +10,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::agents::Registry;
-use super::auth::Auth;
+use super::auth::{ApiError, ApiRequest, Auth, Call, Caller};
 use super::config::{ConfigError, GatewayConfig, Limits};
 use super::sessions::Sessions;
 use super::{lock, wall_ms};
@@ -82,6 +83,60 @@ impl Service {
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone()
+    }
+
+    /// Verifies the request's signature against principals and agents: who is calling. The
+    /// API and the KMS endpoint both authenticate here.
+    pub(super) fn authenticate(&self, request: &ApiRequest) -> Result<Caller, ApiError> {
+        self.auth().verify(request, wall_ms() / 1000)
+    }
+
+    /// Verifies a control-channel upgrade signed by `agent_id`; refusals are audited.
+    pub(super) fn authenticate_agent(
+        &self,
+        request: &ApiRequest,
+        agent_id: &str,
+        peer: SocketAddr,
+    ) -> Result<(), ApiError> {
+        let refusal = match self.auth().verify_agent(request, wall_ms() / 1000) {
+            Ok(id) if id == agent_id => return Ok(()),
+            Ok(id) => format!("agent {id} may not open the control channel of {agent_id}"),
+            Err(why) => why,
+        };
+        tracing::info!(%agent_id, %peer, reason = %refusal, "control channel refused");
+        let mut record = Record::new(EventKind::ApiCall);
+        record.action = Some("ssmmessages:OpenControlChannel".into());
+        record.source = Some(peer.to_string());
+        record.target = Some(agent_id.to_owned());
+        record.decision = Some("deny".into());
+        record.reason = Some(refusal.clone());
+        self.audit(record);
+        Err(ApiError::new(403, "AccessDeniedException", refusal))
+    }
+
+    /// Checks that `name`'s policies allow `action` on `resources`, noting the allowing
+    /// statement in the call's audit record. The API and the KMS endpoint both authorise here.
+    pub(super) fn authorize(
+        &self,
+        name: &str,
+        action: &str,
+        resources: &[String],
+        call: &mut Call,
+    ) -> Result<(), ApiError> {
+        match self.auth().authorize(name, action, resources) {
+            Ok(statement) => {
+                call.record.reason = Some(statement);
+                Ok(())
+            }
+            Err(why) => Err(ApiError::new(
+                400,
+                "AccessDeniedException",
+                format!(
+                    "User: arn:aws:iam::{}:user/{name} is not authorized to perform: {action}: {why}",
+                    self.account
+                ),
+            )),
+        }
     }
 
     /// Swaps in the configuration file's principals, policies, agents and documents, and ends
