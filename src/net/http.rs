@@ -1,6 +1,6 @@
 //! The client side of the JSON API calls the agent and the client make: one signed `POST` on a
 //! fresh connection through hyper, HTTP/2 when TLS negotiates it (ALPN `h2`), HTTP/1.1
-//! otherwise. Answers are read whole but never beyond [`MAX_BODY`], and the whole exchange
+//! otherwise. Answers are read whole but never beyond 1 MiB, and the whole exchange
 //! has a deadline, so a hostile or stuck endpoint cannot hold memory or a caller forever.
 
 use std::sync::Arc;
@@ -33,7 +33,7 @@ pub enum HttpError {
     /// The request could not be built from the endpoint and path.
     #[error("invalid request: {0}")]
     Request(#[from] hyper::http::Error),
-    /// The answer body is above [`MAX_BODY`].
+    /// The answer body is above 1 MiB.
     #[error("the answer is larger than {MAX_BODY} bytes")]
     TooLarge,
     /// No complete answer in time.
