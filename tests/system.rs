@@ -1160,8 +1160,8 @@ fn describe_sessions_request(
     headers.extend(signature);
     let mut builder = hyper::Request::post(uri);
     for (name, value) in &headers {
-        // HTTP/2 carries the host as :authority.
-        if name != "host" {
+        // HTTP/2 carries the host as :authority, from an absolute URI.
+        if name != "host" || uri.starts_with('/') {
             builder = builder.header(name.as_str(), value.as_str());
         }
     }
@@ -1240,6 +1240,30 @@ fn api_calls_work_over_http2_by_prior_knowledge_and_by_alpn() {
             .await
             .unwrap();
         assert!(answer["Sessions"].is_array(), "{answer}");
+        drop(gateway);
+        let _ = std::fs::remove_dir_all(state);
+    });
+}
+
+#[test]
+fn http1_connections_stay_open_between_calls() {
+    use http_body_util::BodyExt;
+    use hyper_util::rt::TokioIo;
+    runtime().block_on(async {
+        let (gateway, dev, state) = limited_gateway("keepalive", false).await;
+        let authority = gateway.endpoint().trim_start_matches("http://").to_owned();
+        let tcp = tokio::net::TcpStream::connect(&authority).await.unwrap();
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        for _ in 0..3 {
+            let request = describe_sessions_request(&dev, "/", &authority);
+            let response = sender.send_request(request).await.unwrap();
+            assert_eq!(response.version(), hyper::Version::HTTP_11);
+            assert_eq!(response.status(), 200);
+            response.into_body().collect().await.unwrap();
+        }
         drop(gateway);
         let _ = std::fs::remove_dir_all(state);
     });

@@ -184,6 +184,8 @@ where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let (response, _connection) = if h2 {
+        // HTTP/2 carries the (signed) host as `:authority`, from the URI.
+        request.headers_mut().remove(hyper::header::HOST);
         let (mut sender, connection) = http2::handshake(TokioExecutor::new(), io).await?;
         let connection = AbortOnDrop(tokio::spawn(async move {
             let _ = connection.await;
