@@ -1,6 +1,6 @@
 //! The gateway's configuration file: who may sign requests (principals and their policies),
-//! which agents may connect, the KMS keys, and where state goes. Everything but the listening
-//! address, TLS and the state directory is re-read on reload.
+//! which agents may connect, the KMS keys, where state goes and the limits on peers. Everything
+//! but the listening address, TLS, the state directory and the limits is re-read on reload.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -50,7 +50,8 @@ pub struct GatewayConfig {
 }
 
 /// How long and how much a peer may take, so that no connection holds the gateway's memory
-/// or a task without bound. The defaults suit clients across the internet.
+/// or a task without bound. The defaults suit clients across the internet; a timeout of 0
+/// counts as 1 second (there is no "unlimited").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 #[non_exhaustive]
