@@ -1258,6 +1258,8 @@ fn http1_connections_stay_open_between_calls() {
             .unwrap();
         tokio::spawn(connection);
         for _ in 0..3 {
+            // Fails if the gateway closed the connection after the previous answer.
+            sender.ready().await.unwrap();
             let request = describe_sessions_request(&dev, "/", &authority);
             let response = sender.send_request(request).await.unwrap();
             assert_eq!(response.version(), hyper::Version::HTTP_11);
