@@ -30,7 +30,7 @@ use serde_json::{Value, json};
 use crate::crypto::DATA_KEY_LEN;
 use crate::kms::{DataKey, EncryptionContext, KeyProvider, KmsError, KmsFuture};
 use crate::net::TlsConfig;
-use crate::net::http::{self, Endpoint, HttpError};
+use crate::net::http::{self, Endpoint, EndpointError, HttpError};
 use crate::sigv4::{self, Credentials};
 
 /// How long one call may take.
@@ -42,13 +42,14 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 pub enum ApiCallError {
     /// The endpoint URL is unusable.
     #[error("bad endpoint: {0}")]
-    Endpoint(String),
+    Endpoint(#[from] EndpointError),
     /// The request did not get an answer.
     #[error("{endpoint} did not answer: {error}")]
     Transport {
         /// The endpoint called.
         endpoint: String,
         /// What failed.
+        #[source]
         error: HttpError,
     },
     /// The service refused the call (`__type` and `message` of the AWS error).
@@ -175,7 +176,7 @@ impl ApiClient {
         tls: TlsConfig,
     ) -> Result<ApiClient, ApiCallError> {
         Ok(ApiClient {
-            endpoint: Endpoint::parse(endpoint).map_err(ApiCallError::Endpoint)?,
+            endpoint: Endpoint::parse(endpoint)?,
             url: endpoint.to_owned(),
             region: region.to_owned(),
             credentials,
@@ -224,7 +225,7 @@ impl ApiClient {
                     operation: target.unwrap_or(path).to_owned(),
                     source,
                 })?;
-        let body = body.to_string().into_bytes();
+        let body = bytes::Bytes::from(body.to_string());
         let mut headers = vec![
             ("host".to_owned(), self.endpoint.authority()),
             (
@@ -255,7 +256,7 @@ impl ApiClient {
             &self.tls,
             path,
             &headers,
-            &body,
+            body,
             CALL_TIMEOUT,
         )
         .await

@@ -1,5 +1,5 @@
 //! End to end with the real programs: `ssm-gateway`, `ssm-agent` and
-//! `session-manager-plugin` as processes on loopback.
+//! `session-manager-plugin` as processes on loopback. `cargo test` builds them.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use ssm_session::aws::ApiClient;
 use ssm_session::client::SessionClient;
-use ssm_session::gateway::{self, DEV_ENCRYPTED_SHELL, GatewayConfig};
+use ssm_session::gateway::{self, DEV_ENCRYPTED_SHELL, Gateway, GatewayConfig};
 use ssm_session::net::{Ending, Incoming, TlsConfig};
 use ssm_session::sigv4::Credentials;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -18,7 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 #[path = "support/external.rs"]
 mod external;
 
-/// The installed programs, as `cargo test` builds them.
+/// The programs of `src/bin/`, which cargo builds for integration tests.
 fn program(name: &str) -> PathBuf {
     PathBuf::from(match name {
         "gateway" => env!("CARGO_BIN_EXE_ssm-gateway"),
@@ -228,8 +228,12 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// Spawns `command` and reads the JSON line it prints on stdout.
+/// Spawns `command` and reads the JSON line it prints on stdout. Its log shows warnings and
+/// errors only (set `RUST_LOG` to see more).
 fn spawn_with_line(mut command: Command) -> (Running, Value) {
+    if std::env::var_os("RUST_LOG").is_none() {
+        command.env("RUST_LOG", "warn");
+    }
     let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -1169,4 +1173,305 @@ fn agent_stops_gracefully_on_sigterm() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+#[test]
+fn sigterm_ends_live_sessions_as_gateway_shutdown_and_exits_zero() {
+    let mut system = System::start_with("shutdown", |_| {});
+    let target = system.field("agent_id").to_owned();
+    let sessions = system.admin();
+    let runtime = runtime();
+    let (started, mut connection) = runtime.block_on(async {
+        let started = sessions
+            .start_session(&target, None, BTreeMap::new())
+            .await
+            .unwrap();
+        let mut connection = sessions.connect(&started).await.unwrap();
+        connection
+            .write_all(b"echo alive-$((40+2))\n")
+            .await
+            .unwrap();
+        let mut seen = Vec::new();
+        while !text(&seen).contains("alive-42") {
+            match tokio::time::timeout(Duration::from_secs(10), connection.recv())
+                .await
+                .unwrap()
+            {
+                Some(Incoming::Data(bytes)) => seen.extend_from_slice(&bytes),
+                other => panic!("no output: {other:?}"),
+            }
+        }
+        (started, connection)
+    });
+    let pid = system._gateway.0.id().to_string();
+    let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(status.success());
+    let exit = wait_exit(&mut system._gateway.0, Duration::from_secs(15));
+    assert!(exit.success(), "ssm-gateway exited with {exit}");
+    let ending = runtime.block_on(async {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), connection.recv())
+                .await
+                .unwrap()
+            {
+                Some(Incoming::Ended(ending)) => break ending,
+                Some(_) => {}
+                None => panic!("no ending"),
+            }
+        }
+    });
+    assert!(
+        matches!(&ending, Ending::ChannelClosed { output } if output.contains("shutting down")),
+        "{ending}"
+    );
+    let ended = system.audit().into_iter().any(|record| {
+        record["event"] == "session.end"
+            && record["session_id"] == started.session_id.as_str()
+            && record["end_reason"] == "gateway_shutdown"
+    });
+    assert!(ended, "the shutdown is in the audit log");
+    // The agents' control channels close after the sessions end, and the chain is whole.
+    let records = system.audit();
+    let end_at = records
+        .iter()
+        .position(|record| record["end_reason"] == "gateway_shutdown")
+        .unwrap();
+    assert!(
+        records[end_at..]
+            .iter()
+            .any(|record| record["event"] == "agent.disconnect"),
+        "no agent.disconnect after the session ended"
+    );
+    let log = std::fs::File::open(system.state.join("audit.jsonl")).unwrap();
+    ssm_session::audit::verify(BufReader::new(log)).unwrap();
+}
+
+/// A gateway in this process with short limits, for HTTP-level tests.
+async fn limited_gateway(name: &str, tls: bool) -> (Gateway, gateway::DevEnvironment, PathBuf) {
+    let state = temp_dir(name);
+    let mut dev = gateway::prepare_dev(&state, "127.0.0.1:0".parse().unwrap(), tls).unwrap();
+    dev.config.limits.header_read_timeout_secs = 1;
+    dev.config.limits.request_timeout_secs = 2;
+    let gateway = Gateway::start(dev.config.clone(), None).await.unwrap();
+    (gateway, dev, state)
+}
+
+/// A signed `DescribeSessions` request for `authority`, as hyper sends it.
+fn describe_sessions_request(
+    dev: &gateway::DevEnvironment,
+    uri: &str,
+    authority: &str,
+) -> hyper::Request<http_body_util::Full<bytes::Bytes>> {
+    let body = br#"{"State":"Active"}"#;
+    let mut headers = vec![
+        ("host".to_owned(), authority.to_owned()),
+        (
+            "content-type".to_owned(),
+            "application/x-amz-json-1.1".to_owned(),
+        ),
+        (
+            "x-amz-target".to_owned(),
+            "AmazonSSM.DescribeSessions".to_owned(),
+        ),
+    ];
+    let request = ssm_session::sigv4::Request {
+        method: "POST",
+        path: "/",
+        query: "",
+        headers: &headers,
+        body,
+    };
+    let credentials = Credentials::new(
+        dev.setup.access_key_id.as_str(),
+        dev.setup.secret_access_key.as_str(),
+        None,
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let signature = ssm_session::sigv4::sign(&request, &credentials, "us-east-1", "ssm", now);
+    headers.extend(signature);
+    let mut builder = hyper::Request::post(uri);
+    for (name, value) in &headers {
+        // HTTP/2 carries the host as :authority, from an absolute URI.
+        if name != "host" || uri.starts_with('/') {
+            builder = builder.header(name.as_str(), value.as_str());
+        }
+    }
+    builder
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(body)))
+        .unwrap()
+}
+
+#[test]
+fn api_calls_work_over_http2_by_prior_knowledge_and_by_alpn() {
+    use http_body_util::BodyExt;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    runtime().block_on(async {
+        // Cleartext HTTP/2 (prior knowledge).
+        let (gateway, dev, state) = limited_gateway("h2c", false).await;
+        let authority = gateway.endpoint().trim_start_matches("http://").to_owned();
+        let tcp = tokio::net::TcpStream::connect(&authority).await.unwrap();
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        let request = describe_sessions_request(&dev, &format!("http://{authority}/"), &authority);
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.version(), hyper::Version::HTTP_2);
+        assert_eq!(response.status(), 200);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let json: Value = serde_json::from_slice(&body).unwrap();
+        assert!(json["Sessions"].is_array(), "{json}");
+        drop(gateway);
+        let _ = std::fs::remove_dir_all(state);
+
+        // TLS offers h2 by ALPN; the crate's own client takes it.
+        let (gateway, dev, state) = limited_gateway("h2-alpn", true).await;
+        let ca = std::fs::read(dev.ca_cert.as_ref().unwrap()).unwrap();
+        let tls = TlsConfig::with_root_pem(&ca).unwrap();
+        let port = gateway.endpoint().rsplit(':').next().unwrap().to_owned();
+        let mut roots = rustls::RootCertStore::empty();
+        use rustls::pki_types::pem::PemObject;
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&ca) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let mut client = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        client.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port.parse::<u16>().unwrap()))
+            .await
+            .unwrap();
+        let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client))
+            .connect("localhost".try_into().unwrap(), tcp)
+            .await
+            .unwrap();
+        assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        let api = ApiClient::new(
+            gateway.endpoint(),
+            "us-east-1",
+            Credentials::new(
+                dev.setup.access_key_id.as_str(),
+                dev.setup.secret_access_key.as_str(),
+                None,
+            ),
+            tls,
+        )
+        .unwrap();
+        let answer = api
+            .call(
+                "ssm",
+                "AmazonSSM.DescribeSessions",
+                &serde_json::json!({"State": "Active"}),
+            )
+            .await
+            .unwrap();
+        assert!(answer["Sessions"].is_array(), "{answer}");
+        drop(gateway);
+        let _ = std::fs::remove_dir_all(state);
+    });
+}
+
+#[test]
+fn http1_connections_stay_open_between_calls() {
+    use http_body_util::BodyExt;
+    use hyper_util::rt::TokioIo;
+    runtime().block_on(async {
+        let (gateway, dev, state) = limited_gateway("keepalive", false).await;
+        let authority = gateway.endpoint().trim_start_matches("http://").to_owned();
+        let tcp = tokio::net::TcpStream::connect(&authority).await.unwrap();
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        for _ in 0..3 {
+            // Fails if the gateway closed the connection after the previous answer.
+            sender.ready().await.unwrap();
+            let request = describe_sessions_request(&dev, "/", &authority);
+            let response = sender.send_request(request).await.unwrap();
+            assert_eq!(response.version(), hyper::Version::HTTP_11);
+            assert_eq!(response.status(), 200);
+            response.into_body().collect().await.unwrap();
+        }
+        drop(gateway);
+        let _ = std::fs::remove_dir_all(state);
+    });
+}
+
+/// Writes `bytes`, then reads whatever the gateway answers until it closes (at most 10 s);
+/// the answer and how long it took.
+async fn exchange_raw(authority: &str, bytes: &[u8], hold_open: bool) -> (String, Duration) {
+    let mut socket = tokio::net::TcpStream::connect(authority).await.unwrap();
+    let started = Instant::now();
+    let _ = socket.write_all(bytes).await;
+    if !hold_open {
+        let _ = socket.shutdown().await;
+    }
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), socket.read_to_end(&mut answer)).await;
+    (text(&answer), started.elapsed())
+}
+
+#[test]
+fn oversized_bodies_and_slow_requests_are_refused_in_bounded_time() {
+    runtime().block_on(async {
+        let (gateway, _dev, state) = limited_gateway("limits", false).await;
+        let authority = gateway.endpoint().trim_start_matches("http://").to_owned();
+
+        // A declared body above 1 MiB: refused at once, before any of it is read.
+        let (answer, took) = exchange_raw(
+            &authority,
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n",
+            true,
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer:?}");
+        assert!(answer.contains("RequestEntityTooLarge"), "{answer:?}");
+        assert!(took < Duration::from_secs(2), "took {took:?}");
+
+        // A chunked body that grows past the limit.
+        let mut chunked =
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        for _ in 0..20 {
+            chunked.extend_from_slice(b"10000\r\n");
+            chunked.extend_from_slice(&[b'a'; 0x10000]);
+            chunked.extend_from_slice(b"\r\n");
+        }
+        let (answer, _) = exchange_raw(&authority, &chunked, true).await;
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer:?}");
+
+        // A head that never ends: closed after the header timeout (1 s here).
+        let (answer, took) =
+            exchange_raw(&authority, b"POST / HTTP/1.1\r\nHost: x\r\n", true).await;
+        assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+            "{answer:?}"
+        );
+        assert!(took < Duration::from_secs(4), "took {took:?}");
+
+        // A connection that sends nothing at all.
+        let (answer, took) = exchange_raw(&authority, b"", true).await;
+        assert!(answer.is_empty(), "{answer:?}");
+        assert!(took < Duration::from_secs(4), "took {took:?}");
+
+        // A body that stops coming: 408 after the request timeout (2 s here).
+        let (answer, took) = exchange_raw(
+            &authority,
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"State\":",
+            true,
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+        assert!(took < Duration::from_secs(5), "took {took:?}");
+
+        drop(gateway);
+        let _ = std::fs::remove_dir_all(state);
+    });
 }

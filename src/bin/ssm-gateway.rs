@@ -1,51 +1,90 @@
-//! The gateway program: `--dev` for a generated configuration on 127.0.0.1, or `--config FILE`.
-//! SIGHUP (or editing the file) reloads policies and revokes sessions no longer allowed.
+//! The gateway program: `--config FILE` (JSON, see `dist/gateway.example.json`), or `--dev`
+//! for a generated configuration on 127.0.0.1 whose credentials it prints as one JSON line.
+//! SIGHUP (or editing the file) reloads policies and revokes sessions no longer allowed;
+//! SIGTERM or Ctrl-C shuts down gracefully (sessions end as `gateway_shutdown`) and exits 0.
 //!
 //! ```text
-//! cargo run --example gateway -- --dev [--tls]
-//! cargo run --example gateway -- --config gateway.json
+//! ssm-gateway --config /etc/ssm-gateway/config.json [--listen ADDR] [--state-dir DIR]
+//!             [--tls-cert PEM --tls-key PEM] [--log-format text|json]
+//! ssm-gateway --dev [--tls] [--listen ADDR] [--state-dir DIR]
 //! ```
+//! Each flag can also come from the environment (`SSM_GATEWAY_CONFIG`, `SSM_GATEWAY_LISTEN`,
+//! `SSM_GATEWAY_STATE_DIR`, `SSM_GATEWAY_TLS_CERT`, `SSM_GATEWAY_TLS_KEY`,
+//! `SSM_GATEWAY_LOG_FORMAT`); flags and variables override the file's fields. Log records go
+//! to standard error, filtered by `RUST_LOG` (default `info`).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Parser;
-use ssm_session::gateway::{self, Gateway, GatewayConfig};
+use ssm_session::cli::{self, LogFormat};
+use ssm_session::gateway::{self, Gateway, GatewayConfig, TlsFiles};
 use tokio::signal::unix::{SignalKind, signal};
 
 #[derive(Parser)]
-#[command(about = "Session Manager gateway: API, policies, agents, relay and audit")]
+#[command(
+    name = "ssm-gateway",
+    about = "Session Manager gateway: API, policies, agents, relay and audit",
+    disable_version_flag = true
+)]
 struct Args {
-    /// Generate a development configuration and print its credentials as one JSON line.
-    #[arg(long, conflicts_with = "config")]
-    dev: bool,
-    /// Serve https/wss with a generated certificate (with --dev).
-    #[arg(long, requires = "dev")]
-    tls: bool,
-    /// Address to listen on (with --dev).
-    #[arg(long, default_value = "127.0.0.1:0")]
-    listen: std::net::SocketAddr,
-    /// Where --dev keeps its configuration, audit log and recordings (default: a new
-    /// directory under the system temporary directory).
-    #[arg(long)]
-    state_dir: Option<PathBuf>,
-    /// A configuration file.
-    #[arg(long, required_unless_present = "dev")]
+    /// The configuration file (JSON).
+    #[arg(long, env = "SSM_GATEWAY_CONFIG", required_unless_present_any = ["dev", "version"], conflicts_with = "dev")]
     config: Option<PathBuf>,
+    /// Generate a development configuration and print its credentials as one JSON line.
+    #[arg(long)]
+    dev: bool,
+    /// Serve https/wss with a generated self-signed certificate (with --dev).
+    #[arg(long, requires = "dev", conflicts_with = "tls_cert")]
+    tls: bool,
+    /// Address to listen on (default with --dev: 127.0.0.1 on any free port).
+    #[arg(long, env = "SSM_GATEWAY_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Where the audit log, recordings and KMS master key live (with --dev also the
+    /// generated configuration; default: a new directory under the temporary directory).
+    #[arg(long, env = "SSM_GATEWAY_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// PEM certificate chain to serve https/wss with, leaf first.
+    #[arg(long, env = "SSM_GATEWAY_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM (PKCS#8) private key of --tls-cert.
+    #[arg(long, env = "SSM_GATEWAY_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// How log records are written to standard error.
+    #[arg(long, env = "SSM_GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Print the version and exit.
+    #[arg(long, short = 'V')]
+    version: bool,
 }
 
 #[tokio::main]
 async fn main() {
-    if let Err(error) = run(Args::parse()).await {
-        eprintln!("gateway: {error}");
+    let args = Args::parse();
+    if args.version {
+        println!("{}", cli::version_line("ssm-gateway"));
+        return;
+    }
+    if let Err(error) = cli::init_logging(args.log_format, "info") {
+        eprintln!("ssm-gateway: {error}");
+        std::process::exit(2);
+    }
+    if let Err(error) = run(args).await {
+        tracing::error!(%error, "ssm-gateway stopped");
         std::process::exit(1);
     }
 }
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let (config, config_path, line) = match args.config {
+    tracing::info!("{}", cli::version_line("ssm-gateway"));
+    let tls_files = match (args.tls_cert, args.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+        _ => None,
+    };
+    let (mut config, config_path, dev) = match args.config {
         Some(path) => (GatewayConfig::load(&path)?, path, None),
         None => {
-            let dir = match args.state_dir {
+            let dir = match args.state_dir.clone() {
                 Some(dir) => dir,
                 None => std::env::temp_dir().join(format!(
                     "ssm-session-dev-{}-{}",
@@ -55,48 +94,55 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                         .as_millis()
                 )),
             };
-            let dev = gateway::prepare_dev(&dir, args.listen, args.tls)?;
-            (
-                dev.config,
-                dev.config_path.clone(),
-                Some((dev.setup, dev.ca_cert, dev.config_path)),
-            )
+            let listen = args.listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
+            let dev = gateway::prepare_dev(&dir, listen, args.tls)?;
+            (dev.config.clone(), dev.config_path.clone(), Some(dev))
         }
     };
-    let gateway = Gateway::start(config, Some(config_path)).await?;
-    if let Some((setup, ca_cert, config_path)) = line {
-        let mut json = serde_json::json!({
-            "endpoint": gateway.endpoint(),
-            "region": setup.region,
-            "access_key_id": setup.access_key_id,
-            "secret_access_key": setup.secret_access_key,
-            "restricted_access_key_id": setup.restricted_access_key_id,
-            "restricted_secret_access_key": setup.restricted_secret_access_key,
-            "agent_id": setup.agent_id,
-            "agent_secret": setup.agent_secret,
-            "kms_key_id": setup.kms_key_id,
-            "config": config_path,
-            "audit_log": gateway.audit_path(),
-        });
-        if let Some(ca) = ca_cert {
-            json["ca_cert"] = serde_json::json!(ca);
-        }
-        println!("{json}");
-    } else {
-        let json = serde_json::json!({
-            "endpoint": gateway.endpoint(),
-            "audit_log": gateway.audit_path(),
-        });
-        println!("{json}");
+    if let Some(listen) = args.listen {
+        config.listen = listen;
     }
+    if let Some(dir) = args.state_dir {
+        config.state_dir = dir;
+    }
+    if let Some(files) = tls_files {
+        config.tls = Some(files);
+    }
+    let gateway = Gateway::start(config.clone(), Some(config_path.clone())).await?;
+    tracing::info!(
+        listen = %gateway.local_addr(),
+        endpoint = gateway.endpoint(),
+        scheme = if config.tls.is_some() { "https" } else { "http" },
+        region = %config.region,
+        account = %config.account,
+        config = %config_path.display(),
+        audit_log = %gateway.audit_path().display(),
+        "serving"
+    );
+    // One JSON line on standard output, for scripts and tests: where to connect and, with
+    // --dev, the generated credentials.
+    let mut line = serde_json::json!({
+        "endpoint": gateway.endpoint(),
+        "audit_log": gateway.audit_path(),
+    });
+    if let Some(dev) = dev {
+        let setup = serde_json::to_value(&dev.setup)?;
+        if let (Some(line), Some(setup)) = (line.as_object_mut(), setup.as_object()) {
+            line.extend(setup.clone());
+            line.insert("config".into(), serde_json::json!(dev.config_path));
+            if let Some(ca) = dev.ca_cert {
+                line.insert("ca_cert".into(), serde_json::json!(ca));
+            }
+        }
+    }
+    println!("{line}");
+
     let mut hangup = signal(SignalKind::hangup())?;
     let mut terminate = signal(SignalKind::terminate())?;
     loop {
         tokio::select! {
-            _ = hangup.recv() => match gateway.reload() {
-                Ok(revoked) => eprintln!("gateway: reloaded; revoked {} sessions", revoked.len()),
-                Err(error) => eprintln!("gateway: reload refused: {error}"),
-            },
+            // `reload` logs its outcome, revocations included.
+            _ = hangup.recv() => { let _ = gateway.reload(); }
             _ = terminate.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }

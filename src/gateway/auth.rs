@@ -1,26 +1,31 @@
 //! Who is calling and what they may do: SigV4 verification against the configured principals
-//! and agents, policy evaluation, the session documents and the KMS key names. One immutable
-//! value per configuration, swapped whole on reload.
+//! and agents, policy evaluation, the session documents and the KMS key names (one immutable
+//! [`Auth`] per configuration, swapped whole on reload), and the request, caller and error
+//! types the API and the KMS endpoint share. Nothing here depends on the running service.
 
 use std::collections::HashMap;
 use std::fmt;
 
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::Value;
+
 use super::config::{ConfigError, GatewayConfig};
+use crate::audit::{EventKind, Record};
 use crate::document::DocumentStore;
-use crate::net::http::HttpRequest;
 use crate::policy::{self, Policy};
 use crate::sigv4;
 
-/// An API error in AWS terms.
+/// An API error in AWS terms: what the caller is told.
 #[derive(Debug)]
-pub(crate) struct ApiError {
-    pub(crate) status: u16,
-    pub(crate) code: &'static str,
-    pub(crate) message: String,
+pub(super) struct ApiError {
+    pub(super) status: u16,
+    pub(super) code: &'static str,
+    pub(super) message: String,
 }
 
 impl ApiError {
-    pub(crate) fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
+    pub(super) fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
         ApiError {
             status,
             code,
@@ -35,9 +40,67 @@ impl fmt::Display for ApiError {
     }
 }
 
+/// A request as the API, the KMS endpoint and signature checks see it, whatever the HTTP
+/// version: lower-case header names, `host` always present (HTTP/2 carries it as the
+/// `:authority`), the whole (size-limited) body.
+#[derive(Debug)]
+pub(super) struct ApiRequest {
+    pub(super) method: String,
+    pub(super) path: String,
+    pub(super) query: String,
+    pub(super) headers: Vec<(String, String)>,
+    pub(super) body: Bytes,
+}
+
+impl ApiRequest {
+    pub(super) fn new(parts: &hyper::http::request::Parts, body: Bytes) -> Result<Self, ApiError> {
+        let mut headers = Vec::with_capacity(parts.headers.len() + 1);
+        for (name, value) in &parts.headers {
+            let value = value.to_str().map_err(|_| {
+                ApiError::new(
+                    400,
+                    "SerializationException",
+                    format!("header {name} is not visible ASCII"),
+                )
+            })?;
+            headers.push((name.as_str().to_owned(), value.to_owned()));
+        }
+        if !parts.headers.contains_key(hyper::header::HOST)
+            && let Some(authority) = parts.uri.authority()
+        {
+            headers.push(("host".to_owned(), authority.as_str().to_owned()));
+        }
+        Ok(ApiRequest {
+            method: parts.method.as_str().to_owned(),
+            path: parts.uri.path().to_owned(),
+            query: parts.uri.query().unwrap_or("").to_owned(),
+            headers,
+            body,
+        })
+    }
+
+    /// The first header called `name` (lower case).
+    pub(super) fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+
+    fn signed(&self) -> sigv4::Request<'_> {
+        sigv4::Request {
+            method: &self.method,
+            path: &self.path,
+            query: &self.query,
+            headers: &self.headers,
+            body: &self.body,
+        }
+    }
+}
+
 /// A verified caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Caller {
+pub(super) enum Caller {
     /// A principal, by name.
     User(String),
     /// An agent, by id.
@@ -45,11 +108,42 @@ pub(crate) enum Caller {
 }
 
 impl Caller {
-    pub(crate) fn name(&self) -> &str {
+    pub(super) fn name(&self) -> &str {
         match self {
             Caller::User(name) | Caller::Agent(name) => name,
         }
     }
+
+    /// The principal's name; agents may not call user operations.
+    pub(super) fn user(&self) -> Result<&str, ApiError> {
+        match self {
+            Caller::User(name) => Ok(name),
+            Caller::Agent(id) => Err(ApiError::new(
+                400,
+                "AccessDeniedException",
+                format!("agent identity {id} may not call session APIs"),
+            )),
+        }
+    }
+}
+
+/// The audit record of the call being answered, filled in as facts become known.
+pub(super) struct Call {
+    pub(super) record: Record,
+}
+
+impl Call {
+    pub(super) fn new(source: std::net::SocketAddr) -> Call {
+        let mut record = Record::new(EventKind::ApiCall);
+        record.source = Some(source.to_string());
+        Call { record }
+    }
+}
+
+/// Reads an operation's input from its JSON body.
+pub(super) fn parse<T: for<'de> Deserialize<'de>>(body: Value) -> Result<T, ApiError> {
+    serde_json::from_value(body)
+        .map_err(|error| ApiError::new(400, "ValidationException", error.to_string()))
 }
 
 struct User {
@@ -58,7 +152,8 @@ struct User {
     policies: Vec<(String, Policy)>,
 }
 
-pub(crate) struct Auth {
+/// One configuration's view of identities, policies, documents and key names.
+pub(super) struct Auth {
     users: HashMap<String, User>,
     agents: HashMap<String, String>,
     documents: DocumentStore,
@@ -66,11 +161,14 @@ pub(crate) struct Auth {
 }
 
 impl Auth {
-    pub(crate) fn build(config: &GatewayConfig) -> Result<Auth, ConfigError> {
+    pub(super) fn build(config: &GatewayConfig) -> Result<Auth, ConfigError> {
         let mut policies = HashMap::new();
         for (name, document) in &config.policies {
-            let policy = Policy::from_json(&document.to_string())
-                .map_err(|error| ConfigError::Invalid(format!("policy {name:?}: {error}")))?;
+            let policy =
+                Policy::from_json(&document.to_string()).map_err(|source| ConfigError::Policy {
+                    name: name.clone(),
+                    source,
+                })?;
             policies.insert(name.clone(), policy);
         }
         let users = config
@@ -99,9 +197,7 @@ impl Auth {
         if let Some(dir) = &config.documents_dir
             && dir.is_dir()
         {
-            documents
-                .load_dir(dir)
-                .map_err(|error| ConfigError::Invalid(format!("documents: {error}")))?;
+            documents.load_dir(dir).map_err(ConfigError::Documents)?;
         }
         let mut keys = HashMap::new();
         for key in &config.kms_keys {
@@ -126,9 +222,9 @@ impl Auth {
         })
     }
 
-    /// Verifies the request's signature against principals and agents.
-    pub(crate) fn verify(&self, request: &HttpRequest, now: u64) -> Result<Caller, ApiError> {
-        let verified = sigv4::verify(&signed(request), |key| self.secret(key), now)
+    /// Who signed `request` at `now` (Unix seconds): a principal, or else an agent.
+    pub(super) fn verify(&self, request: &ApiRequest, now: u64) -> Result<Caller, ApiError> {
+        let verified = sigv4::verify(&request.signed(), |key| self.secret(key), now)
             .map_err(|error| ApiError::new(400, error.aws_code(), error.to_string()))?;
         let key = verified.access_key_id;
         match self.users.get(&key) {
@@ -137,11 +233,11 @@ impl Auth {
         }
     }
 
-    /// Verifies a request signed by an agent; its id.
-    pub(crate) fn verify_agent(&self, request: &HttpRequest, now: u64) -> Result<String, ApiError> {
-        let verified = sigv4::verify(&signed(request), |key| self.agents.get(key).cloned(), now)
-            .map_err(|error| ApiError::new(403, error.aws_code(), error.to_string()))?;
-        Ok(verified.access_key_id)
+    /// Which agent signed `request` at `now`; principals' keys are not accepted.
+    pub(super) fn verify_agent(&self, request: &ApiRequest, now: u64) -> Result<String, String> {
+        sigv4::verify(&request.signed(), |key| self.agents.get(key).cloned(), now)
+            .map(|verified| verified.access_key_id)
+            .map_err(|error| format!("{}: {error}", error.aws_code()))
     }
 
     fn secret(&self, access_key_id: &str) -> Option<String> {
@@ -152,10 +248,8 @@ impl Auth {
     }
 
     /// `Ok(statement that allowed)` or `Err(why not)` for `action` on every resource.
-    pub(crate) fn authorize(
+    pub(super) fn authorize(
         &self,
-        region: &str,
-        account: &str,
         name: &str,
         action: &str,
         resources: &[String],
@@ -163,7 +257,6 @@ impl Auth {
         let Some(user) = self.users.values().find(|user| user.name == name) else {
             return Err(format!("principal {name} no longer exists"));
         };
-        let _ = (region, account);
         let resources: Vec<&str> = resources.iter().map(String::as_str).collect();
         let decision = policy::evaluate(
             &user.policies,
@@ -180,7 +273,7 @@ impl Auth {
     }
 
     /// Whether `name` may start a session on `target` with `document` now.
-    pub(crate) fn may_start(
+    pub(super) fn may_start(
         &self,
         region: &str,
         account: &str,
@@ -192,26 +285,16 @@ impl Auth {
             policy::target_arn(region, account, target),
             policy::document_arn(region, account, document),
         ];
-        self.authorize(region, account, name, "ssm:StartSession", &resources)
+        self.authorize(name, "ssm:StartSession", &resources)
             .map(drop)
     }
 
-    pub(crate) fn documents(&self) -> &DocumentStore {
+    pub(super) fn documents(&self) -> &DocumentStore {
         &self.documents
     }
 
     /// The key id behind a key id, alias or ARN.
-    pub(crate) fn key_id(&self, name: &str) -> Option<String> {
+    pub(super) fn key_id(&self, name: &str) -> Option<String> {
         self.keys.get(name).cloned()
-    }
-}
-
-fn signed(request: &HttpRequest) -> sigv4::Request<'_> {
-    sigv4::Request {
-        method: &request.method,
-        path: &request.path,
-        query: &request.query,
-        headers: &request.headers,
-        body: &request.body,
     }
 }

@@ -1,6 +1,6 @@
 //! The gateway's configuration file: who may sign requests (principals and their policies),
-//! which agents may connect, the KMS keys, and where state goes. Everything but the listening
-//! address, TLS and the state directory is re-read on reload.
+//! which agents may connect, the KMS keys, where state goes and the limits on peers. Everything
+//! but the listening address, TLS, the state directory and the limits is re-read on reload.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -44,6 +44,40 @@ pub struct GatewayConfig {
     /// How long a data-channel token may wait before it is used.
     #[serde(default = "default_token_lifetime")]
     pub token_lifetime_secs: u64,
+    /// Time and size limits on what clients send.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// How long and how much a peer may take, so that no connection holds the gateway's memory
+/// or a task without bound. The defaults suit clients across the internet; a timeout of 0
+/// counts as 1 second (there is no "unlimited").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct Limits {
+    /// A connection must complete its TLS handshake within this.
+    pub tls_handshake_timeout_secs: u64,
+    /// A request head must arrive within this (the first one counted from the connection).
+    pub header_read_timeout_secs: u64,
+    /// A request, body included, must be read and answered within this.
+    pub request_timeout_secs: u64,
+    /// Largest request body (API calls are a few hundred bytes; KMS blobs a few KiB).
+    pub max_body_bytes: usize,
+    /// Connections served at once; more wait in the kernel's accept queue.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            tls_handshake_timeout_secs: 10,
+            header_read_timeout_secs: 15,
+            request_timeout_secs: 30,
+            max_body_bytes: 1 << 20,
+            max_connections: 10_000,
+        }
+    }
 }
 
 fn default_token_lifetime() -> u64 {
@@ -149,6 +183,17 @@ pub enum ConfigError {
     /// The configuration contradicts itself.
     #[error("invalid configuration: {0}")]
     Invalid(String),
+    /// A policy document is refused.
+    #[error("policy {name:?}: {source}")]
+    Policy {
+        /// Its name in `policies`.
+        name: String,
+        /// What is wrong with it.
+        source: crate::policy::PolicyError,
+    },
+    /// A session document in `documents_dir` is refused.
+    #[error("documents: {0}")]
+    Documents(#[source] crate::document::DocumentError),
 }
 
 impl GatewayConfig {
@@ -283,6 +328,7 @@ impl GatewayConfig {
                 aliases: vec![DEV_KEY_ALIAS.into()],
             }],
             token_lifetime_secs: default_token_lifetime(),
+            limits: Limits::default(),
         };
         (config, setup)
     }
@@ -362,4 +408,19 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     file.write_all(bytes)?;
     file.sync_all()?;
     std::fs::rename(&temporary, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_example_configuration_is_valid() {
+        let text = include_str!("../../dist/gateway.example.json");
+        let config: GatewayConfig = serde_json::from_str(text).unwrap();
+        config.check().unwrap();
+        super::super::auth::Auth::build(&config).unwrap();
+        assert_eq!(config.limits, Limits::default());
+        assert_eq!(config.state_dir, Path::new("/var/lib/ssm-gateway"));
+    }
 }

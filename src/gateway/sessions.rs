@@ -11,11 +11,13 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use super::auth::Auth;
-use super::{Inner, lock, wall_ms};
+use super::service::Service;
+use super::{lock, wall_ms};
 use crate::audit::{EndReason, EventKind, Record};
 use crate::control::{ControlMessage, RecordingChunk, SessionReport, StreamReport};
+use crate::document::SessionType;
 use crate::net::relay::ChannelStats;
-use crate::payload::ChannelClosed;
+use crate::net::runtime::random_uuid;
 
 /// A session whose both data channels have been gone this long is over (`network_lost`).
 const ABANDONED_AFTER: Duration = Duration::from_secs(60);
@@ -29,14 +31,16 @@ const MAX_RECORDING: u64 = 256 << 20;
 
 /// One running session.
 #[derive(Debug)]
-pub(crate) struct LiveSession {
-    pub(crate) owner: String,
-    pub(crate) target: String,
-    pub(crate) document: String,
-    pub(crate) source: SocketAddr,
-    pub(crate) reason: Option<String>,
-    pub(crate) started_ms: u64,
+struct LiveSession {
+    owner: String,
+    target: String,
+    document: String,
+    source: SocketAddr,
+    reason: Option<String>,
+    started_ms: u64,
     started: Instant,
+    /// Every event of the session is logged in this span.
+    span: tracing::Span,
     stats: Arc<ChannelStats>,
     absent_since: Option<Instant>,
     recording: Option<std::fs::File>,
@@ -45,21 +49,33 @@ pub(crate) struct LiveSession {
     recording_truncated: bool,
 }
 
+/// What a new session is, as StartSession decided it.
+pub(super) struct NewSession<'a> {
+    pub(super) id: &'a str,
+    pub(super) owner: &'a str,
+    pub(super) target: &'a str,
+    pub(super) document: &'a str,
+    pub(super) session_type: SessionType,
+    pub(super) source: SocketAddr,
+    pub(super) reason: Option<String>,
+    pub(super) stats: Arc<ChannelStats>,
+}
+
 /// What DescribeSessions reports of a session.
 #[derive(Debug, Clone)]
-pub(crate) struct SessionSummary {
-    pub(crate) id: String,
-    pub(crate) owner: String,
-    pub(crate) target: String,
-    pub(crate) document: String,
-    pub(crate) reason: Option<String>,
-    pub(crate) started_ms: u64,
-    pub(crate) ended_ms: Option<u64>,
-    pub(crate) status: &'static str,
+pub(super) struct SessionSummary {
+    pub(super) id: String,
+    pub(super) owner: String,
+    pub(super) target: String,
+    pub(super) document: String,
+    pub(super) reason: Option<String>,
+    pub(super) started_ms: u64,
+    pub(super) ended_ms: Option<u64>,
+    pub(super) status: &'static str,
 }
 
 #[derive(Default)]
-pub(crate) struct Sessions {
+pub(super) struct Sessions {
     table: Mutex<Table>,
 }
 
@@ -70,28 +86,27 @@ struct Table {
 }
 
 impl Sessions {
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn insert(
-        &self,
-        id: &str,
-        owner: &str,
-        target: &str,
-        document: &str,
-        source: SocketAddr,
-        reason: Option<String>,
-        stats: Arc<ChannelStats>,
-    ) {
+    /// Adds a live session; its span.
+    pub(super) fn insert(&self, new: NewSession<'_>) -> tracing::Span {
+        let span = tracing::info_span!(
+            "session",
+            session_id = %new.id,
+            target = %new.target,
+            principal = %new.owner,
+            session_type = %new.session_type,
+        );
         lock(&self.table).live.insert(
-            id.to_owned(),
+            new.id.to_owned(),
             LiveSession {
-                owner: owner.to_owned(),
-                target: target.to_owned(),
-                document: document.to_owned(),
-                source,
-                reason,
+                owner: new.owner.to_owned(),
+                target: new.target.to_owned(),
+                document: new.document.to_owned(),
+                source: new.source,
+                reason: new.reason,
                 started_ms: wall_ms(),
                 started: Instant::now(),
-                stats,
+                span: span.clone(),
+                stats: new.stats,
                 absent_since: None,
                 recording: None,
                 recording_bytes: 0,
@@ -99,14 +114,23 @@ impl Sessions {
                 recording_truncated: false,
             },
         );
+        span
     }
 
-    pub(crate) fn live_ids(&self) -> Vec<String> {
+    /// The span of a live session.
+    pub(super) fn span(&self, id: &str) -> Option<tracing::Span> {
+        lock(&self.table)
+            .live
+            .get(id)
+            .map(|session| session.span.clone())
+    }
+
+    pub(super) fn live_ids(&self) -> Vec<String> {
         lock(&self.table).live.keys().cloned().collect()
     }
 
     /// Owner and target of a live session.
-    pub(crate) fn owner_and_target(&self, id: &str) -> Option<(String, String)> {
+    pub(super) fn owner_and_target(&self, id: &str) -> Option<(String, String)> {
         lock(&self.table)
             .live
             .get(id)
@@ -114,7 +138,7 @@ impl Sessions {
     }
 
     /// Owner and target of a live or recently ended session (late reports still count).
-    pub(crate) fn owner_and_target_any(&self, id: &str) -> Option<(String, String)> {
+    pub(super) fn owner_and_target_any(&self, id: &str) -> Option<(String, String)> {
         let table = lock(&self.table);
         if let Some(session) = table.live.get(id) {
             return Some((session.owner.clone(), session.target.clone()));
@@ -128,7 +152,7 @@ impl Sessions {
     }
 
     /// Live sessions first, then ended ones, newest first.
-    pub(crate) fn describe(&self, active: bool) -> Vec<SessionSummary> {
+    pub(super) fn describe(&self, active: bool) -> Vec<SessionSummary> {
         let table = lock(&self.table);
         match active {
             true => table
@@ -159,218 +183,225 @@ fn summary(
     }
 }
 
-/// Ends `id` once: tells both data channels (`channel_closed` with `output`) and the agent's
-/// control channel, and writes `session.end`. Later calls for the same id do nothing.
-pub(crate) fn end(
-    inner: &Inner,
-    id: &str,
-    reason: EndReason,
-    exit_code: Option<i32>,
-    output: &str,
-) -> bool {
-    let session = {
-        let mut table = lock(&inner.sessions.table);
-        let Some(session) = table.live.remove(id) else {
-            return false;
-        };
-        table
-            .history
-            .push_back(summary(id, &session, Some(wall_ms()), "Terminated"));
-        if table.history.len() > HISTORY {
-            table.history.pop_front();
-        }
-        session
-    };
-    let mut record = Record::new(EventKind::SessionEnd);
-    record.principal = Some(session.owner.clone());
-    record.source = Some(session.source.to_string());
-    record.target = Some(session.target.clone());
-    record.document = Some(session.document.clone());
-    record.session_id = Some(id.to_owned());
-    record.end_reason = Some(reason);
-    record.exit_code = exit_code;
-    record.duration_ms = Some(session.started.elapsed().as_millis() as u64);
-    record.bytes_client_to_target = Some(session.stats.client_to_agent.load(Ordering::Relaxed));
-    record.bytes_target_to_client = Some(session.stats.agent_to_client.load(Ordering::Relaxed));
-    if session.recording_chunks > 0 {
-        record.recording = Some(format!("recordings/{id}.cast"));
-        record.chunk_bytes = Some(session.recording_bytes);
-    }
-    let mut detail = output.to_owned();
-    if session.recording_truncated {
-        detail.push_str(" (recording truncated at the size limit)");
-    }
-    if !detail.is_empty() {
-        record.detail = Some(detail);
-    }
-    // Written before either end hears of it, so the log never lags what users saw.
-    inner.audit(record);
-    inner.hub.end(id, output);
-    let closed = ChannelClosed {
-        message_id: String::new(),
-        created_date: wall_ms().to_string(),
-        destination_id: id.to_owned(),
-        session_id: id.to_owned(),
-        message_type: "channel_closed".into(),
-        schema_version: 1,
-        output: output.to_owned(),
-    };
-    inner
-        .agents
-        .send(&session.target, ControlMessage::ChannelClosed(closed));
-    true
-}
-
-/// The agent finished a session.
-pub(crate) fn agent_report(inner: &Inner, agent_id: &str, report: SessionReport) {
-    let owned = inner
-        .sessions
-        .owner_and_target(&report.task_id)
-        .is_some_and(|(_, target)| target == agent_id);
-    if !owned {
-        return; // not this agent's session, or already ended by the gateway
-    }
-    let reason = report.end_reason;
-    end(
-        inner,
-        &report.task_id,
-        reason,
-        report.exit_code,
-        &report.output,
-    );
-}
-
-/// The agent sent the next piece of a recording: append it and chain its digest.
-pub(crate) fn recording_chunk(inner: &Inner, agent_id: &str, chunk: RecordingChunk) {
-    let digest = hex::encode(Sha256::digest(chunk.lines.as_bytes()));
-    let written = {
-        let mut table = lock(&inner.sessions.table);
-        let Some(session) = table.live.get_mut(&chunk.session_id) else {
-            return;
-        };
-        if session.target != agent_id {
-            return;
-        }
-        if session.recording_bytes + chunk.lines.len() as u64 > MAX_RECORDING {
-            session.recording_truncated = true;
-            return;
-        }
-        if session.recording.is_none() {
-            let path = inner.recording_path(&chunk.session_id);
-            session.recording = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .ok();
-        }
-        let Some(file) = session.recording.as_mut() else {
-            return;
-        };
-        if file.write_all(chunk.lines.as_bytes()).is_err() {
-            return;
-        }
-        session.recording_bytes += chunk.lines.len() as u64;
-        session.recording_chunks += 1;
-        (session.owner.clone(), session.target.clone())
-    };
-    let mut record = Record::new(EventKind::RecordingChunk);
-    record.principal = Some(written.0);
-    record.target = Some(written.1);
-    record.session_id = Some(chunk.session_id.clone());
-    record.recording = Some(format!("recordings/{}.cast", chunk.session_id));
-    record.chunk_sha256 = Some(digest);
-    record.chunk_bytes = Some(chunk.lines.len() as u64);
-    record.stream_id = Some(chunk.index);
-    inner.audit(record);
-}
-
-/// The agent opened or closed a forwarded TCP stream.
-pub(crate) fn stream_report(inner: &Inner, agent_id: &str, report: StreamReport) {
-    let Some((owner, target)) = inner.sessions.owner_and_target_any(&report.session_id) else {
-        return;
-    };
-    if target != agent_id {
-        return;
-    }
-    let kind = match report.closed {
-        false => EventKind::StreamOpen,
-        true => EventKind::StreamClose,
-    };
-    let mut record = Record::new(kind);
-    record.principal = Some(owner);
-    record.target = Some(target);
-    record.session_id = Some(report.session_id);
-    record.stream_id = Some(report.stream_id);
-    record.destination = Some(report.destination);
-    if report.closed {
-        record.bytes_client_to_target = Some(report.bytes_to_destination);
-        record.bytes_target_to_client = Some(report.bytes_from_destination);
-        record.duration_ms = Some(report.duration_ms);
-    }
-    if !report.detail.is_empty() {
-        record.detail = Some(report.detail);
-    }
-    inner.audit(record);
-}
-
-/// Ends every live session that `auth` no longer allows its owner to start.
-pub(crate) fn revoke_disallowed(inner: &Inner, auth: &Auth) -> Vec<String> {
-    let live: Vec<(String, String, String, String)> = {
-        let table = lock(&inner.sessions.table);
-        table
-            .live
-            .iter()
-            .map(|(id, session)| {
-                (
-                    id.clone(),
-                    session.owner.clone(),
-                    session.target.clone(),
-                    session.document.clone(),
-                )
-            })
-            .collect()
-    };
-    let mut revoked = Vec::new();
-    for (id, owner, target, document) in live {
-        let decision = auth.may_start(&inner.region, &inner.account, &owner, &target, &document);
-        if let Err(why) = decision {
-            let output = format!("Access revoked: {why}");
-            if end(inner, &id, EndReason::Revoked, None, &output) {
-                revoked.push(id);
+impl Service {
+    /// Ends `id` once: tells both data channels (`channel_closed` with `output`) and the agent's
+    /// control channel, and writes `session.end`. Later calls for the same id do nothing.
+    pub(super) fn end(
+        &self,
+        id: &str,
+        reason: EndReason,
+        exit_code: Option<i32>,
+        output: &str,
+    ) -> bool {
+        let session = {
+            let mut table = lock(&self.sessions.table);
+            let Some(session) = table.live.remove(id) else {
+                return false;
+            };
+            table
+                .history
+                .push_back(summary(id, &session, Some(wall_ms()), "Terminated"));
+            if table.history.len() > HISTORY {
+                table.history.pop_front();
             }
+            session
+        };
+        let mut record = Record::new(EventKind::SessionEnd);
+        record.principal = Some(session.owner.clone());
+        record.source = Some(session.source.to_string());
+        record.target = Some(session.target.clone());
+        record.document = Some(session.document.clone());
+        record.session_id = Some(id.to_owned());
+        record.end_reason = Some(reason);
+        record.exit_code = exit_code;
+        record.duration_ms = Some(session.started.elapsed().as_millis() as u64);
+        record.bytes_client_to_target = Some(session.stats.client_to_agent.load(Ordering::Relaxed));
+        record.bytes_target_to_client = Some(session.stats.agent_to_client.load(Ordering::Relaxed));
+        if session.recording_chunks > 0 {
+            record.recording = Some(format!("recordings/{id}.cast"));
+            record.chunk_bytes = Some(session.recording_bytes);
         }
+        let mut detail = output.to_owned();
+        if session.recording_truncated {
+            detail.push_str(" (recording truncated at the size limit)");
+        }
+        if !detail.is_empty() {
+            record.detail = Some(detail);
+        }
+        tracing::info!(
+            parent: &session.span,
+            reason = reason.as_str(),
+            exit_code,
+            duration_ms = record.duration_ms,
+            output,
+            "session ended"
+        );
+        // Written before either end hears of it, so the log never lags what users saw.
+        self.audit(record);
+        self.hub.end(id, output);
+        let closed = crate::relay::channel_closed(id, output, random_uuid(), wall_ms());
+        self.agents
+            .send(&session.target, ControlMessage::ChannelClosed(closed));
+        true
     }
-    revoked
-}
 
-/// Ends sessions whose both data channels have been gone for [`ABANDONED_AFTER`].
-pub(crate) async fn watch(inner: Arc<Inner>) {
-    loop {
-        tokio::time::sleep(CHECK_INTERVAL).await;
-        let now = Instant::now();
-        let mut abandoned = Vec::new();
-        {
-            let mut table = lock(&inner.sessions.table);
-            for (id, session) in table.live.iter_mut() {
-                let (client, agent) = inner.hub.connected(id);
-                if client || agent {
-                    session.absent_since = None;
-                    continue;
+    /// The agent finished a session.
+    pub(super) fn agent_report(&self, agent_id: &str, report: SessionReport) {
+        let owned = self
+            .sessions
+            .owner_and_target(&report.task_id)
+            .is_some_and(|(_, target)| target == agent_id);
+        if !owned {
+            return; // not this agent's session, or already ended by the gateway
+        }
+        let reason = report.end_reason;
+        self.end(&report.task_id, reason, report.exit_code, &report.output);
+    }
+
+    /// The agent sent the next piece of a recording: append it and chain its digest.
+    pub(super) fn recording_chunk(&self, agent_id: &str, chunk: RecordingChunk) {
+        let digest = hex::encode(Sha256::digest(chunk.lines.as_bytes()));
+        let written = {
+            let mut table = lock(&self.sessions.table);
+            let Some(session) = table.live.get_mut(&chunk.session_id) else {
+                return;
+            };
+            if session.target != agent_id {
+                return;
+            }
+            if session.recording_bytes + chunk.lines.len() as u64 > MAX_RECORDING {
+                if !session.recording_truncated {
+                    tracing::warn!(parent: &session.span, limit = MAX_RECORDING, "recording truncated at the size limit");
                 }
-                let since = *session.absent_since.get_or_insert(now);
-                if now.duration_since(since) >= ABANDONED_AFTER {
-                    abandoned.push(id.clone());
+                session.recording_truncated = true;
+                return;
+            }
+            if session.recording.is_none() {
+                let path = self.recording_path(&chunk.session_id);
+                match std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                {
+                    Ok(file) => session.recording = Some(file),
+                    Err(error) => {
+                        tracing::error!(parent: &session.span, path = %path.display(), %error, "cannot open the recording");
+                        return;
+                    }
+                }
+            }
+            let Some(file) = session.recording.as_mut() else {
+                return;
+            };
+            if let Err(error) = file.write_all(chunk.lines.as_bytes()) {
+                tracing::error!(parent: &session.span, %error, "recording write failed");
+                return;
+            }
+            session.recording_bytes += chunk.lines.len() as u64;
+            session.recording_chunks += 1;
+            (session.owner.clone(), session.target.clone())
+        };
+        let mut record = Record::new(EventKind::RecordingChunk);
+        record.principal = Some(written.0);
+        record.target = Some(written.1);
+        record.session_id = Some(chunk.session_id.clone());
+        record.recording = Some(format!("recordings/{}.cast", chunk.session_id));
+        record.chunk_sha256 = Some(digest);
+        record.chunk_bytes = Some(chunk.lines.len() as u64);
+        record.stream_id = Some(chunk.index);
+        self.audit(record);
+    }
+
+    /// The agent opened or closed a forwarded TCP stream.
+    pub(super) fn stream_report(&self, agent_id: &str, report: StreamReport) {
+        let Some((owner, target)) = self.sessions.owner_and_target_any(&report.session_id) else {
+            return;
+        };
+        if target != agent_id {
+            return;
+        }
+        let kind = match report.closed {
+            false => EventKind::StreamOpen,
+            true => EventKind::StreamClose,
+        };
+        let mut record = Record::new(kind);
+        record.principal = Some(owner);
+        record.target = Some(target);
+        record.session_id = Some(report.session_id);
+        record.stream_id = Some(report.stream_id);
+        record.destination = Some(report.destination);
+        if report.closed {
+            record.bytes_client_to_target = Some(report.bytes_to_destination);
+            record.bytes_target_to_client = Some(report.bytes_from_destination);
+            record.duration_ms = Some(report.duration_ms);
+        }
+        if !report.detail.is_empty() {
+            record.detail = Some(report.detail);
+        }
+        self.audit(record);
+    }
+
+    /// Ends every live session that `auth` no longer allows its owner to start.
+    pub(super) fn revoke_disallowed(&self, auth: &Auth) -> Vec<String> {
+        let live: Vec<(String, String, String, String)> = {
+            let table = lock(&self.sessions.table);
+            table
+                .live
+                .iter()
+                .map(|(id, session)| {
+                    (
+                        id.clone(),
+                        session.owner.clone(),
+                        session.target.clone(),
+                        session.document.clone(),
+                    )
+                })
+                .collect()
+        };
+        let mut revoked = Vec::new();
+        for (id, owner, target, document) in live {
+            let decision = auth.may_start(&self.region, &self.account, &owner, &target, &document);
+            if let Err(why) = decision {
+                if let Some(span) = self.sessions.span(&id) {
+                    tracing::info!(parent: &span, reason = %why, "access revoked");
+                }
+                let output = format!("Access revoked: {why}");
+                if self.end(&id, EndReason::Revoked, None, &output) {
+                    revoked.push(id);
                 }
             }
         }
-        for id in abandoned {
-            end(
-                &inner,
-                &id,
-                EndReason::NetworkLost,
-                None,
-                "both ends of the session were disconnected for too long",
-            );
+        revoked
+    }
+
+    /// Ends sessions whose both data channels have been gone for [`ABANDONED_AFTER`].
+    pub(super) async fn watch_abandoned(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(CHECK_INTERVAL).await;
+            let now = Instant::now();
+            let mut abandoned = Vec::new();
+            {
+                let mut table = lock(&self.sessions.table);
+                for (id, session) in table.live.iter_mut() {
+                    let (client, agent) = self.hub.connected(id);
+                    if client || agent {
+                        session.absent_since = None;
+                        continue;
+                    }
+                    let since = *session.absent_since.get_or_insert(now);
+                    if now.duration_since(since) >= ABANDONED_AFTER {
+                        abandoned.push(id.clone());
+                    }
+                }
+            }
+            for id in abandoned {
+                self.end(
+                    &id,
+                    EndReason::NetworkLost,
+                    None,
+                    "both ends of the session were disconnected for too long",
+                );
+            }
         }
     }
 }

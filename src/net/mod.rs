@@ -48,7 +48,7 @@ mod dial;
 pub(crate) use dial::websocket_config;
 mod driver;
 mod handle;
-#[cfg(any(feature = "gateway", feature = "api-client"))]
+#[cfg(feature = "api-client")]
 pub mod http;
 pub mod relay;
 pub mod runtime;
