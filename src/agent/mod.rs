@@ -28,7 +28,7 @@ mod port;
 mod recorder;
 mod shell;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -144,10 +144,17 @@ pub(crate) struct Context {
     pub(crate) settings: AgentSettings,
     pub(crate) api: ApiClient,
     pub(crate) outbox: mpsc::Sender<ControlMessage>,
-    /// Sessions running now, by id, with what cancels them.
-    running: Mutex<HashMap<String, CancellationToken>>,
+    /// Sessions running now, by id.
+    running: Mutex<HashMap<String, RunningSession>>,
     /// Cancelled once the agent is stopping: cancelled sessions then end as `AgentShutdown`.
     stop: CancellationToken,
+}
+
+/// A session task: cancelling asks it to end (and report); aborting is the last resort once
+/// the shutdown grace period is over.
+struct RunningSession {
+    cancel: CancellationToken,
+    task: Option<tokio::task::AbortHandle>,
 }
 
 /// Why the agent could not run.
@@ -188,20 +195,34 @@ pub async fn run(
         running: Mutex::default(),
         stop: CancellationToken::new(),
     });
+    // Messages taken from the outbox whose sending failed: sent first on the next
+    // connection, in order, so no report is lost or overtaken.
+    let mut unsent = VecDeque::new();
     let serve = async {
         let mut backoff = settings.initial_backoff;
         loop {
-            match control_channel(&context, &mut outbox).await {
+            match control_channel(&context, &mut outbox, &mut unsent).await {
                 Ok(()) => backoff = settings.initial_backoff,
                 Err(error) => {
                     tracing::warn!(endpoint = %settings.endpoint, %error, "control channel failed");
                 }
             }
-            if context.stop.is_cancelled() && lock(&context.running).is_empty() {
+            let stopping = context.stop.is_cancelled();
+            if stopping
+                && unsent.is_empty()
+                && outbox.is_empty()
+                && lock(&context.running).is_empty()
+            {
                 return;
             }
-            tokio::time::sleep(jittered(backoff, &mut SystemEntropy::new())).await;
-            backoff = (backoff * 2).min(settings.max_backoff);
+            // Stopping: the grace period is short, so redial at once rather than back off.
+            let delay = if stopping {
+                settings.initial_backoff
+            } else {
+                backoff
+            };
+            tokio::time::sleep(jittered(delay, &mut SystemEntropy::new())).await;
+            backoff = backoff.saturating_mul(2).min(settings.max_backoff);
         }
     };
     tokio::pin!(serve, shutdown);
@@ -216,10 +237,16 @@ pub async fn run(
     // Every session's token is a child of this one.
     context.stop.cancel();
     if tokio::time::timeout(SHUTDOWN_GRACE, serve).await.is_err() {
+        let running = std::mem::take(&mut *lock(&context.running));
         tracing::warn!(
-            unfinished = lock(&context.running).len(),
+            unfinished = running.len(),
             "stopped before every session report reached the gateway"
         );
+        for session in running.into_values() {
+            if let Some(task) = session.task {
+                task.abort(); // its processes are killed when the task is dropped
+            }
+        }
     }
     Ok(())
 }
@@ -229,6 +256,7 @@ pub async fn run(
 async fn control_channel(
     context: &Arc<Context>,
     outbox: &mut mpsc::Receiver<ControlMessage>,
+    unsent: &mut VecDeque<ControlMessage>,
 ) -> Result<(), String> {
     let settings = &context.settings;
     let endpoint = context.api.endpoint();
@@ -277,13 +305,26 @@ async fn control_channel(
         .await
         .map_err(|error| error.to_string())?;
     tracing::info!(endpoint = %settings.endpoint, agent_id = %settings.agent_id, "control channel up");
+    while let Some(message) = unsent.front() {
+        let wire = message.encode(random_uuid(), wall_ms());
+        if ws.send(Message::Binary(wire)).await.is_err() {
+            return Ok(());
+        }
+        unsent.pop_front();
+    }
     let mut ping = tokio::time::interval(PING_EVERY);
     let mut drained = tokio::time::interval(Duration::from_millis(50));
     let mut last_heard = std::time::Instant::now();
     loop {
         let stopping = context.stop.is_cancelled();
         if stopping && outbox.is_empty() && lock(&context.running).is_empty() {
+            // Read until the gateway's Close, so that closing does not reset a connection
+            // whose last report the gateway has not read yet.
             let _ = ws.close(None).await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                while ws.next().await.is_some_and(|message| message.is_ok()) {}
+            })
+            .await;
             return Ok(());
         }
         tokio::select! {
@@ -293,8 +334,8 @@ async fn control_channel(
                 let Some(message) = message else { return Ok(()) };
                 let wire = message.encode(random_uuid(), wall_ms());
                 if ws.send(Message::Binary(wire)).await.is_err() {
-                    // Keep it for the next connection: reports must not be lost.
-                    let _ = context.outbox.try_send(message);
+                    // Kept for the next connection: reports must not be lost.
+                    unsent.push_back(message);
                     return Ok(());
                 }
             }
@@ -317,8 +358,8 @@ async fn control_channel(
                 match ControlMessage::decode(message) {
                     Ok(ControlMessage::StartSession(start)) => spawn_session(context, start),
                     Ok(ControlMessage::ChannelClosed(closed)) => {
-                        if let Some(cancel) = lock(&context.running).get(&closed.session_id) {
-                            cancel.cancel();
+                        if let Some(session) = lock(&context.running).get(&closed.session_id) {
+                            session.cancel.cancel();
                         }
                     }
                     Ok(other) => tracing::debug!(?other, "control message ignored"),
@@ -333,17 +374,34 @@ async fn control_channel(
 /// set, so a stopping agent waits for it.
 fn spawn_session(context: &Arc<Context>, start: StartSession) {
     let cancel = context.stop.child_token();
-    lock(&context.running).insert(start.task_id.clone(), cancel.clone());
-    let context = context.clone();
-    tokio::spawn(async move {
-        let id = start.task_id.clone();
-        let report = run_session(&context, start, cancel).await;
-        let _ = context
-            .outbox
-            .send(ControlMessage::SessionReport(report))
-            .await;
-        lock(&context.running).remove(&id);
+    let id = start.task_id.clone();
+    {
+        let mut running = lock(&context.running);
+        if running.contains_key(&id) {
+            return tracing::warn!(session_id = %id, "session already running: start ignored");
+        }
+        let session = RunningSession {
+            cancel: cancel.clone(),
+            task: None,
+        };
+        running.insert(id.clone(), session);
+    }
+    let task = tokio::spawn({
+        let context = context.clone();
+        let id = id.clone();
+        async move {
+            let report = run_session(&context, start, cancel).await;
+            let _ = context
+                .outbox
+                .send(ControlMessage::SessionReport(report))
+                .await;
+            lock(&context.running).remove(&id);
+        }
     });
+    // Unless it is already over (then the entry is gone).
+    if let Some(session) = lock(&context.running).get_mut(&id) {
+        session.task = Some(task.abort_handle());
+    }
 }
 
 /// How a session ended, as reported to the gateway.
@@ -359,6 +417,15 @@ impl Outcome {
             reason: EndReason::HandshakeFailed,
             exit_code: None,
             output: output.into(),
+        }
+    }
+
+    /// Cancelled before it started (by the gateway, or by the agent stopping).
+    fn cancelled() -> Outcome {
+        Outcome {
+            reason: EndReason::Terminated,
+            exit_code: None,
+            output: String::new(),
         }
     }
 
@@ -398,11 +465,12 @@ async fn run_session(
         let span = tracing::Span::current();
         span.record("principal", request.session_owner.as_str());
         span.record("session_type", request.session.session_type.as_str());
-        if cancel.is_cancelled() {
-            return Outcome::failed("the agent is stopping");
-        }
         tracing::info!(document = %request.document_name, "session starting");
-        match open_data_channel(context, &start.task_id, &request).await {
+        let opened = tokio::select! {
+            opened = open_data_channel(context, &start.task_id, &request) => opened,
+            () = cancel.cancelled() => return Outcome::cancelled(),
+        };
+        match opened {
             Err(error) => Outcome::failed(error),
             Ok(connection) => run_document(context, connection, &request, cancel).await,
         }

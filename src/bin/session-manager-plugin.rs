@@ -79,10 +79,10 @@ type Error = Box<dyn std::error::Error>;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let own_command_line = matches!(
-        args.first().map(String::as_str),
-        Some("start-session" | "help" | "--help" | "-h" | "--log-format")
-    );
+    let own_command_line = args.first().is_some_and(|first| {
+        matches!(first.as_str(), "start-session" | "help" | "--help" | "-h")
+            || first.starts_with("--log-format")
+    });
     if own_command_line {
         let args = Args::parse();
         logging(args.log_format);

@@ -74,6 +74,9 @@ type Error = Box<dyn std::error::Error>;
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // The sessions' shells inherit this process's environment: the secret must not be in it.
+    // SAFETY: single-threaded: no runtime, no logging thread exists yet.
+    unsafe { std::env::remove_var("SSM_AGENT_SECRET") };
     if let Err(error) = cli::init_logging(args.log_format, "info") {
         eprintln!("ssm-agent: {error}");
         return ExitCode::from(2);

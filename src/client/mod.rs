@@ -248,9 +248,10 @@ impl SessionClient {
             Box::pin(async move {
                 match resume.resume_session(&id, &target).await {
                     Ok(started) => Ok(started.token_value),
-                    Err(error @ ApiCallError::Service { .. }) => {
-                        Err(TokenError::Final(Box::new(error)))
-                    }
+                    // Refused, or no credentials to ask with: retrying cannot help.
+                    Err(
+                        error @ (ApiCallError::Service { .. } | ApiCallError::Credentials { .. }),
+                    ) => Err(TokenError::Final(Box::new(error))),
                     Err(error) => Err(TokenError::Retry(Box::new(error))),
                 }
             })
