@@ -158,6 +158,7 @@ fn enum_names_are_the_documented_strings() {
             "network_lost",
             "agent_lost",
             "gateway_shutdown",
+            "agent_shutdown",
             "handshake_failed"
         ]
     );
