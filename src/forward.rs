@@ -12,6 +12,7 @@
 //! limit is reached (as with the reference).
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
@@ -19,9 +20,9 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, oneshot};
 
-use crate::net::{Ending, Incoming, ReadHalf, WriteHalf};
+use crate::net::{Ending, Incoming, NetError, ReadHalf, WriteHalf};
 use crate::payload::Flag;
 use crate::smux::{Mux, MuxEvent, StreamId};
 
@@ -68,6 +69,9 @@ pub enum ForwardEnd {
     Terminated,
     /// The mux failed (protocol error or keep-alive timeout).
     Mux(String),
+    /// `stop` completed: every connection was closed and the session closed after it
+    /// (the ending says whether the peer acknowledged everything).
+    Stopped(Ending),
 }
 
 type Report = Box<dyn FnMut(StreamEvent) + Send>;
@@ -76,6 +80,8 @@ type Report = Box<dyn FnMut(StreamEvent) + Send>;
 enum Out {
     Data(Bytes),
     Flag(Flag),
+    /// Closes the session once everything before it is acknowledged.
+    Close(oneshot::Sender<Ending>),
 }
 
 /// The session's write side in its own task.
@@ -86,6 +92,12 @@ fn spawn_session_writer(mut writer: WriteHalf) -> mpsc::Sender<Out> {
             let sent = match out {
                 Out::Data(bytes) => writer.write_all(&bytes).await.is_ok(),
                 Out::Flag(flag) => writer.send_flag(flag).await.is_ok(),
+                Out::Close(done) => {
+                    let ending = writer.close().await;
+                    let _ =
+                        done.send(ending.unwrap_or_else(|error| Ending::Failed(Arc::new(error))));
+                    return;
+                }
             };
             if !sent {
                 return;
@@ -108,6 +120,27 @@ fn flush(unsent: &mut VecDeque<Out>, out: &mpsc::Sender<Out>) -> bool {
         }
     }
     true
+}
+
+/// Hands every queued write to the session writer, then closes the session and waits until
+/// the peer acknowledged them (bounded by the session's drain timeout).
+async fn close_session(
+    reader: ReadHalf,
+    unsent: VecDeque<Out>,
+    out: &mpsc::Sender<Out>,
+) -> ForwardEnd {
+    // Unread input would hold up the acknowledgements the close waits for.
+    drop(reader);
+    let (done, closed) = oneshot::channel();
+    for next in unsent.into_iter().chain([Out::Close(done)]) {
+        if out.send(next).await.is_err() {
+            break;
+        }
+    }
+    let ending = closed
+        .await
+        .unwrap_or_else(|_| Ending::Failed(Arc::new(NetError::SessionOver)));
+    ForwardEnd::Stopped(ending)
 }
 
 /// Bytes handed to TCP writer tasks and not yet written, with a wake-up when they drain.
@@ -143,12 +176,15 @@ fn session_over(reader: &ReadHalf) -> ForwardEnd {
     ForwardEnd::Session(reader.ending().cloned().unwrap_or(Ending::Closed))
 }
 
-/// Runs `mux` over the session until it ends; streams still open then are reported closed.
+/// Runs `mux` over the session until it ends or `stop` completes; streams still open then are
+/// reported closed. On `stop`, what the TCP connections already sent is forwarded, then every
+/// stream is closed and the session after it ([`ForwardEnd::Stopped`]).
 pub async fn run_mux(
     reader: ReadHalf,
     writer: WriteHalf,
     mux: Mux,
     streams: Streams,
+    stop: impl Future<Output = ()>,
     report: impl FnMut(StreamEvent) + Send + 'static,
 ) -> ForwardEnd {
     let mut report: Report = Box::new(report);
@@ -159,6 +195,7 @@ pub async fn run_mux(
         writer,
         mux,
         streams,
+        stop,
         &mut report,
         &mut table,
         &to_tcp,
@@ -177,11 +214,16 @@ pub async fn run_mux(
     end
 }
 
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the streams live in `run_mux`, which closes what is left however the loop ends"
+)]
 async fn mux_loop(
     mut reader: ReadHalf,
     writer: WriteHalf,
     mut mux: Mux,
     mut streams: Streams,
+    stop: impl Future<Output = ()>,
     report: &mut Report,
     table: &mut HashMap<StreamId, StreamState>,
     to_tcp: &ToTcp,
@@ -190,6 +232,7 @@ async fn mux_loop(
     let mut unsent: VecDeque<Out> = VecDeque::new();
     let (from_tcp_tx, mut from_tcp) = mpsc::channel::<FromTcp>(64);
     let mut pending: Option<(StreamId, Bytes)> = None;
+    tokio::pin!(stop);
     loop {
         let deadline = mux.poll_timeout();
         let accept = async {
@@ -269,6 +312,40 @@ async fn mux_loop(
                 }
             }
             () = sleep => mux.handle_timeout(Instant::now()),
+            () = &mut stop => {
+                // What the TCP connections already sent goes out before their FINs.
+                let mut read: Vec<(StreamId, Bytes)> = pending.take().into_iter().collect();
+                while let Ok(message) = from_tcp.try_recv() {
+                    if let FromTcp::Data(id, bytes) = message
+                        && let Some(state) = table.get_mut(&id)
+                    {
+                        state.bytes_in += bytes.len() as u64;
+                        read.push((id, bytes));
+                    }
+                }
+                for (id, mut bytes) in read {
+                    while !bytes.is_empty() {
+                        while let Some(frames) = mux.poll_transmit() {
+                            unsent.push_back(Out::Data(frames));
+                        }
+                        // The queue is empty: 0 means the stream is gone.
+                        let taken = mux.write(id, &bytes);
+                        if taken == 0 {
+                            break;
+                        }
+                        bytes = bytes.slice(taken..);
+                    }
+                }
+                let open: Vec<StreamId> = table.keys().copied().collect();
+                for id in open {
+                    mux.close(id);
+                    close_stream(table, id, "the session was stopped".into(), report, to_tcp);
+                }
+                while let Some(frames) = mux.poll_transmit() {
+                    unsent.push_back(Out::Data(frames));
+                }
+                return close_session(reader, unsent, &out).await;
+            }
         }
 
         // Deliver what arrived to the TCP connections (their writers queue without limit;
@@ -446,12 +523,14 @@ struct Basic {
 /// Basic mode (SPEC §8.3), one TCP connection at a time. The client (`Streams::Accept`)
 /// forwards each local connection in turn and sends `DisconnectToPort` when it closes; the
 /// agent (`Streams::Dial`) dials when data arrives and again after `DisconnectToPort`.
-/// `end_on_tcp_close` ends the session with the connection (standard-stream sessions).
+/// `end_on_tcp_close` ends the session with the connection (standard-stream sessions). On
+/// `stop`, the connection is closed, then the session ([`ForwardEnd::Stopped`]).
 pub async fn run_basic(
     mut reader: ReadHalf,
     writer: WriteHalf,
     mut streams: Streams,
     end_on_tcp_close: bool,
+    stop: impl Future<Output = ()>,
     mut report: impl FnMut(StreamEvent) + Send,
 ) -> ForwardEnd {
     let out = spawn_session_writer(writer);
@@ -476,6 +555,7 @@ pub async fn run_basic(
             .map(|a| a.to_string())
             .unwrap_or_default(),
     };
+    tokio::pin!(stop);
     loop {
         let tcp_full = to_tcp.full();
         let (idle, reading) = (tcp.is_none(), held.is_some());
@@ -564,6 +644,14 @@ pub async fn run_basic(
                     tcp = Some(basic(connection, count, &to_tcp));
                     report(StreamEvent { stream_id: count, destination: peer.to_string(), closed: false, bytes_out: 0, bytes_in: 0, duration_ms: 0, detail: String::new() });
                 }
+            }
+            () = &mut stop => {
+                // Read data is sent as soon as it is read: only the connection is left to close.
+                drop(held);
+                if let Some(connection) = tcp.take() {
+                    report(closed(connection, &destination, "the session was stopped"));
+                }
+                return close_session(reader, VecDeque::new(), &out).await;
             }
         }
     }

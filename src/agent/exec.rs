@@ -2,12 +2,13 @@
 //! then its exit code.
 
 use std::process::Stdio;
+use std::time::Instant;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use super::Outcome;
-use super::shell::{exit_code, refuse};
+use super::shell::{DRAIN, exit_code, refuse};
 use crate::control::EndReason;
 use crate::document::AgentSessionRequest;
 use crate::net::{Connection, Incoming};
@@ -42,10 +43,18 @@ pub(crate) async fn run(
     let mut out = vec![0; 16 * 1024];
     let mut err = vec![0; 16 * 1024];
     let (mut out_open, mut err_open, mut stdin_open) = (true, true, true);
+    // Set on cancel: the command is killed, and what it wrote is still read until then.
+    let mut stopping: Option<Instant> = None;
     let interrupted = loop {
         if !out_open && !err_open {
-            break None;
+            break stopping.map(|_| EndReason::Terminated);
         }
+        let drained = async {
+            match stopping {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             read = stdout.read(&mut out), if out_open => match read {
                 Ok(n) if n > 0 => {
@@ -59,7 +68,7 @@ pub(crate) async fn run(
                 }
                 _ => err_open = false,
             },
-            incoming = reader.recv() => match incoming {
+            incoming = reader.recv(), if stopping.is_none() => match incoming {
                 Some(Incoming::Data(bytes)) if stdin_open => {
                     if stdin.write_all(&bytes).await.is_err() { stdin_open = false; }
                 }
@@ -67,10 +76,16 @@ pub(crate) async fn run(
                 Some(Incoming::Ended(_)) | None => break Some(EndReason::Terminated),
                 Some(_) => {}
             },
-            () = cancel.cancelled() => break Some(EndReason::Terminated),
+            () = cancel.cancelled(), if stopping.is_none() => {
+                let _ = child.start_kill();
+                stopping = Some(Instant::now() + DRAIN);
+            }
+            () = drained => break Some(EndReason::Terminated),
         }
     };
     drop(stdin);
+    // Unread input would hold up the acknowledgements the close waits for.
+    drop(reader);
     if let Some(reason) = interrupted {
         let _ = child.start_kill();
         let _ = writer.close().await;

@@ -9,7 +9,7 @@ use super::{Context, Outcome};
 use crate::control::{ControlMessage, EndReason, StreamReport};
 use crate::document::{AgentSessionRequest, PortKind};
 use crate::forward::{self, ForwardEnd, StreamEvent, Streams};
-use crate::net::Connection;
+use crate::net::{Connection, Ending};
 use crate::smux::{Mux, MuxConfig};
 use crate::version;
 
@@ -79,24 +79,29 @@ pub(crate) async fn run(
     };
     let local = target.kind == PortKind::LocalPortForwarding;
     let (reader, writer) = connection.split();
-    let run = async {
-        if local && version::agent_uses_mux(&peer_version) {
-            let config = MuxConfig::new(!version::agent_disables_smux_keepalive(&peer_version));
-            let mux = Mux::server(config, std::time::Instant::now());
-            forward::run_mux(reader, writer, mux, Streams::Dial(destination), report).await
-        } else {
-            forward::run_basic(reader, writer, Streams::Dial(destination), !local, report).await
-        }
-    };
-    tokio::pin!(run);
-    let end = tokio::select! {
-        end = &mut run => end,
-        // The data channel is being closed too: give it a moment to end the run cleanly,
-        // so that every open stream is reported.
-        () = cancel.cancelled() => match tokio::time::timeout(std::time::Duration::from_secs(1), &mut run).await {
-            Ok(end) => end,
-            Err(_) => ForwardEnd::Session(crate::net::Ending::ChannelClosed { output: String::new() }),
-        },
+    let stop = cancel.cancelled();
+    let end = if local && version::agent_uses_mux(&peer_version) {
+        let config = MuxConfig::new(!version::agent_disables_smux_keepalive(&peer_version));
+        let mux = Mux::server(config, std::time::Instant::now());
+        forward::run_mux(
+            reader,
+            writer,
+            mux,
+            Streams::Dial(destination),
+            stop,
+            report,
+        )
+        .await
+    } else {
+        forward::run_basic(
+            reader,
+            writer,
+            Streams::Dial(destination),
+            !local,
+            stop,
+            report,
+        )
+        .await
     };
     match end {
         ForwardEnd::Session(ending) => Outcome::from_ending(&ending),
@@ -104,6 +109,14 @@ pub(crate) async fn run(
             reason: EndReason::ClientExit,
             exit_code: None,
             output: String::new(),
+        },
+        ForwardEnd::Stopped(ending) => Outcome {
+            reason: EndReason::Terminated,
+            exit_code: None,
+            output: match ending {
+                Ending::Closed => String::new(),
+                unclean => unclean.to_string(),
+            },
         },
         ForwardEnd::Mux(error) => Outcome::failed(error),
     }

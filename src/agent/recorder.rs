@@ -73,8 +73,36 @@ impl Recorder {
     /// Ships what is buffered. A full outbox (control channel down for long) drops the chunk
     /// and the next marker says how many were lost.
     pub(crate) fn flush(&mut self) {
-        if self.buffer.is_empty() {
+        let Some(chunk) = self.take_chunk() else {
             return;
+        };
+        if self.outbox.try_send(chunk).is_err() {
+            self.dropped_chunks += 1;
+        } else if let Some(gap) = self.gap_marker() {
+            self.push(gap);
+        }
+    }
+
+    /// Writes the exit event and ships everything, waiting for room in the outbox: the end of
+    /// the recording is never dropped.
+    pub(crate) async fn finish(mut self, exit_code: Option<i32>) {
+        let elapsed = self.started.elapsed();
+        let mut tail: Vec<String> = self.cast.finish(elapsed).into_iter().collect();
+        tail.extend(self.gap_marker());
+        tail.extend(exit_code.map(|code| self.cast.exit(elapsed, code)));
+        for line in tail {
+            self.buffer.push_str(&line);
+            self.buffer.push('\n');
+        }
+        if let Some(chunk) = self.take_chunk() {
+            let _ = self.outbox.send(chunk).await;
+        }
+    }
+
+    /// The buffered lines as the next chunk, if any.
+    fn take_chunk(&mut self) -> Option<ControlMessage> {
+        if self.buffer.is_empty() {
+            return None;
         }
         let chunk = RecordingChunk {
             session_id: self.session_id.clone(),
@@ -82,27 +110,15 @@ impl Recorder {
             lines: std::mem::take(&mut self.buffer),
         };
         self.index += 1;
-        if self
-            .outbox
-            .try_send(ControlMessage::Recording(chunk))
-            .is_err()
-        {
-            self.dropped_chunks += 1;
-        } else if self.dropped_chunks > 0 {
-            let lost = std::mem::take(&mut self.dropped_chunks);
-            self.marker(&format!("recording gap: {lost} chunks lost"));
-        }
+        Some(ControlMessage::Recording(chunk))
     }
 
-    /// Writes the exit event and ships everything.
-    pub(crate) fn finish(mut self, exit_code: Option<i32>) {
-        if let Some(line) = self.cast.finish(self.started.elapsed()) {
-            self.push(line);
-        }
-        if let Some(code) = exit_code {
-            let line = self.cast.exit(self.started.elapsed(), code);
-            self.push(line);
-        }
-        self.flush();
+    /// The marker line for chunks lost since the last one, if any were.
+    fn gap_marker(&mut self) -> Option<String> {
+        let lost = std::mem::take(&mut self.dropped_chunks);
+        (lost > 0).then(|| {
+            let label = format!("recording gap: {lost} chunks lost");
+            self.cast.marker(self.started.elapsed(), &label)
+        })
     }
 }

@@ -3,18 +3,19 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use super::recorder::{FLUSH_EVERY, Recorder};
 use super::{Context, Outcome};
 use crate::control::EndReason;
 use crate::document::{AgentSessionRequest, SessionType};
-use crate::net::{Connection, Incoming};
+use crate::net::{Connection, Incoming, WriteHalf};
 use crate::payload::Flag;
 
-/// How long output is still read after the process exited (its children may hold the PTY).
-const DRAIN: Duration = Duration::from_millis(300);
+/// How long output is still read after the process exited or was killed (its children may
+/// hold the PTY).
+pub(crate) const DRAIN: Duration = Duration::from_millis(300);
 
 /// A local account to run as.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,13 +175,7 @@ pub(crate) async fn run(
             },
             status = child.wait(), if exited.is_none() => {
                 exited = Some(status);
-                // Read what is left, briefly, then stop.
-                let deadline = Instant::now() + DRAIN;
-                while let Ok(Ok(n)) = tokio::time::timeout_at(deadline.into(), pty_out.read(&mut buffer)).await {
-                    if n == 0 { break; }
-                    recorder.output(&buffer[..n]);
-                    if writer.write_all(&buffer[..n]).await.is_err() { break; }
-                }
+                drain(&mut pty_out, &mut buffer, &mut recorder, &mut writer).await;
                 break None;
             }
             () = tokio::time::sleep_until(idle_deadline.into()) => {
@@ -195,15 +190,20 @@ pub(crate) async fn run(
                 break Some(Outcome { reason: EndReason::MaxDuration, exit_code: None, output: "maximum session duration reached".into() });
             }
             () = cancel.cancelled() => {
-                recorder.marker("terminated by the gateway");
+                // The process goes first, so that the drain ends once its output is read.
+                let _ = child.start_kill();
+                drain(&mut pty_out, &mut buffer, &mut recorder, &mut writer).await;
+                recorder.marker("session cancelled");
                 break Some(Outcome { reason: EndReason::Terminated, exit_code: None, output: String::new() });
             }
             _ = flush.tick() => recorder.flush(),
         }
     };
+    // Unread input would hold up the acknowledgements the close waits for.
+    drop(reader);
     if let Some(outcome) = ended {
         let _ = child.start_kill();
-        recorder.finish(None);
+        recorder.finish(None).await;
         let _ = writer.close().await;
         return outcome;
     }
@@ -212,13 +212,33 @@ pub(crate) async fn run(
         None => child.wait().await,
     };
     let code = status.map_or(-1, |status| exit_code(&status));
-    recorder.finish(Some(code));
+    recorder.finish(Some(code)).await;
     let _ = writer.send_exit_code(code).await;
     let _ = writer.close().await;
     Outcome {
         reason: EndReason::ProcessExit,
         exit_code: Some(code),
         output: String::new(),
+    }
+}
+
+/// Reads what the PTY still holds once the process is gone or going, for at most [`DRAIN`]:
+/// to the client and the recording.
+async fn drain(
+    pty_out: &mut (impl AsyncRead + Unpin),
+    buffer: &mut [u8],
+    recorder: &mut Recorder,
+    writer: &mut WriteHalf,
+) {
+    let deadline = Instant::now() + DRAIN;
+    while let Ok(Ok(n)) = tokio::time::timeout_at(deadline.into(), pty_out.read(buffer)).await {
+        if n == 0 {
+            break;
+        }
+        recorder.output(&buffer[..n]);
+        if writer.write_all(&buffer[..n]).await.is_err() {
+            break;
+        }
     }
 }
 

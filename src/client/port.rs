@@ -1,6 +1,7 @@
 //! Local port forwarding at the client: a listener on loopback, each accepted connection one
 //! smux stream (or, with agents too old for smux, one connection at a time in basic mode).
 
+use std::future::pending;
 use std::time::Instant;
 
 use tokio::net::TcpListener;
@@ -41,13 +42,13 @@ pub async fn run_port_forwarding(
     let end = if local && version::client_uses_mux(&agent_version) {
         let config = MuxConfig::new(!version::client_disables_smux_keepalive(&agent_version));
         let mux = Mux::client(config, std::time::Instant::now());
-        forward::run_mux(reader, writer, mux, streams, report).await
+        forward::run_mux(reader, writer, mux, streams, pending(), report).await
     } else {
-        forward::run_basic(reader, writer, streams, false, report).await
+        forward::run_basic(reader, writer, streams, false, pending(), report).await
     };
     let (sent, received) = *crate::net::runtime::lock(&counters);
     let ending = match end {
-        ForwardEnd::Session(ending) => ending,
+        ForwardEnd::Session(ending) | ForwardEnd::Stopped(ending) => ending,
         ForwardEnd::Terminated => Ending::Closed,
         ForwardEnd::Mux(error) => Ending::Failed(std::sync::Arc::new(
             crate::net::NetError::Connect(error.into()),
