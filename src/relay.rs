@@ -1,7 +1,7 @@
 //! The gateway's data-channel relay as a state machine: it pairs the client's and the agent's
 //! connection of each session, forwards their messages without reading them, and throttles
 //! them with the protocol's own messages. No sockets, clock or randomness inside:
-//! [`crate::net::relay`] drives it over websockets and [`crate::sim`] in virtual time.
+//! `net::relay` drives it over websockets and `sim` in virtual time.
 //!
 //! # Flow control (SPEC §4.5, §6.6)
 //!
