@@ -6,8 +6,10 @@ use std::cmp::Ordering;
 
 /// The version this client reports in its HandshakeResponse and to `--version`: above every
 /// gate of SPEC §12 (mux without smux keep-alive, separated output), and above the AWS CLI's
-/// `1.2.497.0`, so the CLI passes the StartSession answer in an environment variable.
-pub const CLIENT_VERSION: &str = "1.2.694.0";
+/// `1.2.497.0`, so the CLI passes the StartSession answer in an environment variable, and at
+/// the AWS CLI's recommended minimum (`1.2.764.0` in awscli 1.46), so it does not warn that
+/// the plugin is outdated on every session.
+pub const CLIENT_VERSION: &str = "1.2.764.0";
 
 /// The client's comparison: both versions numeric with the same number of dot-separated
 /// components, compared component by component; anything else is "not comparable".

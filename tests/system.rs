@@ -371,6 +371,11 @@ fn every_document_type_through_the_real_programs() {
     );
     assert!(text(&output.stderr).contains("Starting session with SessionId"));
     assert!(
+        !text(&output.stderr).contains("outdated SessionManagerPlugin"),
+        "the CLI finds the plugin outdated: {}",
+        text(&output.stderr)
+    );
+    assert!(
         text(&output.stderr).contains("exit code 3"),
         "summary line: {}",
         text(&output.stderr)

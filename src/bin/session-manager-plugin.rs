@@ -33,6 +33,7 @@ use ssm_session::net::TlsConfig;
 
 #[derive(Parser)]
 #[command(
+    name = "session-manager-plugin",
     about = "Session Manager client (also the AWS CLI's session-manager-plugin)",
     version = ssm_session::version::CLIENT_VERSION
 )]

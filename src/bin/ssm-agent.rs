@@ -27,6 +27,7 @@ use ssm_session::sigv4::Credentials;
 
 #[derive(Parser)]
 #[command(
+    name = "ssm-agent",
     about = "Session Manager agent: dials out, runs shells, commands and port forwards",
     version = env!("CARGO_PKG_VERSION")
 )]
