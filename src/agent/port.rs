@@ -1,14 +1,16 @@
 //! `Port` sessions at the agent: check the destination, then forward in mux or basic mode.
 
 use std::net::{IpAddr, ToSocketAddrs};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
 
 use super::{Context, Outcome};
 use crate::control::{ControlMessage, EndReason, StreamReport};
 use crate::document::{AgentSessionRequest, PortKind};
 use crate::forward::{self, ForwardEnd, StreamEvent, Streams};
+use crate::net::runtime::lock;
 use crate::net::{Connection, Ending};
 use crate::smux::{Mux, MuxConfig};
 use crate::version;
@@ -65,8 +67,13 @@ pub(crate) async fn run(
     let peer_version = connection.info().peer_version.clone().unwrap_or_default();
     let session_id = request.session_id.clone();
     let outbox = context.outbox.clone();
+    // Stream reports are audit records: when the outbox is full, one waits in a task of its
+    // own rather than being dropped, and the session ends only after they are queued, so
+    // they precede its report.
+    let waiting: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+    let waiting_reports = waiting.clone();
     let report = move |event: StreamEvent| {
-        let _ = outbox.try_send(ControlMessage::Stream(StreamReport {
+        let message = ControlMessage::Stream(StreamReport {
             session_id: session_id.clone(),
             stream_id: event.stream_id,
             destination: event.destination,
@@ -75,7 +82,14 @@ pub(crate) async fn run(
             bytes_from_destination: event.bytes_in,
             duration_ms: event.duration_ms,
             detail: event.detail,
-        }));
+        });
+        if let Err(TrySendError::Full(message)) = outbox.try_send(message) {
+            let outbox = outbox.clone();
+            let task = tokio::spawn(async move {
+                let _ = outbox.send(message).await;
+            });
+            lock(&waiting_reports).push(task);
+        }
     };
     let local = target.kind == PortKind::LocalPortForwarding;
     let (reader, writer) = connection.split();
@@ -103,6 +117,10 @@ pub(crate) async fn run(
         )
         .await
     };
+    let waiting = std::mem::take(&mut *lock(&waiting));
+    for task in waiting {
+        let _ = task.await;
+    }
     match end {
         ForwardEnd::Session(ending) => Outcome::from_ending(&ending),
         ForwardEnd::Terminated => Outcome {
