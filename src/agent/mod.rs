@@ -48,7 +48,7 @@ use crate::control::{
 use crate::document::{AgentSessionRequest, SessionType};
 use crate::entropy::SystemEntropy;
 use crate::kms::KeyProvider;
-use crate::net::runtime::{jittered, lock, random_uuid, wall_ms};
+use crate::net::runtime::{Liveness, jittered, lock, random_uuid, wall_ms};
 use crate::net::{self, Connection, Options, TlsConfig, TokenError};
 use crate::session::AgentConfig;
 use crate::sigv4::{self, Credentials};
@@ -60,8 +60,8 @@ pub const AGENT_VERSION: &str = "3.3.1957.0";
 const OUTBOX: usize = 1024;
 /// The control channel is pinged this often…
 const PING_EVERY: Duration = Duration::from_secs(20);
-/// …and redialled when nothing at all (pongs included) arrived for this long.
-const SILENCE_LIMIT: Duration = Duration::from_secs(50);
+/// …and redialled when nothing at all (pongs included) answers a ping for this long.
+const PONG_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Everything the agent needs to run.
 #[derive(Clone)]
@@ -312,9 +312,8 @@ async fn control_channel(
         }
         unsent.pop_front();
     }
-    let mut ping = tokio::time::interval(PING_EVERY);
+    let mut liveness = Liveness::new(std::time::Instant::now(), PING_EVERY, PONG_TIMEOUT);
     let mut drained = tokio::time::interval(Duration::from_millis(50));
-    let mut last_heard = std::time::Instant::now();
     loop {
         let stopping = context.stop.is_cancelled();
         if stopping && outbox.is_empty() && lock(&context.running).is_empty() {
@@ -339,16 +338,16 @@ async fn control_channel(
                     return Ok(());
                 }
             }
-            _ = ping.tick() => {
-                if last_heard.elapsed() > SILENCE_LIMIT {
-                    return Err(format!("nothing heard for {SILENCE_LIMIT:?}"));
-                }
-                if ws.send(Message::Ping(Default::default())).await.is_err() {
+            () = tokio::time::sleep_until(liveness.deadline().into()) => {
+                let due = liveness
+                    .poll(std::time::Instant::now(), true)
+                    .map_err(|unanswered| unanswered.to_string())?;
+                if due && ws.send(Message::Ping(Default::default())).await.is_err() {
                     return Ok(());
                 }
             }
             received = ws.next() => {
-                last_heard = std::time::Instant::now();
+                liveness.heard();
                 let message = match received {
                     Some(Ok(Message::Binary(message))) => message,
                     Some(Ok(Message::Close(_))) | None => return Ok(()),

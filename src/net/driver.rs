@@ -21,7 +21,7 @@ use tracing::Instrument;
 
 use super::dial::{Ws, dial};
 use super::handle::{Command, Connection, Ending, Incoming, Shared};
-use super::runtime::{self, wall_ms};
+use super::runtime::{self, Liveness, wall_ms};
 use super::{NetError, Options, TokenError};
 use crate::PayloadType;
 use crate::crypto::DATA_KEY_LEN;
@@ -271,7 +271,11 @@ impl Driver {
     async fn serve(&mut self, ws: Ws) -> Option<NetError> {
         let (mut sink, mut stream) = ws.split();
         let mut out = Outgoing::default();
-        let mut liveness = Liveness::new(Instant::now(), &self.options);
+        let mut liveness = Liveness::new(
+            Instant::now(),
+            self.options.ping_interval,
+            self.options.pong_timeout,
+        );
         let timer = tokio::time::sleep_until(Instant::now().into());
         tokio::pin!(timer);
         let mut armed: Option<Instant> = None;
@@ -288,17 +292,17 @@ impl Driver {
             let now = Instant::now();
             let app_keeps_up = self.to_app.is_empty();
             let reading = app_keeps_up && out.messages.len() < MAX_UNSENT;
-            if liveness.check(now, app_keeps_up, &mut out).is_err() {
-                return Some(NetError::Connect(described(format!(
-                    "no answer to a ping within {:?}",
-                    self.options.pong_timeout
-                ))));
+            match liveness.poll(now, app_keeps_up) {
+                Err(unanswered) => return Some(NetError::Connect(Box::new(unanswered))),
+                Ok(true) => out
+                    .messages
+                    .push_back(Message::Ping(Bytes::from_static(PING))),
+                Ok(false) => {}
             }
-            let deadline = [self.session.poll_timeout(), Some(liveness.deadline())]
-                .into_iter()
-                .flatten()
-                .min()
-                .expect("liveness always has a deadline");
+            let deadline = self
+                .session
+                .poll_timeout()
+                .map_or(liveness.deadline(), |at| at.min(liveness.deadline()));
             if armed != Some(deadline) {
                 timer.as_mut().reset(deadline.into());
                 armed = Some(deadline);
@@ -674,57 +678,5 @@ impl Outgoing {
         ready!(sink.poll_flush_unpin(cx))?;
         self.unflushed = false;
         Poll::Ready(Ok(()))
-    }
-}
-
-/// Pings and the pong deadline. Anything received counts as an answer; while the driver is not
-/// reading because the application is behind, nothing can be heard, so no deadline runs.
-struct Liveness {
-    interval: Duration,
-    timeout: Duration,
-    next_ping: Instant,
-    waiting_since: Option<Instant>,
-}
-
-impl Liveness {
-    fn new(now: Instant, options: &Options) -> Self {
-        Liveness {
-            interval: options.ping_interval,
-            timeout: options.pong_timeout,
-            next_ping: now,
-            waiting_since: None,
-        }
-    }
-
-    /// Queues a ping when due; `Err` when the connection is dead.
-    fn check(&mut self, now: Instant, app_keeps_up: bool, out: &mut Outgoing) -> Result<(), ()> {
-        if !app_keeps_up {
-            self.waiting_since = None;
-        } else if self
-            .waiting_since
-            .is_some_and(|since| now >= since + self.timeout)
-        {
-            return Err(());
-        }
-        if now >= self.next_ping {
-            out.messages
-                .push_back(Message::Ping(Bytes::from_static(PING)));
-            self.next_ping = now + self.interval;
-            if app_keeps_up && self.waiting_since.is_none() {
-                self.waiting_since = Some(now);
-            }
-        }
-        Ok(())
-    }
-
-    fn heard(&mut self) {
-        self.waiting_since = None;
-    }
-
-    fn deadline(&self) -> Instant {
-        match self.waiting_since {
-            Some(since) => self.next_ping.min(since + self.timeout),
-            None => self.next_ping,
-        }
     }
 }

@@ -5,7 +5,7 @@
 //! adapters get them.
 
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::entropy::{Entropy, SystemEntropy};
 
@@ -49,6 +49,68 @@ pub fn jittered(delay: Duration, entropy: &mut dyn Entropy) -> Duration {
     delay / 2 + delay / 2 * fraction / 1000
 }
 
+/// When to ping a peer, and when it is gone: a ping that nothing at all answers (anything
+/// received counts) within `timeout`. While the caller deliberately does not read (its
+/// application is behind), nothing can be heard, so no deadline runs.
+#[derive(Debug)]
+pub(crate) struct Liveness {
+    interval: Duration,
+    timeout: Duration,
+    next_ping: Instant,
+    waiting_since: Option<Instant>,
+}
+
+/// Nothing answered a ping in time.
+#[derive(Debug, thiserror::Error)]
+#[error("no answer to a ping within {0:?}")]
+pub(crate) struct Unanswered(Duration);
+
+impl Liveness {
+    /// Pings every `interval` from `now` on; gone after `timeout` without an answer.
+    pub(crate) fn new(now: Instant, interval: Duration, timeout: Duration) -> Self {
+        Liveness {
+            interval,
+            timeout,
+            next_ping: now,
+            waiting_since: None,
+        }
+    }
+
+    /// Whether a ping is due (send one when `Ok(true)`); `Err` when the peer is gone.
+    /// `listening` is false while the caller is not reading.
+    pub(crate) fn poll(&mut self, now: Instant, listening: bool) -> Result<bool, Unanswered> {
+        if !listening {
+            self.waiting_since = None;
+        } else if self
+            .waiting_since
+            .is_some_and(|since| now >= since + self.timeout)
+        {
+            return Err(Unanswered(self.timeout));
+        }
+        if now < self.next_ping {
+            return Ok(false);
+        }
+        self.next_ping = now + self.interval;
+        if listening && self.waiting_since.is_none() {
+            self.waiting_since = Some(now);
+        }
+        Ok(true)
+    }
+
+    /// Something arrived from the peer.
+    pub(crate) fn heard(&mut self) {
+        self.waiting_since = None;
+    }
+
+    /// When [`Liveness::poll`] has something to say next.
+    pub(crate) fn deadline(&self) -> Instant {
+        match self.waiting_since {
+            Some(since) => self.next_ping.min(since + self.timeout),
+            None => self.next_ping,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -69,6 +131,30 @@ mod tests {
             "jitter barely varies: {} values",
             seen.len()
         );
+    }
+
+    #[test]
+    fn liveness_pings_on_schedule_and_gives_up_only_while_listening() {
+        let start = Instant::now();
+        let (every, timeout) = (Duration::from_secs(20), Duration::from_secs(30));
+        let mut liveness = Liveness::new(start, every, timeout);
+        assert!(liveness.poll(start, true).unwrap(), "a ping at once");
+        assert!(!liveness.poll(start + Duration::from_secs(1), true).unwrap());
+        assert_eq!(liveness.deadline(), start + every);
+        liveness.heard();
+        assert!(liveness.poll(start + every, true).unwrap());
+        // Not listening: no deadline runs however long it lasts…
+        assert!(liveness.poll(start + every * 5, false).is_ok());
+        // …but once listening again an unanswered ping ends it after `timeout`.
+        let back = start + every * 6;
+        assert!(liveness.poll(back, true).unwrap());
+        assert!(
+            liveness
+                .poll(back + timeout - Duration::from_millis(1), true)
+                .is_ok()
+        );
+        let gone = liveness.poll(back + timeout, true).unwrap_err();
+        assert_eq!(gone.to_string(), "no answer to a ping within 30s");
     }
 
     #[test]
