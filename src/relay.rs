@@ -397,26 +397,72 @@ impl Relay {
     /// sent, in order. `now` dates the frames this causes and starts the close linger.
     #[must_use]
     pub fn poll_transmit(&mut self, now: Instant, conn: ConnectionId) -> Option<Bytes> {
+        let mut next = None;
+        self.transmit(now, conn, 1, |message| next = Some(message));
+        next
+    }
+
+    /// As [`Relay::poll_transmit`], up to `max` messages at once appended to `batch` (the
+    /// session is looked up once, not per message: what keeps 1 KiB reference-wire messages
+    /// cheap); returns how many.
+    pub fn poll_transmits(
+        &mut self,
+        now: Instant,
+        conn: ConnectionId,
+        max: usize,
+        batch: &mut Vec<Bytes>,
+    ) -> usize {
+        self.transmit(now, conn, max, |message| batch.push(message))
+    }
+
+    fn transmit(
+        &mut self,
+        now: Instant,
+        conn: ConnectionId,
+        max: usize,
+        mut emit: impl FnMut(Bytes),
+    ) -> usize {
         self.out.tick(now);
-        let (session_id, side) = self.connections.get(&conn)?;
-        let side = *side;
-        let slot = self.sessions.get_mut(session_id)?;
-        let endpoint = &mut slot.sides[index(side)];
-        let connection = endpoint.connection.as_mut()?;
-        if let Some(frame) = connection.publication.take() {
-            return Some(frame);
-        }
-        let Some(message) = endpoint.outbox.pop_front() else {
-            connection.announced = false;
-            if slot.ended && !connection.closing {
-                connection.closing = true;
-                let at = self.out.clock.0 + self.out.config.close_linger;
-                self.out.timers.push(Reverse((at, Timer::Linger(conn))));
-                self.out.events.push_back(Event::Close(conn));
-            }
-            return None;
+        let Some((session_id, side)) = self.connections.get(&conn) else {
+            return 0;
         };
-        endpoint.outbox_bytes -= message.len();
+        let side = *side;
+        let Some(slot) = self.sessions.get_mut(session_id) else {
+            return 0;
+        };
+        let endpoint = &mut slot.sides[index(side)];
+        let Some(connection) = endpoint.connection.as_mut() else {
+            return 0;
+        };
+        let mut count = 0;
+        if count < max
+            && let Some(frame) = connection.publication.take()
+        {
+            emit(frame);
+            count += 1;
+        }
+        let mut taken = 0;
+        while count < max {
+            let Some(message) = endpoint.outbox.pop_front() else {
+                if count == 0 {
+                    connection.announced = false;
+                    if slot.ended && !connection.closing {
+                        connection.closing = true;
+                        let at = self.out.clock.0 + self.out.config.close_linger;
+                        self.out.timers.push(Reverse((at, Timer::Linger(conn))));
+                        self.out.events.push_back(Event::Close(conn));
+                    }
+                }
+                break;
+            };
+            endpoint.outbox_bytes -= message.len();
+            emit(message);
+            count += 1;
+            taken += 1;
+        }
+        if taken == 0 {
+            return count;
+        }
         let drained = endpoint.outbox.is_empty()
             || (endpoint.outbox_bytes
                 <= self.out.config.soft_limit.min(self.out.config.hard_limit)
@@ -428,7 +474,7 @@ impl Relay {
             self.out.events.push_back(Event::Readable(sender.id));
         }
         slot.update_publication(session_id, other(side), &mut self.out);
-        Some(message)
+        count
     }
 
     /// The next thing the driver must do, if any.
@@ -687,6 +733,38 @@ mod tests {
             .iter()
             .map(|m| Frame::decode(m.clone()).map_or(MessageType::Acknowledge, |f| f.message_type))
             .collect()
+    }
+
+    #[test]
+    fn batches_hand_out_what_single_polls_do_in_the_same_order() {
+        let run = |batched: bool| {
+            let (mut relay, now) = relay(Config::default());
+            let agent = relay.attach(now, "s", Role::Agent).unwrap();
+            assert_eq!(
+                types(&drain(&mut relay, now, agent)),
+                [MessageType::PausePublication]
+            );
+            let client = relay.attach(now, "s", Role::Client).unwrap();
+            for n in 0..300u32 {
+                relay
+                    .receive(now, client, Bytes::from(n.to_be_bytes().to_vec()))
+                    .unwrap();
+            }
+            let mut out = Vec::new();
+            if batched {
+                while relay.poll_transmits(now, agent, 7, &mut out) > 0 {}
+            } else {
+                out = drain(&mut relay, now, agent);
+            }
+            let tail: Vec<Vec<u8>> = out.iter().rev().take(300).map(|m| m.to_vec()).collect();
+            (types(&out[..out.len() - 300]), tail)
+        };
+        let (single_head, single_tail) = run(false);
+        let (batch_head, batch_tail) = run(true);
+        assert_eq!(single_head, [MessageType::StartPublication]);
+        assert_eq!(batch_head, single_head);
+        assert_eq!(batch_tail, single_tail);
+        assert_eq!(batch_tail[0], 299u32.to_be_bytes());
     }
 
     #[test]

@@ -667,13 +667,9 @@ where
     let mut batch = Vec::with_capacity(WRITE_BATCH);
     loop {
         state.with_core(|inner| {
-            let now = Instant::now();
-            while batch.len() < WRITE_BATCH {
-                match inner.core.poll_transmit(now, conn) {
-                    Some(message) => batch.push(message),
-                    None => break,
-                }
-            }
+            inner
+                .core
+                .poll_transmits(Instant::now(), conn, WRITE_BATCH, &mut batch)
         });
         if batch.is_empty() {
             if signals.closing.load(Ordering::Relaxed) {
