@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use ssm_session::agent::{self, AgentSettings};
 use ssm_session::aws::ApiClient;
 use ssm_session::client::SessionClient;
@@ -15,6 +15,9 @@ use ssm_session::net::{Ending, Incoming, TlsConfig};
 use ssm_session::sigv4::Credentials;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
+
+#[path = "support/online.rs"]
+mod online;
 
 /// A gateway and an agent in this process; [`World::stop_agent`] stops the agent as SIGTERM
 /// would.
@@ -63,42 +66,22 @@ impl World {
         world
     }
 
-    fn sessions(&self) -> SessionClient {
-        let api = ApiClient::new(
+    fn api(&self) -> ApiClient {
+        ApiClient::new(
             self.gateway.endpoint(),
             "us-east-1",
             self.admin.clone(),
             TlsConfig::default(),
         )
-        .unwrap();
-        SessionClient::new(api)
+        .unwrap()
+    }
+
+    fn sessions(&self) -> SessionClient {
+        SessionClient::new(self.api())
     }
 
     async fn wait_online(&self) {
-        let api = ApiClient::new(
-            self.gateway.endpoint(),
-            "us-east-1",
-            self.admin.clone(),
-            TlsConfig::default(),
-        )
-        .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let answer = api
-                .call("ssm", "AmazonSSM.DescribeInstanceInformation", &json!({}))
-                .await
-                .unwrap();
-            let online = answer["InstanceInformationList"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|i| i["InstanceId"] == self.target.as_str() && i["PingStatus"] == "Online");
-            if online {
-                return;
-            }
-            assert!(Instant::now() < deadline, "the agent did not come online");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        online::wait_online(&self.api(), &self.target).await;
     }
 
     /// Stops the agent and waits until `run` returned (within its grace period).

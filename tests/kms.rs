@@ -6,11 +6,13 @@
 
 #[path = "support/external.rs"]
 mod external;
+#[path = "support/online.rs"]
+mod online;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine;
 use serde_json::{Value, json};
@@ -118,24 +120,7 @@ impl World {
             settings = settings.key_provider(kms);
         }
         self.agent_task = Some(tokio::spawn(run_agent(settings)));
-        let api = self.api(&self.admin);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let answer = api
-                .call("ssm", "AmazonSSM.DescribeInstanceInformation", &json!({}))
-                .await
-                .unwrap();
-            let online = answer["InstanceInformationList"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|i| i["InstanceId"] == self.target() && i["PingStatus"] == "Online");
-            if online {
-                return;
-            }
-            assert!(Instant::now() < deadline, "the agent did not come online");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        online::wait_online(&self.api(&self.admin), self.target()).await;
     }
 
     /// Runs a shell through `document` with the client's data keys from `kms`: it must be

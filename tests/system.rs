@@ -17,6 +17,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[path = "support/external.rs"]
 mod external;
+#[path = "support/online.rs"]
+mod online;
 
 /// The programs of `src/bin/`, which cargo builds for integration tests.
 fn program(name: &str) -> PathBuf {
@@ -146,33 +148,7 @@ impl System {
 
     fn wait_online(&self) {
         let api = self.api(self.field("access_key_id"), self.field("secret_access_key"));
-        let agent = self.field("agent_id").to_owned();
-        runtime().block_on(async {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                let answer = api
-                    .call(
-                        "ssm",
-                        "AmazonSSM.DescribeInstanceInformation",
-                        &serde_json::json!({}),
-                    )
-                    .await
-                    .unwrap();
-                let online = answer["InstanceInformationList"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|instance| {
-                        instance["InstanceId"] == agent.as_str()
-                            && instance["PingStatus"] == "Online"
-                    });
-                if online {
-                    return;
-                }
-                assert!(Instant::now() < deadline, "the agent did not come online");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        });
+        runtime().block_on(online::wait_online(&api, self.field("agent_id")));
     }
 
     /// `client start-session` with `args`; stdin and stdout piped, stderr as given.
