@@ -315,6 +315,7 @@ pub fn relay_ops(data: &[u8]) {
         soft_limit: 64,
         hard_limit: 256,
         max_queued: 8,
+        total_limit: 512,
         abandon_after: Duration::from_secs(1),
         close_linger: Duration::from_millis(100),
     };

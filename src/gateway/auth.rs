@@ -240,6 +240,11 @@ impl Auth {
             .map_err(|error| format!("{}: {error}", error.aws_code()))
     }
 
+    /// The configured secret of agent `id`, to tell whether a reload changed it.
+    pub(super) fn agent_secret(&self, id: &str) -> Option<&str> {
+        self.agents.get(id).map(String::as_str)
+    }
+
     fn secret(&self, access_key_id: &str) -> Option<String> {
         self.users
             .get(access_key_id)

@@ -11,7 +11,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::agents::Registry;
 use super::auth::{ApiError, ApiRequest, Auth, Call, Caller};
-use super::config::{ConfigError, GatewayConfig, Limits};
+use super::config::{ConfigError, GatewayConfig, Limits, Quotas};
+use super::quota::StartRate;
 use super::sessions::Sessions;
 use super::{lock, wall_ms};
 use crate::audit::{ChainWriter, EndReason, EventKind, Record};
@@ -27,6 +28,8 @@ pub(super) struct Service {
     pub(super) state_dir: PathBuf,
     pub(super) tls: bool,
     pub(super) limits: Limits,
+    pub(super) quotas: Quotas,
+    pub(super) start_rate: StartRate,
     pub(super) config_path: Option<PathBuf>,
     auth: RwLock<Arc<Auth>>,
     pub(super) hub: Hub,
@@ -63,6 +66,11 @@ impl Service {
             state_dir: config.state_dir.clone(),
             tls: parts.tls,
             limits: config.limits,
+            quotas: config.quotas,
+            start_rate: StartRate::new(
+                config.quotas.start_session_burst,
+                config.quotas.start_sessions_per_minute,
+            ),
             config_path: parts.config_path,
             auth: RwLock::new(Arc::new(parts.auth)),
             hub: parts.hub,
@@ -139,8 +147,9 @@ impl Service {
         }
     }
 
-    /// Swaps in the configuration file's principals, policies, agents and documents, and ends
-    /// the live sessions it no longer allows.
+    /// Swaps in the configuration file's principals, policies, agents and documents, cuts off
+    /// the agents it removed (or whose secret changed) with their sessions, and ends the live
+    /// sessions it no longer allows. A refusal is audited (`policy.reload`, decision deny).
     pub(super) fn reload(&self) -> Result<Vec<String>, ConfigError> {
         let Some(path) = &self.config_path else {
             return Err(ConfigError::Invalid(
@@ -151,25 +160,36 @@ impl Service {
             Ok(auth) => Arc::new(auth),
             Err(error) => {
                 tracing::warn!(path = %path.display(), %error, "reload refused, keeping the old configuration");
+                let mut record = Record::new(EventKind::PolicyReload);
+                record.decision = Some("deny".into());
+                record.reason = Some(error.to_string());
+                record.detail = Some(format!(
+                    "{} refused; the previous configuration stays in force",
+                    path.display()
+                ));
+                self.audit(record);
                 return Err(error);
             }
         };
-        *self
-            .auth
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = config.clone();
+        let previous = std::mem::replace(
+            &mut *self
+                .auth
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            config.clone(),
+        );
         let mut record = Record::new(EventKind::PolicyReload);
         record.detail = Some(format!("{} reloaded", path.display()));
         self.audit(record);
-        let revoked = self.revoke_disallowed(&config);
+        let mut revoked = self.revoke_agents(&previous, &config);
+        revoked.extend(self.revoke_disallowed(&config));
         tracing::info!(path = %path.display(), revoked = revoked.len(), "configuration reloaded");
         Ok(revoked)
     }
 
     pub(super) fn recording_path(&self, session_id: &str) -> PathBuf {
         self.state_dir
-            .join("recordings")
-            .join(format!("{session_id}.cast"))
+            .join(super::sessions::recording_name(session_id))
     }
 
     /// Appends to the audit chain. A failing audit log is logged at error level; the gateway

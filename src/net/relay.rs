@@ -78,18 +78,22 @@ pub struct RelayConfig {
     pub soft_limit: usize,
     /// Bytes queued toward one side above which the relay stops reading the other side.
     pub hard_limit: usize,
+    /// Bytes queued across all sessions above which the relay stops reading senders whose
+    /// peer already has something queued ([`crate::relay::Config::total_limit`]).
+    pub total_limit: usize,
     /// How long a new connection may take for TLS, the upgrade, and its opening message, each.
     pub open_timeout: Duration,
 }
 
 impl RelayConfig {
-    /// Plain `ws://`, 4 MiB soft and 16 MiB hard queue limits, 10 s to open.
+    /// Plain `ws://`, 4 MiB soft and 16 MiB hard queue limits, 256 MiB in all, 10 s to open.
     pub fn new(tokens: Arc<TokenTable>) -> Self {
         RelayConfig {
             tokens,
             tls: None,
             soft_limit: 4 << 20,
             hard_limit: 16 << 20,
+            total_limit: 256 << 20,
             open_timeout: Duration::from_secs(10),
         }
     }
@@ -101,6 +105,7 @@ impl fmt::Debug for RelayConfig {
             .field("tls", &self.tls.is_some())
             .field("soft_limit", &self.soft_limit)
             .field("hard_limit", &self.hard_limit)
+            .field("total_limit", &self.total_limit)
             .field("open_timeout", &self.open_timeout)
             .finish_non_exhaustive()
     }
@@ -216,6 +221,7 @@ impl Hub {
         let limits = relay::Config {
             soft_limit: config.soft_limit,
             hard_limit: config.hard_limit,
+            total_limit: config.total_limit,
             ..relay::Config::default()
         };
         let core = relay::Relay::new(
