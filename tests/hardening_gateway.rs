@@ -367,7 +367,7 @@ async fn a_removed_agent_is_cut_off_with_its_sessions_within_a_second() {
     config.agents.clear();
     let reloaded = Instant::now();
     let revoked = world.reload_with(&config);
-    assert_eq!(revoked, [started.session_id.clone()]);
+    assert_eq!(revoked, std::slice::from_ref(&started.session_id));
 
     let ended = summary(connection, Duration::from_secs(1)).await;
     let Ending::ChannelClosed { output } = &ended.ending else {
@@ -412,6 +412,26 @@ async fn a_removed_agent_is_cut_off_with_its_sessions_within_a_second() {
             .iter()
             .any(|record| record["event"] == "agent.disconnect")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_whose_secret_changed_is_cut_off_with_its_sessions() {
+    let world = World::start("rekeyed", |_, _| {}).await;
+    let (started, mut connection) = world.shell("dev-admin").await;
+    run_until(&mut connection, "echo live-$((6*7))\n", "live-42").await;
+    let mut config = world.config.clone();
+    config.agents[0].secret = "a-new-secret-the-old-agent-does-not-know".into();
+    assert_eq!(
+        world.reload_with(&config),
+        std::slice::from_ref(&started.session_id)
+    );
+    let ended = summary(connection, Duration::from_secs(1)).await;
+    assert!(
+        ended.interrupted().unwrap().contains("has a new secret"),
+        "{ended}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_ne!(world.ping_status().await, "Online");
 }
 
 #[cfg(unix)]

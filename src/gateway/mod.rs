@@ -12,12 +12,19 @@
 //! * **Relay**: `/v1/data-channel/<session-id>` pairs the client and the agent by session id
 //!   and forwards frames without reading them ([`crate::net::relay::Hub`]); encrypted sessions
 //!   stay opaque to the gateway.
-//! * **Revoke**: [`Gateway::reload`] (called when the file changes; `ssm-gateway` also calls
-//!   it on SIGHUP) re-reads principals, policies and agents and ends every live session whose owner
-//!   may no longer start it, with `channel_closed` to both ends.
+//! * **Ownership**: only the principal who started a session may resume, terminate or list it,
+//!   whatever its policy's resource patterns match; the operator ends others' sessions through
+//!   the configuration. [`Quotas`] bound each principal's live sessions and StartSession rate,
+//!   and the relay's memory across sessions.
+//! * **Revoke**: [`Gateway::reload`] (called when the file's content changes; `ssm-gateway` also
+//!   calls it on SIGHUP) re-reads principals, policies and agents, cuts off agents removed from
+//!   it (or whose secret changed) with their sessions, and ends every live session whose owner
+//!   may no longer start it, with `channel_closed` to both ends. A refused reload is audited.
 //! * **Audit**: every API call, session start and end, port stream and recording chunk goes
 //!   into a hash-chained JSON-lines log ([`crate::audit`]); shell sessions are recorded as
-//!   asciicast v2 streamed live by the agent into `recordings/<session-id>.cast`.
+//!   asciicast v2 streamed live by the agent into `recordings/<session-id>.cast`. The state
+//!   directory and `recordings` are 0700, the log, recordings and KMS master key 0600
+//!   (tightened at start if an older version left them looser).
 //!
 //! # Examples
 //!
@@ -196,8 +203,10 @@ impl Gateway {
     }
 
     /// Re-reads the configuration file, swaps in its principals, policies, agents and
-    /// documents, and ends every live session its owner may no longer start (`revoked`).
-    /// Returns the ids of the sessions it ended. A broken file changes nothing.
+    /// documents, closes the control channel of every agent it removed or re-keyed, and ends
+    /// those agents' sessions and every live session its owner may no longer start
+    /// (`revoked`). Returns the ids of the sessions it ended. A broken file changes nothing
+    /// (and is audited as a refused `policy.reload`).
     pub fn reload(&self) -> Result<Vec<String>, ConfigError> {
         self.service.reload()
     }
@@ -389,7 +398,7 @@ fn prepare_state_dir(state_dir: &Path) -> Result<(), GatewayError> {
 /// seen, a touch that changes nothing is not.
 async fn watch_config(path: PathBuf, service: Arc<Service>) {
     use sha2::{Digest, Sha256};
-    let content = |path: &Path| std::fs::read(path).ok().map(|bytes| Sha256::digest(bytes));
+    let content = |path: &Path| std::fs::read(path).ok().map(Sha256::digest);
     let mut last = content(&path);
     loop {
         tokio::time::sleep(WATCH_INTERVAL).await;
