@@ -1,6 +1,7 @@
 //! The gateway's configuration file: who may sign requests (principals and their policies),
 //! which agents may connect, the KMS keys, where state goes and the limits on peers. Everything
-//! but the listening address, TLS, the state directory and the limits is re-read on reload.
+//! but the listening address, TLS, the state directory, the limits and the quotas is re-read on
+//! reload.
 
 use std::collections::BTreeMap;
 use std::fmt;
