@@ -39,6 +39,7 @@ mod api;
 mod auth;
 mod config;
 mod kms;
+mod replay;
 mod server;
 mod service;
 mod sessions;
