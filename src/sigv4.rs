@@ -261,9 +261,7 @@ pub enum SigV4Error {
     #[error("unsupported authorization scheme {0}: sign with AWS4-HMAC-SHA256 (SigV4)")]
     UnsupportedAlgorithm(String),
     /// `host`, or a header the endpoint requires signed, is not among the signed headers.
-    #[error(
-        "{0} must be among the SignedHeaders: sign it, or anyone on the path could change it"
-    )]
+    #[error("{0} must be among the SignedHeaders: sign it, or anyone on the path could change it")]
     HeaderNotSigned(String),
     /// A header listed in `SignedHeaders` is not in the request.
     #[error("signed header {0} is not in the request: send every header listed in SignedHeaders")]

@@ -113,8 +113,11 @@ impl World {
 
     /// A signed JSON API call as it goes on the wire.
     fn api_call(&self, credentials: &Credentials, target: &str, body: &Value) -> Signed {
-        Signed::new(&self.host(), "/", target, body.to_string().into_bytes())
-            .sign(credentials, "us-east-1", service_of(target))
+        Signed::new(&self.host(), "/", target, body.to_string().into_bytes()).sign(
+            credentials,
+            "us-east-1",
+            service_of(target),
+        )
     }
 
     /// The audit records whose action is `action`.
@@ -240,7 +243,13 @@ impl Signed {
         self.sign_at(credentials, region, service, now())
     }
 
-    fn sign_at(mut self, credentials: &Credentials, region: &str, service: &str, at: u64) -> Signed {
+    fn sign_at(
+        mut self,
+        credentials: &Credentials,
+        region: &str,
+        service: &str,
+        at: u64,
+    ) -> Signed {
         let request = Request {
             method: self.method,
             path: &self.path,
@@ -340,9 +349,14 @@ async fn send(gateway: &Gateway, wire: &[u8]) -> Answer {
 async fn a_body_swapped_under_unsigned_payload_is_refused() {
     let world = World::with_agent("unsigned-payload").await;
     let harmless = json!({"Target": "mi-00000000000000000"}).to_string();
-    let signed = Signed::new(&world.host(), "/", "AmazonSSM.StartSession", harmless.into())
-        .header("x-amz-content-sha256", "UNSIGNED-PAYLOAD")
-        .sign(&world.admin, "us-east-1", "ssm");
+    let signed = Signed::new(
+        &world.host(),
+        "/",
+        "AmazonSSM.StartSession",
+        harmless.into(),
+    )
+    .header("x-amz-content-sha256", "UNSIGNED-PAYLOAD")
+    .sign(&world.admin, "us-east-1", "ssm");
     // Someone on the path swaps the body for a command on the real target.
     let mut swapped = signed.clone();
     swapped.body = json!({
@@ -368,7 +382,10 @@ async fn a_body_swapped_under_unsigned_payload_is_refused() {
         .sign(&world.admin, "us-east-1", "ssm");
     let answer = send(&world.gateway, &declared.wire()).await;
     assert_eq!(answer.code(), "InvalidSignatureException", "{answer:?}");
-    assert!(answer.message().contains("does not match the body"), "{answer:?}");
+    assert!(
+        answer.message().contains("does not match the body"),
+        "{answer:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -434,31 +451,41 @@ async fn scopes_for_another_region_service_or_day_are_refused() {
             "ssm here, not \"kms\"",
         ),
         (
-            call("TrentService.DescribeKey", &json!({"KeyId": gateway::DEV_KEY_ALIAS}))
-                .sign(&world.admin, "us-east-1", "ssm"),
+            call(
+                "TrentService.DescribeKey",
+                &json!({"KeyId": gateway::DEV_KEY_ALIAS}),
+            )
+            .sign(&world.admin, "us-east-1", "ssm"),
             "kms here, not \"ssm\"",
         ),
         (
-            Signed::new(&world.host(), "/v1/data-channel/any-session", "", b"{}".to_vec())
-                .sign(&world.agent, "us-east-1", "ssm"),
+            Signed::new(
+                &world.host(),
+                "/v1/data-channel/any-session",
+                "",
+                b"{}".to_vec(),
+            )
+            .sign(&world.agent, "us-east-1", "ssm"),
             "ssmmessages here, not \"ssm\"",
         ),
         (
             // The day of X-Amz-Date changed after signing.
-            good.clone().set(
-                "x-amz-date",
-                &{
-                    let date = good
-                        .headers
-                        .iter()
-                        .find(|(name, _)| name == "x-amz-date")
-                        .unwrap()
-                        .1
-                        .clone();
-                    let day: u32 = date[6..8].parse().unwrap();
-                    format!("{}{:02}{}", &date[..6], if day == 1 { 2 } else { day - 1 }, &date[8..])
-                },
-            ),
+            good.clone().set("x-amz-date", &{
+                let date = good
+                    .headers
+                    .iter()
+                    .find(|(name, _)| name == "x-amz-date")
+                    .unwrap()
+                    .1
+                    .clone();
+                let day: u32 = date[6..8].parse().unwrap();
+                format!(
+                    "{}{:02}{}",
+                    &date[..6],
+                    if day == 1 { 2 } else { day - 1 },
+                    &date[8..]
+                )
+            }),
             "does not match the request date",
         ),
     ];
@@ -519,7 +546,10 @@ async fn replayed_start_and_resume_session_mint_no_tokens() {
         (400, "InvalidSignatureException"),
         "{replayed:?}"
     );
-    assert!(replayed.message().contains("already served"), "{replayed:?}");
+    assert!(
+        replayed.message().contains("already served"),
+        "{replayed:?}"
+    );
     assert!(replayed.body.get("TokenValue").is_none());
     assert_eq!(world.gateway.live_sessions(), [session_id.clone()]);
 
@@ -745,8 +775,16 @@ async fn a_token_for_another_side_or_session_is_audited_and_kept() {
         .map(|record| record["reason"].as_str().unwrap())
         .collect();
     assert_eq!(reasons.len(), 2, "{records:?}");
-    assert!(reasons.iter().any(|reason| reason.contains("Agent side")), "{reasons:?}");
-    assert!(reasons.iter().any(|reason| reason.contains("another session")), "{reasons:?}");
+    assert!(
+        reasons.iter().any(|reason| reason.contains("Agent side")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|reason| reason.contains("another session")),
+        "{reasons:?}"
+    );
     let sessions = SessionClient::new(world.api(&world.admin));
     let mut connection = sessions
         .connect(&ssm_session::client::StartedSession {

@@ -494,7 +494,16 @@ fn iam_list_users_example_of_the_aws_documentation() {
         headers: &signed,
         ..request
     };
-    let verified = sigv4::verify(&request, &Expected { service: "iam", ..SUITE }, secret_of, SUITE_TIME).unwrap();
+    let verified = sigv4::verify(
+        &request,
+        &Expected {
+            service: "iam",
+            ..SUITE
+        },
+        secret_of,
+        SUITE_TIME,
+    )
+    .unwrap();
     assert_eq!(verified.service, "iam");
 }
 
@@ -583,7 +592,8 @@ const CLI_TERMINATE_TIME: u64 = 1_795_881_452;
 #[test]
 fn verify_accepts_what_the_aws_cli_sends() {
     let raw = Raw::parse(CLI_START_SESSION);
-    let verified = sigv4::verify(&raw.request(), &SSM, secret_of, CLI_START_SESSION_TIME + 1).unwrap();
+    let verified =
+        sigv4::verify(&raw.request(), &SSM, secret_of, CLI_START_SESSION_TIME + 1).unwrap();
     assert_eq!(
         (
             verified.access_key_id.as_str(),
@@ -601,7 +611,16 @@ fn verify_accepts_what_the_aws_cli_sends() {
     let secret = |key: &str| {
         (key == "ASIAEXAMPLEGATEWAY01").then_some("gatewaytestsecret/EXAMPLE+key0123456789")
     };
-    let verified = sigv4::verify(&raw.request(), &Expected { region: "eu-west-1", ..SSM }, secret, CLI_TERMINATE_TIME).unwrap();
+    let verified = sigv4::verify(
+        &raw.request(),
+        &Expected {
+            region: "eu-west-1",
+            ..SSM
+        },
+        secret,
+        CLI_TERMINATE_TIME,
+    )
+    .unwrap();
     assert_eq!(verified.region, "eu-west-1");
     assert_eq!(
         verified.session_token.as_deref(),
@@ -954,7 +973,10 @@ fn refuses_a_signature_that_does_not_cover_a_required_header() {
         ..request
     };
     let error = sigv4::verify(&without_target, &SSM, secret_of, SUITE_TIME).unwrap_err();
-    assert_eq!(error, SigV4Error::HeaderNotSigned("\"x-amz-target\"".to_owned()));
+    assert_eq!(
+        error,
+        SigV4Error::HeaderNotSigned("\"x-amz-target\"".to_owned())
+    );
     assert_eq!(error.aws_code(), "IncompleteSignatureException");
     assert!(error.to_string().contains("x-amz-target"), "{error}");
     signed.push(headers[1].clone());
@@ -999,8 +1021,8 @@ fn refuses_a_scope_for_another_region_or_service() {
     assert!(error.to_string().contains("region eu-west-1"), "{error}");
 
     for service in ["kms", "ssmmessages", "ec2messages"] {
-        let error = sigv4::verify(&raw.request(), &Expected { service, ..SSM }, secret_of, at)
-            .unwrap_err();
+        let error =
+            sigv4::verify(&raw.request(), &Expected { service, ..SSM }, secret_of, at).unwrap_err();
         assert_eq!(
             error,
             SigV4Error::WrongService {
@@ -1200,7 +1222,15 @@ fn payload_hash_header_is_checked_against_the_body() {
             headers,
             body,
         };
-        sigv4::verify(&request, &Expected { signed_headers: &[], ..SSM }, secret_of, SUITE_TIME)
+        sigv4::verify(
+            &request,
+            &Expected {
+                signed_headers: &[],
+                ..SSM
+            },
+            secret_of,
+            SUITE_TIME,
+        )
     };
 
     let hash = "c0dc5a0f7c1fa1dc70c0b2dd9b3da3bc4a0b6d0b47fbb3c34ee4ad9bd75b9d36";

@@ -100,7 +100,10 @@ mod tests {
         assert_eq!(cache.first_use([2; 32], T, T), Ok(()));
         // A request from the verifier's future stays remembered until its own time is past.
         assert_eq!(cache.first_use([3; 32], T + 300, T), Ok(()));
-        assert_eq!(cache.first_use([3; 32], T + 300, T + 599), Err(Refused::Replayed));
+        assert_eq!(
+            cache.first_use([3; 32], T + 300, T + 599),
+            Err(Refused::Replayed)
+        );
     }
 
     #[test]

@@ -288,7 +288,11 @@ impl Hub {
     /// Runs one data channel whose upgrade request named `session_id`: reads the opening
     /// message, checks its token and forwards until the connection drops. A refused opening
     /// is closed with a policy-violation Close frame and returned.
-    pub async fn serve<S>(&self, ws: WebSocketStream<S>, session_id: String) -> Result<(), OpenRefused>
+    pub async fn serve<S>(
+        &self,
+        ws: WebSocketStream<S>,
+        session_id: String,
+    ) -> Result<(), OpenRefused>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -728,6 +732,45 @@ where
         }
         if sink.flush().await.is_err() {
             return Ended::Dropped;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_refused_for_what_they_were_not_issued_for() {
+        let tokens = TokenTable::default();
+        let token = tokens.issue("s-1", Role::Client);
+        assert_eq!(
+            tokens.redeem("s-1", Role::Agent, &token),
+            Err(OpenRefused::WrongSide(Role::Agent))
+        );
+        assert_eq!(
+            tokens.redeem("s-2", Role::Client, &token),
+            Err(OpenRefused::OtherSession)
+        );
+        // Still good for its own side, once.
+        assert_eq!(tokens.redeem("s-1", Role::Client, &token), Ok(()));
+        assert_eq!(
+            tokens.redeem("s-1", Role::Client, &token),
+            Err(OpenRefused::UnknownToken)
+        );
+        assert_eq!(
+            tokens.redeem("s-1", Role::Client, "forged"),
+            Err(OpenRefused::UnknownToken)
+        );
+
+        let expired = TokenTable::new(Duration::ZERO);
+        let token = expired.issue("s-1", Role::Agent);
+        assert_eq!(
+            expired.redeem("s-1", Role::Agent, &token),
+            Err(OpenRefused::Expired)
+        );
+        for refused in [OpenRefused::Expired, OpenRefused::UnknownToken] {
+            assert!(refused.to_string().contains("get a new one"), "{refused}");
         }
     }
 }
