@@ -415,7 +415,10 @@ async fn a_swapped_unsigned_target_is_refused() {
         "{answer:?}"
     );
     assert!(answer.message().contains("x-amz-target"), "{answer:?}");
-    assert_eq!(world.gateway.live_sessions(), [session_id.clone()]);
+    assert_eq!(
+        world.gateway.live_sessions(),
+        std::slice::from_ref(&session_id)
+    );
 
     // Signed with it, the operation cannot be changed either.
     let body = json!({"SessionId": session_id}).to_string().into_bytes();
@@ -551,7 +554,10 @@ async fn replayed_start_and_resume_session_mint_no_tokens() {
         "{replayed:?}"
     );
     assert!(replayed.body.get("TokenValue").is_none());
-    assert_eq!(world.gateway.live_sessions(), [session_id.clone()]);
+    assert_eq!(
+        world.gateway.live_sessions(),
+        std::slice::from_ref(&session_id)
+    );
 
     let resume = world.api_call(
         &world.admin,
