@@ -48,8 +48,15 @@
 //!
 //! Within the skew window a valid request can be sent again unchanged; a verifier that must
 //! not act twice on one request remembers [`Verified::signature`] until
-//! [`Verified::request_time`] plus [`MAX_CLOCK_SKEW_SECONDS`] (the gateway does, for the calls
-//! that mint tokens or open channels).
+//! [`Verified::request_time`] plus [`MAX_CLOCK_SKEW_SECONDS`].
+//!
+//! The gateway expects its own region in every scope, and per endpoint: `ssm` with a signed
+//! `x-amz-target` for `AmazonSSM.*`, `kms` with a signed `x-amz-target` for `TrentService.*`,
+//! and `ssmmessages` for the agents' `/v1/control-channel/` and `/v1/data-channel/` (what
+//! botocore, the AWS SDKs, the stock Go agent and our own client and agent sign). StartSession,
+//! ResumeSession, CreateDataChannel and the control-channel upgrade are good once: our
+//! [`sign`] callers add a signed random `amz-sdk-invocation-id` so that two identical calls in
+//! one second still differ.
 //!
 //! # Examples
 //!
