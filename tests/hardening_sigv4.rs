@@ -725,7 +725,7 @@ async fn every_refused_data_channel_open_is_audited() {
         (&session_id, opening("forged-token", ""), "unknown"),
         (&session_id, "not json".to_owned(), "not valid"),
         (&session_id, opening(&token, ""), "already used"),
-        // The agent's side with a client's token, and another session's.
+        // The used token on the agent's side, and a forged one on another session.
         (&session_id, opening(&token, world.target()), "unknown"),
         ("other-session", opening("forged-token", ""), "unknown"),
     ];
