@@ -47,6 +47,7 @@ mod auth;
 mod config;
 mod kms;
 mod quota;
+mod replay;
 mod server;
 mod service;
 mod sessions;

@@ -10,14 +10,15 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::agents::Registry;
-use super::auth::{ApiError, ApiRequest, Auth, Call, Caller};
+use super::auth::{ApiError, ApiRequest, Auth, Call, Caller, Signed};
 use super::config::{ConfigError, GatewayConfig, Limits, Quotas};
 use super::quota::StartRate;
+use super::replay::{self, ReplayCache};
 use super::sessions::Sessions;
 use super::{lock, wall_ms};
 use crate::audit::{ChainWriter, EndReason, EventKind, Record};
 use crate::kms::LocalKms;
-use crate::net::relay::{Hub, TokenTable};
+use crate::net::relay::{Hub, OpenRefused, TokenTable};
 
 /// How often shutdown looks whether the relay has flushed the ended sessions.
 const FLUSH_POLL: Duration = Duration::from_millis(20);
@@ -37,6 +38,8 @@ pub(super) struct Service {
     pub(super) kms: LocalKms,
     pub(super) sessions: Sessions,
     pub(super) agents: Registry,
+    /// Signatures of single-use calls seen within the clock skew.
+    replay: ReplayCache,
     audit: Mutex<ChainWriter<std::fs::File>>,
     /// The same file as `audit`'s, for fsync.
     audit_file: std::fs::File,
@@ -78,6 +81,7 @@ impl Service {
             kms: parts.kms,
             sessions: Sessions::default(),
             agents: Registry::default(),
+            replay: ReplayCache::default(),
             audit: Mutex::new(parts.audit),
             audit_file: parts.audit_file,
             stopping: CancellationToken::new(),
@@ -93,22 +97,33 @@ impl Service {
             .clone()
     }
 
-    /// Verifies the request's signature against principals and agents: who is calling. The
-    /// API and the KMS endpoint both authenticate here.
+    /// Verifies the request's signature against principals and agents for this gateway's
+    /// region and the operation's service: who is calling. The signature of a call that mints
+    /// a token is accepted once. The API and the KMS endpoint both authenticate here.
     pub(super) fn authenticate(&self, request: &ApiRequest) -> Result<Caller, ApiError> {
-        self.auth().verify(request, wall_ms() / 1000)
+        let now = wall_ms() / 1000;
+        let signed = self.auth().verify(request, &self.region, now)?;
+        self.first_use(&signed, now)?;
+        Ok(signed.signer)
     }
 
-    /// Verifies a control-channel upgrade signed by `agent_id`; refusals are audited.
+    /// Verifies a control-channel upgrade signed by `agent_id`, once; refusals are audited.
     pub(super) fn authenticate_agent(
         &self,
         request: &ApiRequest,
         agent_id: &str,
         peer: SocketAddr,
     ) -> Result<(), ApiError> {
-        let refusal = match self.auth().verify_agent(request, wall_ms() / 1000) {
-            Ok(id) if id == agent_id => return Ok(()),
-            Ok(id) => format!("agent {id} may not open the control channel of {agent_id}"),
+        let now = wall_ms() / 1000;
+        let refusal = match self.auth().verify_agent(request, &self.region, now) {
+            Ok(signed) if signed.signer == agent_id => match self.first_use(&signed, now) {
+                Ok(()) => return Ok(()),
+                Err(error) => error.to_string(),
+            },
+            Ok(signed) => format!(
+                "agent {} may not open the control channel of {agent_id}",
+                signed.signer
+            ),
             Err(why) => why,
         };
         tracing::info!(%agent_id, %peer, reason = %refusal, "control channel refused");
@@ -120,6 +135,49 @@ impl Service {
         record.reason = Some(refusal.clone());
         self.audit(record);
         Err(ApiError::new(403, "AccessDeniedException", refusal))
+    }
+
+    /// Refuses a single-use signature seen before, and any when too many are remembered.
+    fn first_use<T>(&self, signed: &Signed<T>, now: u64) -> Result<(), ApiError> {
+        let Some((signature, request_time)) = signed.once else {
+            return Ok(());
+        };
+        match self.replay.first_use(signature, request_time, now) {
+            Ok(()) => Ok(()),
+            Err(replay::Refused::Replayed) => Err(ApiError::new(
+                400,
+                "InvalidSignatureException",
+                "this signed request was already served: a request that mints a token or \
+                 opens a channel is good once; sign a new one",
+            )),
+            Err(replay::Refused::Full) => Err(ApiError::new(
+                400,
+                "ThrottlingException",
+                format!(
+                    "more than {} token-minting requests within the last {} seconds: retry later",
+                    replay::CAPACITY,
+                    crate::sigv4::MAX_CLOCK_SKEW_SECONDS
+                ),
+            )),
+        }
+    }
+
+    /// Audits a data-channel open the relay refused (bad, expired or reused token, wrong
+    /// side, no opening): one record each, like the control channel's refusals.
+    pub(super) fn data_channel_refused(
+        &self,
+        session_id: &str,
+        peer: SocketAddr,
+        refused: &OpenRefused,
+    ) {
+        tracing::info!(%session_id, %peer, reason = %refused, "data channel refused");
+        let mut record = Record::new(EventKind::ApiCall);
+        record.action = Some("ssmmessages:OpenDataChannel".into());
+        record.source = Some(peer.to_string());
+        record.session_id = Some(session_id.to_owned());
+        record.decision = Some("deny".into());
+        record.reason = Some(refused.to_string());
+        self.audit(record);
     }
 
     /// Checks that `name`'s policies allow `action` on `resources`, noting the allowing
