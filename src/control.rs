@@ -303,7 +303,13 @@ mod tests {
                     chunks: 2,
                     error: String::new(),
                 }),
-                ..SessionReport::new("alice-0123", "mi-1", EndReason::ClientExit, None, String::new())
+                ..SessionReport::new(
+                    "alice-0123",
+                    "mi-1",
+                    EndReason::ClientExit,
+                    None,
+                    String::new(),
+                )
             }),
             ControlMessage::Recording(RecordingChunk {
                 session_id: "alice-0123".into(),

@@ -360,7 +360,11 @@ async fn mux_loop(
         while let Some(event) = mux.poll_event() {
             match event {
                 MuxEvent::Opened(id) => {
-                    let Streams::Dial { destination, addresses } = &streams else {
+                    let Streams::Dial {
+                        destination,
+                        addresses,
+                    } = &streams
+                    else {
                         mux.close(id); // a client does not accept streams
                         continue;
                     };

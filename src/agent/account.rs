@@ -135,8 +135,14 @@ async fn create_user(name: &str) -> Result<Account, String> {
         .stderr(std::process::Stdio::null())
         .status()
         .await
-        .map_err(|error| format!("the default user {name:?} is missing and useradd failed ({error}): {advice}"))?;
-    tracing::info!(user = name, success = status.success(), "created the default run-as user");
+        .map_err(|error| {
+            format!("the default user {name:?} is missing and useradd failed ({error}): {advice}")
+        })?;
+    tracing::info!(
+        user = name,
+        success = status.success(),
+        "created the default run-as user"
+    );
     lookup(name)?.ok_or_else(|| {
         format!("the default user {name:?} is missing and useradd failed ({status}): {advice}")
     })
@@ -205,7 +211,11 @@ mod tests {
             Ok(RunAs::Document("alice".into()))
         );
         let unnamed = request(serde_json::json!({"runAsEnabled": true}), None);
-        assert!(decide(&unnamed, None, 0).unwrap_err().contains("runAsDefaultUser"));
+        assert!(
+            decide(&unnamed, None, 0)
+                .unwrap_err()
+                .contains("runAsDefaultUser")
+        );
     }
 
     #[test]

@@ -27,7 +27,8 @@ pub(crate) async fn run(
     let Some(command) = request.session.command.clone() else {
         return refuse(connection, "the document names no command".into()).await;
     };
-    let account = match account::resolve(request, context.settings.default_run_as.as_deref()).await {
+    let account = match account::resolve(request, context.settings.default_run_as.as_deref()).await
+    {
         Ok(account) => account,
         Err(why) => return refuse(connection, why).await,
     };

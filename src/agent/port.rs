@@ -164,25 +164,9 @@ pub(crate) async fn run(
     let end = if local && version::agent_uses_mux(&peer_version) {
         let config = MuxConfig::new(!version::agent_disables_smux_keepalive(&peer_version));
         let mux = Mux::server(config, std::time::Instant::now());
-        forward::run_mux(
-            reader,
-            writer,
-            mux,
-            streams(),
-            stop,
-            report,
-        )
-        .await
+        forward::run_mux(reader, writer, mux, streams(), stop, report).await
     } else {
-        forward::run_basic(
-            reader,
-            writer,
-            streams(),
-            !local,
-            stop,
-            report,
-        )
-        .await
+        forward::run_basic(reader, writer, streams(), !local, stop, report).await
     };
     let waiting = std::mem::take(&mut *lock(&waiting));
     for task in waiting {
@@ -277,7 +261,11 @@ mod tests {
         let failed = checked_addresses("nowhere.invalid", 80, false, |_, _| {
             Err(std::io::Error::other("no such host"))
         });
-        assert!(failed.unwrap_err().contains("cannot resolve nowhere.invalid"));
+        assert!(
+            failed
+                .unwrap_err()
+                .contains("cannot resolve nowhere.invalid")
+        );
         let empty = checked_addresses("empty.example", 80, true, |_, _| Ok(Vec::new()));
         assert!(empty.is_err());
         // Allowed explicitly, link-local addresses are dialled; bracketed literals resolve.

@@ -22,8 +22,8 @@ use tokio::sync::mpsc;
 use super::Context;
 use super::account::Account;
 use crate::audit::cast::CastWriter;
-use crate::document::AgentSessionRequest;
 use crate::control::{ControlMessage, RecordingChunk, RecordingSummary};
+use crate::document::AgentSessionRequest;
 
 /// A chunk is sent when this much is buffered, or at the next flush tick.
 const CHUNK: usize = 32 * 1024;
@@ -298,7 +298,13 @@ mod tests {
         // A session id is never a path.
         let (outbox, _) = mpsc::channel(1);
         for id in ["../escape", ".hidden", "a/b", ""] {
-            let refused = Recorder::start(id, (80, 24), serde_json::Value::Null, outbox.clone(), Some(&dir));
+            let refused = Recorder::start(
+                id,
+                (80, 24),
+                serde_json::Value::Null,
+                outbox.clone(),
+                Some(&dir),
+            );
             assert!(refused.is_err(), "{id:?}");
         }
         std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();

@@ -24,7 +24,8 @@ pub(crate) async fn run(
     request: &AgentSessionRequest,
     cancel: CancellationToken,
 ) -> Outcome {
-    let account = match account::resolve(request, context.settings.default_run_as.as_deref()).await {
+    let account = match account::resolve(request, context.settings.default_run_as.as_deref()).await
+    {
         Ok(account) => account,
         Err(why) => return refuse(connection, why).await,
     };

@@ -215,7 +215,10 @@ impl Service {
         started.document = Some(document_name);
         started.session_id = Some(session_id.clone());
         // What a command session runs is part of the record, with the caller's reason.
-        let command = resolved.command.as_ref().map(|command| format!("command: {command}"));
+        let command = resolved
+            .command
+            .as_ref()
+            .map(|command| format!("command: {command}"));
         started.detail = match (input.reason, command) {
             (Some(reason), Some(command)) => Some(format!("{reason}; {command}")),
             (reason, command) => reason.or(command),
