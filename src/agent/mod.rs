@@ -9,7 +9,9 @@
 //! * Shells and commands run as the document's run-as user when it enables run-as, else — for
 //!   an agent running as root — as [`AgentSettings::default_run_as`] (`ssm-user`).
 //! * `Port` forwards to `localhost:<portNumber>` or, when the document allows, a remote host
-//!   (link-local and metadata addresses refused unless [`AgentSettings::allow_link_local`]);
+//!   (resolved once and dialled at exactly the addresses checked; link-local and metadata
+//!   addresses refused unless [`AgentSettings::allow_link_local`]; a refusal reaches the
+//!   client as the session's `channel_closed` output);
 //!   smux-multiplexed or basic as the versions decide (SPEC §8.2).
 //!
 //! # Examples
@@ -86,7 +88,9 @@ pub struct AgentSettings {
     /// Shell for `Standard_Stream` sessions.
     pub shell: String,
     /// Allow port sessions to link-local and metadata addresses (169.254.0.0/16, fe80::/10,
-    /// fd00:ec2::254).
+    /// fd00:ec2::254, and 169.254.0.0/16 inside IPv4-mapped, IPv4-compatible, NAT64 and 6to4
+    /// IPv6 addresses). Either way a destination is resolved once, refused when that fails,
+    /// and dialled only at the addresses checked.
     pub allow_link_local: bool,
     /// First reconnection delay (doubles up to [`AgentSettings::max_backoff`], with jitter).
     pub initial_backoff: Duration,
