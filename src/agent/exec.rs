@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use std::sync::Arc;
 
 use super::recorder::{self, FLUSH_EVERY, Recorder};
-use super::shell::{DRAIN, agent_variables, exit_code, refuse};
+use super::shell::{DRAIN, exit_code, refuse};
 use super::{Context, Outcome, account};
 use crate::control::EndReason;
 use crate::document::AgentSessionRequest;
@@ -53,9 +53,6 @@ pub(crate) async fn run(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    for name in agent_variables() {
-        process.env_remove(name);
-    }
     if let Some(account) = &account {
         process
             .uid(account.uid)

@@ -41,9 +41,6 @@ pub(crate) async fn run(
         _ => pty_process::Command::new(&context.settings.shell),
     };
     command = command.env("TERM", "xterm-256color");
-    for name in agent_variables() {
-        command = command.env_remove(name);
-    }
     if let Some(account) = &account {
         command = command
             .uid(account.uid)
@@ -210,15 +207,6 @@ pub(crate) fn exit_code(status: &std::process::ExitStatus) -> i32 {
         .code()
         .or_else(|| status.signal().map(|signal| 128 + signal))
         .unwrap_or(-1)
-}
-
-/// The agent's own `SSM_AGENT_*` variables (its secret among them, when given that way),
-/// which its sessions must not inherit: they may run as another user.
-pub(crate) fn agent_variables() -> Vec<std::ffi::OsString> {
-    std::env::vars_os()
-        .map(|(name, _)| name)
-        .filter(|name| name.as_encoded_bytes().starts_with(b"SSM_AGENT_"))
-        .collect()
 }
 
 /// Tells the client why the session cannot run, then ends it.
