@@ -221,6 +221,50 @@ async fn command_documents_run_as_their_run_as_user() {
     }
 }
 
+/// Finding 7: run-as in the account's preferences (`SSM-SessionManagerRunShell`) applies to
+/// the built-in command documents too, not only to shells.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preferences_run_as_applies_to_command_documents() {
+    let preferences = json!({
+        "schemaVersion": "1.0",
+        "sessionType": "Standard_Stream",
+        "inputs": {"runAsEnabled": true, "runAsDefaultUser": "daemon"},
+    });
+    let documents = [("SSM-SessionManagerRunShell", preferences)];
+    let world = World::start("preferences", &documents, |_| {}).await;
+    let daemon = uid_of("daemon").expect("daemon exists");
+    let command = [("command", "echo uid=$(id -u)")];
+    for document in [
+        "AWS-StartNonInteractiveCommand",
+        "AWS-StartInteractiveCommand",
+    ] {
+        let (_, output, _) = world.run(document, &command, b"").await;
+        match euid() {
+            0 => assert!(
+                output.contains(&format!("uid={daemon}")),
+                "{document}: {output:?}"
+            ),
+            _ => assert!(
+                output.contains("needs the agent to run as root"),
+                "{output:?}"
+            ),
+        }
+    }
+    let (_, output, _) = world
+        .run(
+            "SSM-SessionManagerRunShell",
+            &[],
+            b"echo uid=$(id -u); exit\n",
+        )
+        .await;
+    if euid() == 0 {
+        assert!(
+            output.contains(&format!("uid={daemon}")),
+            "shell: {output:?}"
+        );
+    }
+}
+
 /// Finding 7: without run-as, a root agent runs commands as its non-root default user; the
 /// explicit opt-out runs them as the agent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,6 @@
 //! Which local account a shell or command runs as: the document's run-as user when
-//! `runAsEnabled`, else — when the agent runs as root — the non-root default user
+//! `runAsEnabled`, else the `RunAsUser` the gateway sends (from the account's preferences
+//! document, for every session type), else — when the agent runs as root — the non-root default user
 //! ([`AgentSettings::default_run_as`](super::AgentSettings::default_run_as), `ssm-user` as
 //! with AWS, created when missing), else the agent's own account.
 
@@ -78,6 +79,11 @@ pub(crate) fn decide(
             .filter(|name| !name.is_empty())
             .map(RunAs::Document)
             .ok_or_else(|| "run-as is enabled but no user is named (runAsDefaultUser)".into());
+    }
+    // The gateway names it when the account's preferences enable run-as, whatever the
+    // document (command documents have no run-as inputs of their own).
+    if let Some(name) = request.run_as_user.clone().filter(|name| !name.is_empty()) {
+        return Ok(RunAs::Document(name));
     }
     Ok(match default_user {
         // Only root can switch users; an unprivileged agent runs sessions as itself.
@@ -209,6 +215,15 @@ mod tests {
         assert_eq!(
             decide(&request(inputs, Some("alice")), None, 0),
             Ok(RunAs::Document("alice".into()))
+        );
+        // Named by the gateway (the account's preferences), without inputs of the document's own.
+        assert_eq!(
+            decide(
+                &request(serde_json::json!({}), Some("daemon")),
+                Some("ssm-user"),
+                0
+            ),
+            Ok(RunAs::Document("daemon".into()))
         );
         let unnamed = request(serde_json::json!({"runAsEnabled": true}), None);
         assert!(
