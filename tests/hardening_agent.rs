@@ -181,6 +181,11 @@ fn uid_of(name: &str) -> Option<u32> {
         .map(|fields| fields[2].parse().unwrap())
 }
 
+/// Whether `output` has `word` as a whole line.
+fn said(output: &str, word: &str) -> bool {
+    output.lines().any(|line| line.trim() == word)
+}
+
 fn command_document(inputs: Value, command: &str) -> Value {
     json!({
         "schemaVersion": "1.0",
@@ -241,7 +246,7 @@ async fn preferences_run_as_applies_to_command_documents() {
         let (_, output, _) = world.run(document, &command, b"").await;
         match euid() {
             0 => assert!(
-                output.contains(&format!("uid={daemon}")),
+                said(&output, &format!("uid={daemon}")),
                 "{document}: {output:?}"
             ),
             _ => assert!(
@@ -258,10 +263,7 @@ async fn preferences_run_as_applies_to_command_documents() {
         )
         .await;
     if euid() == 0 {
-        assert!(
-            output.contains(&format!("uid={daemon}")),
-            "shell: {output:?}"
-        );
+        assert!(said(&output, &format!("uid={daemon}")), "shell: {output:?}");
     }
 }
 
