@@ -27,6 +27,9 @@ use crate::document::AgentSessionRequest;
 
 /// A chunk is sent when this much is buffered, or at the next flush tick.
 const CHUNK: usize = 32 * 1024;
+/// Largest recording kept on the agent (as the gateway bounds the ones it stores); the rest
+/// is dropped and the summary says so.
+const MAX_LOCAL: u64 = 256 << 20;
 /// How often buffered lines are shipped.
 pub(crate) const FLUSH_EVERY: Duration = Duration::from_millis(500);
 
@@ -42,6 +45,7 @@ struct Local {
     path: PathBuf,
     digest: Sha256,
     bytes: u64,
+    limit: u64,
     failed: Option<String>,
 }
 
@@ -109,6 +113,7 @@ fn create_local(dir: &Path, session_id: &str) -> Result<Local, String> {
         path,
         digest: Sha256::new(),
         bytes: 0,
+        limit: MAX_LOCAL,
         failed: None,
     })
 }
@@ -260,6 +265,14 @@ impl Local {
         if self.failed.is_some() {
             return;
         }
+        if self.bytes + lines.len() as u64 > self.limit {
+            tracing::warn!(path = %self.path.display(), limit = self.limit, "recording truncated at the size limit");
+            self.failed = Some(format!(
+                "truncated at the size limit ({} bytes)",
+                self.limit
+            ));
+            return;
+        }
         match self.file.write_all(lines.as_bytes()) {
             Ok(()) => {
                 self.digest.update(lines.as_bytes());
@@ -295,6 +308,28 @@ mod tests {
         let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(Path::new(&summary.path)), 0o600);
         assert_eq!(mode(&dir), 0o700);
+        // Beyond the size limit, nothing more is written and the summary says so.
+        let (outbox, _) = mpsc::channel(1);
+        let mut recorder = Recorder::start(
+            "alice-02",
+            (80, 24),
+            serde_json::Value::Null,
+            outbox,
+            Some(&dir),
+        )
+        .unwrap();
+        if let Sink::Agent(local) = &mut recorder.sink {
+            local.limit = 200;
+        }
+        recorder.flush();
+        recorder.output(&[b'y'; 300]);
+        let summary = recorder.finish(None).await.unwrap();
+        assert!(summary.error.contains("size limit"), "{summary:?}");
+        assert!(summary.bytes <= 200);
+        assert_eq!(
+            std::fs::metadata(&summary.path).unwrap().len(),
+            summary.bytes
+        );
         // A session id is never a path.
         let (outbox, _) = mpsc::channel(1);
         for id in ["../escape", ".hidden", "a/b", ""] {
