@@ -16,10 +16,8 @@
 //!   it on SIGHUP) re-reads principals, policies and agents and ends every live session whose owner
 //!   may no longer start it, with `channel_closed` to both ends.
 //! * **Audit**: every API call, session start and end, port stream and recording chunk goes
-//!   into a hash-chained JSON-lines log ([`crate::audit`]); shell and command sessions are
-//!   recorded as asciicast v2 streamed live by the agent into `recordings/<session-id>.cast`,
-//!   except KMS-encrypted ones: their recording stays on the agent and only its digest is
-//!   audited.
+//!   into a hash-chained JSON-lines log ([`crate::audit`]); shell sessions are recorded as
+//!   asciicast v2 streamed live by the agent into `recordings/<session-id>.cast`.
 //!
 //! # Examples
 //!
