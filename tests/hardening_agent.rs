@@ -181,9 +181,10 @@ fn uid_of(name: &str) -> Option<u32> {
         .map(|fields| fields[2].parse().unwrap())
 }
 
-/// Whether `output` has `word` as a whole line.
+/// Whether `word` was printed as a word of its own (a shell prompt may precede it on its line;
+/// `uid=1` must not match `uid=10`).
 fn said(output: &str, word: &str) -> bool {
-    output.lines().any(|line| line.trim() == word)
+    output.split_whitespace().any(|token| token == word)
 }
 
 fn command_document(inputs: Value, command: &str) -> Value {
