@@ -696,3 +696,151 @@ async fn a_revoked_client_exits_non_zero_and_an_orderly_exit_keeps_its_code() {
     let why = revoked.interrupted().unwrap();
     assert!(why.contains("Access revoked"), "{why}");
 }
+
+/// Finding 8, defence in depth: an agent from before the fix streams the recording of a
+/// KMS-encrypted session in plaintext over its control channel; the gateway writes none of it
+/// and the end record says it was refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_recordings_of_encrypted_sessions_from_an_old_agent_are_refused() {
+    use futures_util::{SinkExt, StreamExt};
+    use ssm_session::control::{ControlMessage, RecordingChunk};
+    use tokio_tungstenite::tungstenite::{ClientRequestBuilder, Message};
+
+    let state = std::env::temp_dir().join(format!("ssm-harden-old-agent-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&state);
+    let dev = gateway::prepare_dev(&state, "127.0.0.1:0".parse().unwrap(), false).unwrap();
+    let gateway = Gateway::start(dev.config.clone(), None).await.unwrap();
+    let endpoint = gateway.endpoint().to_owned();
+    let authority = endpoint.trim_start_matches("http://").to_owned();
+
+    // The old agent's control channel: a signed upgrade, as every agent sends it.
+    let agent_id = &dev.setup.agent_id;
+    let path = format!("/v1/control-channel/{agent_id}");
+    let query = "role=subscribe&stream=input";
+    let headers = vec![("host".to_owned(), authority.clone())];
+    let request = ssm_session::sigv4::Request {
+        method: "GET",
+        path: &path,
+        query,
+        headers: &headers,
+        body: b"",
+    };
+    let credentials = Credentials::new(agent_id, &dev.setup.agent_secret, None);
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let signature =
+        ssm_session::sigv4::sign(&request, &credentials, "us-east-1", "ssmmessages", now);
+    let mut builder =
+        ClientRequestBuilder::new(format!("ws://{authority}{path}?{query}").parse().unwrap());
+    for (name, value) in signature {
+        builder = builder.with_header(name, value);
+    }
+    let (mut ws, _) = tokio_tungstenite::connect_async(builder).await.unwrap();
+    let opening = ssm_session::control::OpenControlChannelInput {
+        message_schema_version: "1.0".into(),
+        request_id: "00000000-0000-4000-8000-000000000001".into(),
+        agent_version: "3.3.0.0".into(),
+        platform_type: "linux".into(),
+    };
+    let opening = serde_json::to_string(&opening).unwrap();
+    ws.send(Message::Text(opening.into())).await.unwrap();
+
+    let admin = dev.config.principals.iter().find(|p| p.name == "dev-admin");
+    let admin = admin.unwrap();
+    let api = ApiClient::new(
+        &endpoint,
+        "us-east-1",
+        Credentials::new(&admin.access_key_id, &admin.secret_access_key, None),
+        TlsConfig::default(),
+    )
+    .unwrap();
+    online::wait_online(&api, agent_id).await;
+    let started = api
+        .call(
+            "ssm",
+            "AmazonSSM.StartSession",
+            &json!({"Target": agent_id, "DocumentName": gateway::DEV_ENCRYPTED_SHELL}),
+        )
+        .await
+        .unwrap();
+    let session_id = started["SessionId"].as_str().unwrap().to_owned();
+    let start = loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Message::Binary(data) = message
+            && let Ok(ControlMessage::StartSession(start)) = ControlMessage::decode(data)
+        {
+            break start;
+        }
+    };
+    assert_eq!(start.task_id, session_id);
+
+    let marker = "typed-secret-4711";
+    for (index, lines) in [
+        "{\"version\":2,\"width\":80,\"height\":24}\n".to_owned(),
+        format!("[0.1,\"o\",\"{marker}\"]\n"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let chunk = ControlMessage::Recording(RecordingChunk {
+            session_id: session_id.clone(),
+            index: index as u64,
+            lines,
+        });
+        let wire = chunk.encode(uuid::Uuid::from_u128(index as u128 + 1), now * 1000);
+        ws.send(Message::Binary(wire)).await.unwrap();
+    }
+    // A round trip through the gateway after the chunks: TerminateSession ends the session
+    // once they have been read (the control channel is read in order).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    api.call(
+        "ssm",
+        "AmazonSSM.TerminateSession",
+        &json!({"SessionId": session_id}),
+    )
+    .await
+    .unwrap();
+
+    let mut holders = Vec::new();
+    let mut dirs = vec![state.clone()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if std::fs::read(&path)
+                .unwrap()
+                .windows(marker.len())
+                .any(|window| window == marker.as_bytes())
+            {
+                holders.push(path);
+            }
+        }
+    }
+    assert!(
+        holders.is_empty(),
+        "plaintext on the gateway's disk: {holders:?}"
+    );
+    let audit = std::fs::read_to_string(gateway.audit_path()).unwrap();
+    let end: Value = audit
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .find(|record| record["event"] == "session.end" && record["session_id"] == session_id)
+        .expect("the session's end record");
+    assert!(
+        end["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("plaintext recording of an encrypted session refused"),
+        "{end}"
+    );
+    assert!(end.get("recording").is_none_or(Value::is_null), "{end}");
+    drop(gateway);
+    let _ = std::fs::remove_dir_all(&state);
+}

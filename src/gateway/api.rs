@@ -204,6 +204,10 @@ impl Service {
                 target: &input.target,
                 document: &document_name,
                 session_type: document.session_type(),
+                // The agent keeps these recordings itself (agent::recorder): chunks that an
+                // older agent still streams are not written in plaintext here.
+                encrypted: resolved.session_type != crate::document::SessionType::Port
+                    && resolved.preferences.kms_key_id.is_some(),
                 source,
                 reason: input.reason.clone(),
                 stats,

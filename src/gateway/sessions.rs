@@ -49,6 +49,10 @@ struct LiveSession {
     recording_bytes: u64,
     recording_chunks: u64,
     recording_truncated: bool,
+    /// KMS-encrypted: its recording is the agent's; plaintext chunks are refused.
+    encrypted: bool,
+    /// An agent sent plaintext chunks of this encrypted session anyway.
+    plaintext_refused: bool,
 }
 
 /// What a new session is, as StartSession decided it.
@@ -58,6 +62,8 @@ pub(super) struct NewSession<'a> {
     pub(super) target: &'a str,
     pub(super) document: &'a str,
     pub(super) session_type: SessionType,
+    /// KMS-encrypted: the gateway never stores its recording in plaintext.
+    pub(super) encrypted: bool,
     pub(super) source: SocketAddr,
     pub(super) reason: Option<String>,
     pub(super) stats: Arc<ChannelStats>,
@@ -124,6 +130,8 @@ impl Sessions {
                 recording_bytes: 0,
                 recording_chunks: 0,
                 recording_truncated: false,
+                encrypted: new.encrypted,
+                plaintext_refused: false,
             },
         );
         Some(span)
@@ -254,6 +262,9 @@ impl Service {
         if session.recording_truncated {
             detail.push_str(" (recording truncated at the size limit)");
         }
+        if session.plaintext_refused {
+            detail.push_str(" (plaintext recording of an encrypted session refused)");
+        }
         if !detail.is_empty() {
             record.detail = Some(detail);
         }
@@ -322,6 +333,13 @@ impl Service {
                 return;
             };
             if session.target != agent_id {
+                return;
+            }
+            if session.encrypted {
+                if !session.plaintext_refused {
+                    tracing::warn!(parent: &session.span, "the agent streams the recording of an encrypted session in plaintext; refused (upgrade the agent: it keeps such recordings itself)");
+                }
+                session.plaintext_refused = true;
                 return;
             }
             if session.recording_bytes + chunk.lines.len() as u64 > MAX_RECORDING {
