@@ -5,7 +5,10 @@
 //!
 //! * **API** (`POST /`, `X-Amz-Target: AmazonSSM.*` / `TrentService.*`), SigV4-signed with a
 //!   principal's access key, authorised by its IAM-style policies (default deny, explicit
-//!   deny wins). The real AWS CLI and SDKs work against it with `--endpoint-url`.
+//!   deny wins). The real AWS CLI and SDKs work against it with `--endpoint-url`. Signatures
+//!   cover the body, `host` and `x-amz-target`, are scoped to the gateway's region and the
+//!   endpoint's service ([`crate::sigv4`]), and those that mint a token or open a channel are
+//!   good once.
 //! * **Agents** dial out to `/v1/control-channel/<agent-id>` with a SigV4-signed upgrade and
 //!   receive `interactive_shell` messages; they fetch their data-channel token with a signed
 //!   `POST /v1/data-channel/<session-id>` (the `CreateDataChannel` analogue).
@@ -21,8 +24,10 @@
 //!   it (or whose secret changed) with their sessions, and ends every live session whose owner
 //!   may no longer start it, with `channel_closed` to both ends. A refused reload is audited.
 //! * **Audit**: every API call, session start and end, port stream and recording chunk goes
-//!   into a hash-chained JSON-lines log ([`crate::audit`]); shell sessions are recorded as
-//!   asciicast v2 streamed live by the agent into `recordings/<session-id>.cast`. The state
+//!   into a hash-chained JSON-lines log ([`crate::audit`]); shell and command sessions are
+//!   recorded as asciicast v2 streamed live by the agent into `recordings/<session-id>.cast`,
+//!   except KMS-encrypted ones: their recording stays on the agent and only its digest is
+//!   audited (plaintext chunks of such a session are refused). The state
 //!   directory and `recordings` are 0700, the log, recordings and KMS master key 0600
 //!   (tightened at start if an older version left them looser).
 //!
