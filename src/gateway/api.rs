@@ -22,6 +22,14 @@ pub(super) const JSON: &str = "application/x-amz-json-1.1";
 
 const DEFAULT_DOCUMENT: &str = "SSM-SessionManagerRunShell";
 
+/// What [`Service::handle_api`] answers.
+pub(super) struct Answer {
+    pub(super) status: u16,
+    pub(super) body: Vec<u8>,
+    /// The request's signature verified.
+    pub(super) authenticated: bool,
+}
+
 /// An AWS JSON 1.1 error body.
 pub(super) fn error_body(code: &str, message: &str) -> Vec<u8> {
     json!({"__type": code, "message": message})
@@ -30,16 +38,24 @@ pub(super) fn error_body(code: &str, message: &str) -> Vec<u8> {
 }
 
 impl Service {
-    /// Answers one API request: status and body. Every call is audited, refusals logged.
-    pub(super) fn handle_api(&self, request: &ApiRequest, peer: SocketAddr) -> (u16, Vec<u8>) {
+    /// Answers one API request: status, body, and whether the caller authenticated (only
+    /// authenticated connections are kept alive). Every call is audited, refusals logged;
+    /// refusals before authentication are audited rate-limited per source
+    /// ([`Service::audit_unauthenticated`]), so that junk cannot flood the log.
+    pub(super) fn handle_api(&self, request: &ApiRequest, peer: SocketAddr) -> Answer {
         let mut call = Call::new(peer);
         match self.dispatch(request, &mut call) {
             Ok(body) => {
                 call.record.decision = Some("allow".into());
                 self.audit(call.record);
-                (200, body.to_string().into_bytes())
+                Answer {
+                    status: 200,
+                    body: body.to_string().into_bytes(),
+                    authenticated: true,
+                }
             }
             Err(error) => {
+                let authenticated = call.record.principal.is_some();
                 tracing::info!(
                     %peer,
                     principal = call.record.principal.as_deref().unwrap_or("-"),
@@ -50,8 +66,15 @@ impl Service {
                 );
                 call.record.decision = Some("deny".into());
                 call.record.reason = Some(format!("{}: {}", error.code, error.message));
-                self.audit(call.record);
-                (error.status, error_body(error.code, &error.message))
+                match authenticated {
+                    true => self.audit(call.record),
+                    false => self.audit_unauthenticated(call.record, peer),
+                }
+                Answer {
+                    status: error.status,
+                    body: error_body(error.code, &error.message),
+                    authenticated,
+                }
             }
         }
     }
@@ -70,6 +93,7 @@ impl Service {
         if let Some(session_id) = request.path.strip_prefix(crate::net::relay::PATH_PREFIX) {
             call.record.action = Some("ssmmessages:CreateDataChannel".into());
             call.record.session_id = Some(session_id.to_owned());
+            self.refuse_if_unaudited()?;
             return self.create_data_channel(&caller, session_id);
         }
         let target = request.header("x-amz-target").unwrap_or("");
@@ -88,6 +112,15 @@ impl Service {
                 )
             })?,
         };
+        if !matches!(
+            target,
+            "AmazonSSM.TerminateSession"
+                | "AmazonSSM.DescribeSessions"
+                | "AmazonSSM.DescribeInstanceInformation"
+                | "TrentService.DescribeKey"
+        ) {
+            self.refuse_if_unaudited()?;
+        }
         match target {
             "AmazonSSM.StartSession" => self.start_session(&caller, body, request, call),
             "AmazonSSM.ResumeSession" => self.resume_session(&caller, body, request, call),

@@ -34,10 +34,12 @@
 //! # Ok(()) }
 //! ```
 
+mod admission;
 mod agents;
 mod api;
 mod auth;
 mod config;
+mod framing;
 mod kms;
 mod server;
 mod service;
@@ -54,7 +56,7 @@ use tokio::task::JoinSet;
 
 pub(crate) use config::random_hex;
 pub use config::{
-    AgentIdentity, ConfigError, DEV_ENCRYPTED_SHELL, DEV_KEY_ALIAS, DevSetup, GatewayConfig,
+    AgentIdentity, AuditFailure, ConfigError, DEV_ENCRYPTED_SHELL, DEV_KEY_ALIAS, DevSetup, GatewayConfig,
     KmsKeyConfig, Limits, PrincipalConfig, TlsFiles,
 };
 
@@ -170,6 +172,7 @@ impl Gateway {
         let mut tasks = JoinSet::new();
         tasks.spawn(server::accept_loop(listener, tls, service.clone()));
         tasks.spawn(service.clone().watch_abandoned());
+        tasks.spawn(service.clone().summarise_refusals());
         if let Some(path) = config_path {
             tasks.spawn(watch_config(path, service.clone()));
         }
@@ -222,6 +225,7 @@ impl Gateway {
         tracing::info!(endpoint = %self.endpoint, "shutting down");
         self.service.stopping.cancel();
         self.service.end_all(FLUSH_WAIT).await;
+        self.service.flush_refusal_summaries(true);
         self.service.sync_audit();
         self.tasks.shutdown().await;
         tracing::info!("stopped");
