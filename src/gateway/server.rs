@@ -84,23 +84,12 @@ pub(super) async fn accept_loop(
     let mut connections = JoinSet::new();
     let mut backoff: Option<Duration> = None;
     loop {
-        if permits.available_permits() == 0 {
-            // Full: make room by closing the connection that has waited longest without
-            // authenticating, so that a flood cannot lock callers and agents out.
-            service.admission.shed_oldest();
-        }
         let accepted = tokio::select! {
             () = service.stopping.cancelled() => break,
             Some(_) = connections.join_next() => continue,
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(permit) => tokio::select! {
-                    () = service.stopping.cancelled() => break,
-                    accepted = listener.accept() => accepted.map(|accepted| (accepted, permit)),
-                },
-                Err(_) => break,
-            },
+            accepted = listener.accept() => accepted,
         };
-        let ((tcp, peer), permit) = match accepted {
+        let (tcp, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(error) => {
                 // Out of descriptors and the like: shed, and back off rather than spin.
@@ -115,6 +104,22 @@ pub(super) async fn accept_loop(
                 service.admission.shed_oldest();
                 tokio::time::sleep(pause).await;
                 continue;
+            }
+        };
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                // Full: make room by closing the connection that has waited longest without
+                // authenticating, so that a flood cannot lock callers and agents out; with
+                // none to close, wait as in the accept queue.
+                service.admission.shed_oldest();
+                tokio::select! {
+                    () = service.stopping.cancelled() => break,
+                    permit = permits.clone().acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => break,
+                    },
+                }
             }
         };
         if backoff.take().is_some() {
