@@ -12,7 +12,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// A development gateway with `limits` (a short header timeout unless changed).
-async fn gateway_with(name: &str, edit: impl FnOnce(&mut Limits)) -> (Gateway, DevEnvironment, PathBuf) {
+async fn gateway_with(
+    name: &str,
+    edit: impl FnOnce(&mut Limits),
+) -> (Gateway, DevEnvironment, PathBuf) {
     let state = std::env::temp_dir().join(format!("ssm-edge-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&state);
     let mut dev = gateway::prepare_dev(&state, "127.0.0.1:0".parse().unwrap(), false).unwrap();
@@ -28,10 +31,18 @@ fn authority(gateway: &Gateway) -> String {
 }
 
 /// A raw HTTP/1.1 API request; signed with `credentials` when given.
-fn api_request(authority: &str, target: &str, body: &str, credentials: Option<&Credentials>) -> Vec<u8> {
+fn api_request(
+    authority: &str,
+    target: &str,
+    body: &str,
+    credentials: Option<&Credentials>,
+) -> Vec<u8> {
     let mut headers = vec![
         ("host".to_owned(), authority.to_owned()),
-        ("content-type".to_owned(), "application/x-amz-json-1.1".to_owned()),
+        (
+            "content-type".to_owned(),
+            "application/x-amz-json-1.1".to_owned(),
+        ),
         ("x-amz-target".to_owned(), target.to_owned()),
     ];
     if let Some(credentials) = credentials {
@@ -116,26 +127,47 @@ async fn an_unauthenticated_request_ends_its_connection_an_authenticated_one_kee
 
     // Junk every few seconds used to hold a connection (and a descriptor) forever.
     let mut junk = TcpStream::connect(&authority).await.unwrap();
-    junk.write_all(&api_request(&authority, "AmazonSSM.DescribeSessions", "{}", None))
+    junk.write_all(&api_request(
+        &authority,
+        "AmazonSSM.DescribeSessions",
+        "{}",
+        None,
+    ))
+    .await
+    .unwrap();
+    let answer = read_response(&mut junk, Duration::from_secs(3))
         .await
         .unwrap();
-    let answer = read_response(&mut junk, Duration::from_secs(3)).await.unwrap();
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
-    assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
     assert!(closed_within(&mut junk, Duration::from_secs(1)).await);
 
     // Signed calls keep the connection, until it has been idle for the header timeout.
     let mut signed = TcpStream::connect(&authority).await.unwrap();
     let body = r#"{"State":"Active"}"#;
     for _ in 0..3 {
-        let request = api_request(&authority, "AmazonSSM.DescribeSessions", body, Some(&admin(&dev)));
+        let request = api_request(
+            &authority,
+            "AmazonSSM.DescribeSessions",
+            body,
+            Some(&admin(&dev)),
+        );
         signed.write_all(&request).await.unwrap();
-        let answer = read_response(&mut signed, Duration::from_secs(3)).await.unwrap();
+        let answer = read_response(&mut signed, Duration::from_secs(3))
+            .await
+            .unwrap();
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     }
     let idle = Instant::now();
     assert!(closed_within(&mut signed, Duration::from_secs(5)).await);
-    assert!(idle.elapsed() >= Duration::from_millis(1500), "{:?}", idle.elapsed());
+    assert!(
+        idle.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        idle.elapsed()
+    );
     drop(gateway);
     let _ = std::fs::remove_dir_all(state);
 }
@@ -163,9 +195,16 @@ async fn one_source_cannot_hold_more_than_its_share_of_unauthenticated_connectio
     }
     // Once one of them authenticates, it no longer counts.
     let body = r#"{"State":"Active"}"#;
-    let request = api_request(&authority, "AmazonSSM.DescribeSessions", body, Some(&admin(&dev)));
+    let request = api_request(
+        &authority,
+        "AmazonSSM.DescribeSessions",
+        body,
+        Some(&admin(&dev)),
+    );
     held[0].write_all(&request).await.unwrap();
-    let answer = read_response(&mut held[0], Duration::from_secs(3)).await.unwrap();
+    let answer = read_response(&mut held[0], Duration::from_secs(3))
+        .await
+        .unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     let mut another = TcpStream::connect(&authority).await.unwrap();
     assert!(!closed_within(&mut another, Duration::from_millis(500)).await);
@@ -215,13 +254,21 @@ async fn at_the_connection_cap_the_oldest_unauthenticated_connection_makes_room(
     let started = Instant::now();
     let mut caller = TcpStream::connect(&authority).await.unwrap();
     let body = r#"{"State":"Active"}"#;
-    let request = api_request(&authority, "AmazonSSM.DescribeSessions", body, Some(&admin(&dev)));
+    let request = api_request(
+        &authority,
+        "AmazonSSM.DescribeSessions",
+        body,
+        Some(&admin(&dev)),
+    );
     caller.write_all(&request).await.unwrap();
     let answer = read_response(&mut caller, Duration::from_secs(3)).await;
     let answer = answer.expect("no answer at the connection cap");
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(started.elapsed() < Duration::from_secs(3));
-    assert!(closed_within(&mut held[0], Duration::from_millis(500)).await, "the oldest was kept");
+    assert!(
+        closed_within(&mut held[0], Duration::from_millis(500)).await,
+        "the oldest was kept"
+    );
     assert!(!closed_within(&mut held[7], Duration::from_millis(10)).await);
     drop(gateway);
     let _ = std::fs::remove_dir_all(state);
@@ -251,11 +298,21 @@ async fn bodies_are_bounded_by_the_operation_before_they_are_read() {
     let body = format!(r#"{{"KeyId":"alias/ssm-dev","Plaintext":"{plaintext}"}}"#);
     let mut socket = TcpStream::connect(&authority).await.unwrap();
     socket
-        .write_all(&api_request(&authority, "TrentService.Encrypt", &body, None))
+        .write_all(&api_request(
+            &authority,
+            "TrentService.Encrypt",
+            &body,
+            None,
+        ))
         .await
         .unwrap();
-    let answer = read_response(&mut socket, Duration::from_secs(3)).await.unwrap();
-    assert!(answer.starts_with("HTTP/1.1 400"), "read and refused unsigned: {answer}");
+    let answer = read_response(&mut socket, Duration::from_secs(3))
+        .await
+        .unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 400"),
+        "read and refused unsigned: {answer}"
+    );
     drop(gateway);
     let _ = std::fs::remove_dir_all(state);
 }
@@ -284,14 +341,21 @@ async fn unauthenticated_bodies_share_one_bounded_budget() {
         let answer = read_response(&mut socket, Duration::from_secs(1)).await;
         let answer = answer.expect("a body over the budget was waited for");
         assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
-        assert!(answer.contains("unauthenticated request bodies"), "{answer}");
+        assert!(
+            answer.contains("unauthenticated request bodies"),
+            "{answer}"
+        );
     }
     // Released with the connections that held it.
     drop(slow);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut socket = TcpStream::connect(&authority).await.unwrap();
     socket.write_all(head.as_bytes()).await.unwrap();
-    assert!(read_response(&mut socket, Duration::from_millis(500)).await.is_none());
+    assert!(
+        read_response(&mut socket, Duration::from_millis(500))
+            .await
+            .is_none()
+    );
     drop(gateway);
     let _ = std::fs::remove_dir_all(state);
 }
@@ -309,10 +373,17 @@ async fn a_junk_flood_is_audited_as_a_few_records_and_a_summary() {
     for _ in 0..200 {
         let mut socket = TcpStream::connect(&authority).await.unwrap();
         socket
-            .write_all(&api_request(&authority, "AmazonSSM.StartSession", "{}", None))
+            .write_all(&api_request(
+                &authority,
+                "AmazonSSM.StartSession",
+                "{}",
+                None,
+            ))
             .await
             .unwrap();
-        let answer = read_response(&mut socket, Duration::from_secs(3)).await.unwrap();
+        let answer = read_response(&mut socket, Duration::from_secs(3))
+            .await
+            .unwrap();
         assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     }
     // Authenticated refusals are still audited one by one.
@@ -320,14 +391,18 @@ async fn a_junk_flood_is_audited_as_a_few_records_and_a_summary() {
     for _ in 0..20 {
         let request = api_request(&authority, "NoSuch.Operation", "{}", Some(&admin(&dev)));
         signed.write_all(&request).await.unwrap();
-        read_response(&mut signed, Duration::from_secs(3)).await.unwrap();
+        read_response(&mut signed, Duration::from_secs(3))
+            .await
+            .unwrap();
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     let summary = loop {
         let records = audit_records(&gateway);
         let summary = records.iter().skip(before).find_map(|record| {
             let reason = record["reason"].as_str()?;
-            reason.contains("more refusals of unauthenticated requests").then(|| reason.to_owned())
+            reason
+                .contains("more refusals of unauthenticated requests")
+                .then(|| reason.to_owned())
         });
         if let Some(summary) = summary {
             break summary;

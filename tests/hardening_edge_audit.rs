@@ -33,14 +33,25 @@ async fn start(name: &str, failure: AuditFailure) -> (Gateway, ApiClient, PathBu
     let mut dev = gateway::prepare_dev(&state, "127.0.0.1:0".parse().unwrap(), false).unwrap();
     dev.config.audit_failure = failure;
     let gateway = Gateway::start(dev.config.clone(), None).await.unwrap();
-    let credentials = Credentials::new(&dev.setup.access_key_id, &dev.setup.secret_access_key, None);
-    let api = ApiClient::new(gateway.endpoint(), "us-east-1", credentials, TlsConfig::default()).unwrap();
+    let credentials =
+        Credentials::new(&dev.setup.access_key_id, &dev.setup.secret_access_key, None);
+    let api = ApiClient::new(
+        gateway.endpoint(),
+        "us-east-1",
+        credentials,
+        TlsConfig::default(),
+    )
+    .unwrap();
     (gateway, api, state)
 }
 
 async fn start_session(api: &ApiClient) -> Result<Value, ApiCallError> {
-    api.call("ssm", "AmazonSSM.StartSession", &json!({"Target": "mi-00000000000000000"}))
-        .await
+    api.call(
+        "ssm",
+        "AmazonSSM.StartSession",
+        &json!({"Target": "mi-00000000000000000"}),
+    )
+    .await
 }
 
 fn code(result: &Result<Value, ApiCallError>) -> Option<&str> {
@@ -48,8 +59,12 @@ fn code(result: &Result<Value, ApiCallError>) -> Option<&str> {
 }
 
 async fn describe(api: &ApiClient) -> Result<Value, ApiCallError> {
-    api.call("ssm", "AmazonSSM.DescribeSessions", &json!({"State": "Active"}))
-        .await
+    api.call(
+        "ssm",
+        "AmazonSSM.DescribeSessions",
+        &json!({"State": "Active"}),
+    )
+    .await
 }
 
 #[tokio::test]

@@ -100,7 +100,9 @@ pub(super) enum Refusal {
 
 impl Admission {
     pub(super) fn new(limits: Limits) -> Admission {
-        let bytes = limits.max_unauthenticated_body_bytes.min(Semaphore::MAX_PERMITS);
+        let bytes = limits
+            .max_unauthenticated_body_bytes
+            .min(Semaphore::MAX_PERMITS);
         Admission {
             limits,
             state: Mutex::default(),

@@ -123,9 +123,7 @@ impl Limits {
                 // Document parameters (a command) may be long.
                 "AmazonSSM.StartSession" => 64 * KIB,
                 "AmazonSSM.ResumeSession" | "AmazonSSM.TerminateSession" => 4 * KIB,
-                "AmazonSSM.DescribeSessions" | "AmazonSSM.DescribeInstanceInformation" => {
-                    16 * KIB
-                }
+                "AmazonSSM.DescribeSessions" | "AmazonSSM.DescribeInstanceInformation" => 16 * KIB,
                 // A 4 KiB plaintext or its ciphertext blob, base64, and a context.
                 "TrentService.Encrypt" | "TrentService.Decrypt" => 16 * KIB,
                 "TrentService.GenerateDataKey" | "TrentService.DescribeKey" => 4 * KIB,

@@ -251,8 +251,8 @@ mod tests {
     #[test]
     fn a_body_that_looks_like_a_head_is_skipped() {
         let body = b"x\r\nContent-Length: 1\r\n\r\n";
-        let mut wire = format!("POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", body.len())
-            .into_bytes();
+        let mut wire =
+            format!("POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
         wire.extend_from_slice(body);
         wire.extend_from_slice(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
         assert_eq!(verdicts(&wire, 4), [Framing::Plain, Framing::Plain]);

@@ -56,8 +56,8 @@ use tokio::task::JoinSet;
 
 pub(crate) use config::random_hex;
 pub use config::{
-    AgentIdentity, AuditFailure, ConfigError, DEV_ENCRYPTED_SHELL, DEV_KEY_ALIAS, DevSetup, GatewayConfig,
-    KmsKeyConfig, Limits, PrincipalConfig, TlsFiles,
+    AgentIdentity, AuditFailure, ConfigError, DEV_ENCRYPTED_SHELL, DEV_KEY_ALIAS, DevSetup,
+    GatewayConfig, KmsKeyConfig, Limits, PrincipalConfig, TlsFiles,
 };
 
 use crate::audit::ChainWriter;

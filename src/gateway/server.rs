@@ -189,7 +189,12 @@ impl ConnState {
 
     /// Answers to unauthenticated requests end the connection: keep-alive is for callers
     /// that proved who they are.
-    fn answered(&self, version: Version, mut response: Response<Full<Bytes>>, keep: bool) -> Response<Full<Bytes>> {
+    fn answered(
+        &self,
+        version: Version,
+        mut response: Response<Full<Bytes>>,
+        keep: bool,
+    ) -> Response<Full<Bytes>> {
         let keep = keep && lock(&self.ticket).is_authenticated();
         if !keep {
             if version < Version::HTTP_2 {
@@ -280,36 +285,36 @@ impl Connection {
                 if !busy && since.elapsed() >= idle_limit {
                     return;
                 }
-                tokio::time::sleep_until(since.max(tokio::time::Instant::now() - idle_limit / 2) + idle_limit).await;
+                let now = tokio::time::Instant::now();
+                let deadline = since + idle_limit;
+                // While a request runs, look again in a while.
+                let wake = if deadline > now {
+                    deadline
+                } else {
+                    now + idle_limit / 2
+                };
+                tokio::time::sleep_until(wake).await;
             }
         };
-        tokio::pin!(idle);
-        loop {
-            tokio::select! {
-                result = connection.as_mut() => {
-                    if let Err(error) = result {
-                        tracing::debug!(%peer, %error, "connection ended with an error");
-                    }
-                    return;
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(error) = result {
+                    tracing::debug!(%peer, %error, "connection ended with an error");
                 }
-                () = &mut idle => {
-                    tracing::debug!(%peer, "idle for {idle_limit:?}; closing");
-                    return;
-                }
-                () = shed.cancelled() => {
-                    tracing::debug!(%peer, "unauthenticated connection shed to make room");
-                    return;
-                }
-                () = state.close.notified() => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(DRAIN, connection.as_mut()).await;
-                    return;
-                }
-                () = stopping.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(DRAIN, connection.as_mut()).await;
-                    return;
-                }
+            }
+            () = idle => {
+                tracing::debug!(%peer, "idle for {idle_limit:?}; closing");
+            }
+            () = shed.cancelled() => {
+                tracing::debug!(%peer, "unauthenticated connection shed to make room");
+            }
+            () = state.close.notified() => {
+                connection.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(DRAIN, connection.as_mut()).await;
+            }
+            () = stopping.cancelled() => {
+                connection.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(DRAIN, connection.as_mut()).await;
             }
         }
     }
@@ -365,15 +370,24 @@ async fn handle(exchange: &Exchange, request: Request<Incoming>) -> (Response<Fu
     })
     .await;
     match answer {
-        Ok(Ok(answer)) => (json_response(answer.status, answer.body), answer.authenticated),
+        Ok(Ok(answer)) => (
+            json_response(answer.status, answer.body),
+            answer.authenticated,
+        ),
         Ok(Err(error)) => {
             tracing::info!(%peer, code = error.code, reason = %error.message, "request refused");
-            (json_response(error.status, error_body(error.code, &error.message)), false)
+            (
+                json_response(error.status, error_body(error.code, &error.message)),
+                false,
+            )
         }
         Err(_) => {
             tracing::info!(%peer, ?timeout, "request refused: not complete in time");
             let message = format!("the request was not complete within {timeout:?}");
-            (json_response(408, error_body("RequestTimeout", &message)), false)
+            (
+                json_response(408, error_body("RequestTimeout", &message)),
+                false,
+            )
         }
     }
 }

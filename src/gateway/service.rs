@@ -208,7 +208,8 @@ impl Service {
         let mut log = lock(&self.audit);
         let result = match log.lost {
             0 => log.writer.append(record, wall_ms()).map(drop),
-            _ => Self::append_gap(&mut log).and_then(|()| log.writer.append(record, wall_ms()).map(drop)),
+            _ => Self::append_gap(&mut log)
+                .and_then(|()| log.writer.append(record, wall_ms()).map(drop)),
         };
         match result {
             Ok(()) => {
@@ -255,7 +256,9 @@ impl Service {
 
     fn audit_recovered(&self) {
         if self.audit_failed.swap(false, Ordering::SeqCst) {
-            tracing::warn!("audit log writable again; a gateway:AuditLogRecovered record counts what is missing");
+            tracing::warn!(
+                "audit log writable again; a gateway:AuditLogRecovered record counts what is missing"
+            );
         }
     }
 
@@ -264,8 +267,7 @@ impl Service {
     /// first (the record counting what is missing, then an fsync), so that the first call
     /// after the disk recovers is served.
     pub(super) fn refuse_if_unaudited(&self) -> Result<(), ApiError> {
-        if self.audit_failure == AuditFailure::Continue
-            || !self.audit_failed.load(Ordering::SeqCst)
+        if self.audit_failure == AuditFailure::Continue || !self.audit_failed.load(Ordering::SeqCst)
         {
             return Ok(());
         }
