@@ -168,11 +168,18 @@ impl Admission {
         self.body_bytes.clone().try_acquire_many_owned(bytes).ok()
     }
 
-    fn release(&self, source: Source, id: u64) {
+    /// Ends a connection's unauthenticated count; one that authenticated also gets its
+    /// token back, so that the rate limits only connections that never prove who they are
+    /// (a busy client or agent host opens many that do).
+    fn release(&self, source: Source, id: u64, refund: bool) {
+        let burst = f64::from(self.limits.connection_burst_per_source.max(1));
         let mut state = lock(&self.state);
         state.waiting.remove(&id);
         if let Some(entry) = state.sources.get_mut(&source) {
             entry.unauthenticated = entry.unauthenticated.saturating_sub(1);
+            if refund {
+                entry.tokens = (entry.tokens + 1.0).min(burst);
+            }
         }
     }
 }
@@ -192,7 +199,7 @@ impl Ticket {
     /// data channels on its own): it no longer counts against its source, nor may be shed.
     pub(super) fn authenticated(&mut self) {
         if std::mem::take(&mut self.pending) {
-            self.admission.release(self.source, self.id);
+            self.admission.release(self.source, self.id, true);
         }
     }
 
@@ -208,7 +215,9 @@ impl Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        self.authenticated();
+        if std::mem::take(&mut self.pending) {
+            self.admission.release(self.source, self.id, false);
+        }
     }
 }
 
@@ -385,6 +394,24 @@ mod tests {
         let _third = admission.admit(source).unwrap();
         let other = Source::of("192.0.2.2".parse().unwrap());
         assert!(admission.admit(other).is_ok());
+    }
+
+    #[test]
+    fn connections_that_authenticate_do_not_use_up_the_rate() {
+        let limits = Limits {
+            connection_burst_per_source: 3,
+            connection_rate_per_source: 1,
+            ..Limits::default()
+        };
+        let admission = Arc::new(Admission::new(limits));
+        let source = Source::of("192.0.2.1".parse().unwrap());
+        for _ in 0..20 {
+            admission.admit(source).unwrap().authenticated();
+        }
+        for _ in 0..3 {
+            drop(admission.admit(source).unwrap());
+        }
+        assert_eq!(admission.admit(source).err(), Some(Refusal::Rate));
     }
 
     #[test]

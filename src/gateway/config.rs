@@ -76,7 +76,8 @@ pub struct Limits {
     /// Connections one source (an IPv4 address, an IPv6 /64) may hold open at once before any
     /// of them has authenticated; more are closed on accept. Loopback is not exempt.
     pub max_unauthenticated_per_source: usize,
-    /// New connections a source may open per second, sustained (a token bucket).
+    /// New connections a source may open per second, sustained (a token bucket); a
+    /// connection that authenticates gives its token back, so only junk is limited.
     pub connection_rate_per_source: u32,
     /// New connections a source may open in a burst above that rate.
     pub connection_burst_per_source: u32,
