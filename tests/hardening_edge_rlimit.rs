@@ -1,17 +1,23 @@
-//! Issue 13: a gateway that cannot write its audit log refuses new sessions (fail-closed), tells
-//! the operator once, and recovers by itself; `"audit_failure": "continue"` keeps serving.
-//! Writes are made to fail with `RLIMIT_FSIZE` (as non-root), which applies to the whole
-//! process: hence this test's own binary, and a single test.
+//! Issue 13, under resource limits set on this process (as non-root): a gateway that cannot
+//! write its audit log (`RLIMIT_FSIZE`) refuses new sessions, tells the operator once and
+//! recovers by itself (`"audit_failure": "continue"` keeps serving); a gateway out of file
+//! descriptors (`RLIMIT_NOFILE`) sheds unauthenticated connections to serve callers, and does
+//! not spin. Limits apply to the whole process: hence this binary, and [`PROCESS_LIMITS`].
 
-use std::io::Write;
+use std::io::{Read, Seek, Write};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use ssm_session::aws::{ApiCallError, ApiClient};
 use ssm_session::gateway::{self, AuditFailure, Gateway};
 use ssm_session::net::TlsConfig;
-use ssm_session::sigv4::Credentials;
+use ssm_session::sigv4::{self, Credentials};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Held by each test while it changes this process's limits.
+static PROCESS_LIMITS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Log output kept for the test to count.
 #[derive(Clone, Default)]
@@ -69,6 +75,7 @@ async fn describe(api: &ApiClient) -> Result<Value, ApiCallError> {
 
 #[tokio::test]
 async fn an_unwritable_audit_log_refuses_new_sessions_until_it_can_be_written() {
+    let _limits = PROCESS_LIMITS.lock().await;
     let log = Captured::default();
     let writer = log.clone();
     tracing_subscriber::fmt()
@@ -148,4 +155,131 @@ async fn an_unwritable_audit_log_refuses_new_sessions_until_it_can_be_written() 
     drop(continuing);
     let _ = std::fs::remove_dir_all(refusing_state);
     let _ = std::fs::remove_dir_all(continuing_state);
+}
+
+/// A signed raw HTTP/1.1 `DescribeSessions` (a raw socket needs no descriptor to send it).
+fn signed_describe(authority: &str, credentials: &Credentials) -> Vec<u8> {
+    let body = r#"{"State":"Active"}"#;
+    let mut headers = vec![
+        ("host".to_owned(), authority.to_owned()),
+        ("x-amz-target".to_owned(), "AmazonSSM.DescribeSessions".to_owned()),
+    ];
+    let request = sigv4::Request {
+        method: "POST",
+        path: "/",
+        query: "",
+        headers: &headers,
+        body: body.as_bytes(),
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    headers.extend(sigv4::sign(&request, credentials, "us-east-1", "ssm", now));
+    let mut wire = String::from("POST / HTTP/1.1\r\n");
+    for (name, value) in &headers {
+        wire.push_str(&format!("{name}: {value}\r\n"));
+    }
+    wire.push_str(&format!("content-length: {}\r\n\r\n{body}", body.len()));
+    wire.into_bytes()
+}
+
+/// The status line of the answer on `socket`, if one comes within `limit`.
+async fn status(socket: &mut tokio::net::TcpStream, limit: Duration) -> Option<String> {
+    let mut buffer = [0u8; 4096];
+    match tokio::time::timeout(limit, socket.read(&mut buffer)).await {
+        Ok(Ok(n)) if n > 0 => {
+            let text = String::from_utf8_lossy(&buffer[..n]).into_owned();
+            text.lines().next().map(str::to_owned)
+        }
+        _ => None,
+    }
+}
+
+/// User plus system CPU time of this process so far, from an already open `/proc/self/stat`.
+fn cpu_time(stat: &mut std::fs::File) -> Duration {
+    let mut text = String::new();
+    stat.rewind().unwrap();
+    stat.read_to_string(&mut text).unwrap();
+    let fields: Vec<&str> = text.rsplit(')').next().unwrap().split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat(5), the 12th and 13th after `comm`.
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10)
+}
+
+#[tokio::test]
+async fn out_of_descriptors_the_gateway_sheds_junk_serves_callers_and_does_not_spin() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let _limits = PROCESS_LIMITS.lock().await;
+    let state = std::env::temp_dir().join(format!("ssm-edge-fds-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&state);
+    let mut dev = gateway::prepare_dev(&state, "127.0.0.1:0".parse().unwrap(), false).unwrap();
+    dev.config.limits.header_read_timeout_secs = 30;
+    let gateway = Gateway::start(dev.config.clone(), None).await.unwrap();
+    let address = gateway.local_addr();
+    let authority = address.to_string();
+    let credentials = Credentials::new(&dev.setup.access_key_id, &dev.setup.secret_access_key, None);
+
+    let mut junk = Vec::new();
+    for _ in 0..2 {
+        junk.push(tokio::net::TcpStream::connect(address).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let sockets: Vec<_> = (0..2)
+        .map(|_| tokio::net::TcpSocket::new_v4().unwrap())
+        .collect();
+    let mut stat = std::fs::File::open("/proc/self/stat").unwrap();
+
+    // Use up every descriptor below a new soft limit.
+    let original = getrlimit(Resource::Nofile);
+    let highest = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u64>().ok())
+        .max()
+        .unwrap();
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(highest + 1),
+            maximum: original.maximum,
+        },
+    )
+    .unwrap();
+    let mut filler = Vec::new();
+    while let Ok(file) = std::fs::File::open("/dev/null") {
+        filler.push(file);
+    }
+
+    // A caller arrives: the oldest junk connection is closed to make room for it.
+    let mut sockets = sockets.into_iter();
+    let mut caller = sockets.next().unwrap().connect(address).await.unwrap();
+    caller.write_all(&signed_describe(&authority, &credentials)).await.unwrap();
+    let answer = status(&mut caller, Duration::from_secs(3)).await;
+    assert_eq!(answer.as_deref(), Some("HTTP/1.1 200 OK"), "the caller was locked out");
+    let mut buffer = [0u8; 16];
+    let shed = tokio::time::timeout(Duration::from_secs(1), junk[0].read(&mut buffer)).await;
+    assert!(matches!(shed, Ok(Ok(0)) | Ok(Err(_))), "the oldest junk connection was kept");
+
+    // With nothing left to shed that the gateway may close, accepting fails; it backs off.
+    drop(junk);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    while let Ok(file) = std::fs::File::open("/dev/null") {
+        filler.push(file);
+    }
+    let waiting = sockets.next().unwrap().connect(address).await.unwrap();
+    let cpu = cpu_time(&mut stat);
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let used = cpu_time(&mut stat) - cpu;
+    assert!(used < Duration::from_millis(500), "{used:?} of CPU in {:?}", started.elapsed());
+
+    // Descriptors back: the waiting connection is served.
+    drop(filler);
+    setrlimit(Resource::Nofile, original).unwrap();
+    let mut waiting = waiting;
+    waiting.write_all(&signed_describe(&authority, &credentials)).await.unwrap();
+    let answer = status(&mut waiting, Duration::from_secs(5)).await;
+    assert_eq!(answer.as_deref(), Some("HTTP/1.1 200 OK"));
+    drop(gateway);
+    let _ = std::fs::remove_dir_all(state);
 }
