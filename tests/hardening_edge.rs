@@ -449,3 +449,67 @@ async fn ambiguous_framing_is_refused_before_the_body_is_read() {
     drop(gateway);
     let _ = std::fs::remove_dir_all(state);
 }
+
+#[tokio::test]
+async fn over_http2_bodies_are_bounded_per_stream_and_junk_ends_the_connection() {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let (gateway, _dev, state) = gateway_with("h2", |_| {}).await;
+    let authority = authority(&gateway);
+    let tcp = TcpStream::connect(&authority).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    let connection = tokio::spawn(connection);
+    let request = hyper::Request::post(format!("http://{authority}/"))
+        .header("x-amz-target", "AmazonSSM.TerminateSession")
+        .body(Full::new(bytes::Bytes::from(vec![b'a'; 100_000])))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.version(), hyper::Version::HTTP_2);
+    assert_eq!(response.status(), 413);
+    response.into_body().collect().await.ok();
+    // Unauthenticated: the gateway ends the connection (GOAWAY) after answering.
+    let ended = tokio::time::timeout(Duration::from_secs(3), connection).await;
+    assert!(ended.is_ok(), "the HTTP/2 connection was kept");
+    drop(gateway);
+    let _ = std::fs::remove_dir_all(state);
+}
+
+#[tokio::test]
+async fn refused_control_channel_upgrades_are_audited_rate_limited() {
+    let (gateway, dev, state) = gateway_with("control-flood", |limits| {
+        limits.refusal_records_per_source = 3;
+        limits.connection_burst_per_source = 1_000;
+    })
+    .await;
+    let authority = authority(&gateway);
+    let before = audit_records(&gateway).len();
+    for _ in 0..50 {
+        let mut socket = TcpStream::connect(&authority).await.unwrap();
+        let upgrade = format!(
+            "GET /v1/control-channel/{} HTTP/1.1\r\nhost: {authority}\r\nconnection: upgrade\r\n\
+             upgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+            dev.setup.agent_id
+        );
+        socket.write_all(upgrade.as_bytes()).await.unwrap();
+        let answer = read_response(&mut socket, Duration::from_secs(3))
+            .await
+            .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    }
+    let refusals = audit_records(&gateway)[before..]
+        .iter()
+        .filter(|record| record["action"] == "ssmmessages:OpenControlChannel")
+        .count();
+    assert_eq!(refusals, 3);
+    // The rest are counted at shutdown, not lost.
+    gateway.shutdown().await;
+    let text = std::fs::read_to_string(state.join("audit.jsonl")).unwrap();
+    assert!(
+        text.contains("47 more refusals of unauthenticated requests"),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(state);
+}

@@ -162,7 +162,10 @@ fn signed_describe(authority: &str, credentials: &Credentials) -> Vec<u8> {
     let body = r#"{"State":"Active"}"#;
     let mut headers = vec![
         ("host".to_owned(), authority.to_owned()),
-        ("x-amz-target".to_owned(), "AmazonSSM.DescribeSessions".to_owned()),
+        (
+            "x-amz-target".to_owned(),
+            "AmazonSSM.DescribeSessions".to_owned(),
+        ),
     ];
     let request = sigv4::Request {
         method: "POST",
@@ -201,7 +204,12 @@ fn cpu_time(stat: &mut std::fs::File) -> Duration {
     let mut text = String::new();
     stat.rewind().unwrap();
     stat.read_to_string(&mut text).unwrap();
-    let fields: Vec<&str> = text.rsplit(')').next().unwrap().split_whitespace().collect();
+    let fields: Vec<&str> = text
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
     // utime and stime are fields 14 and 15 of stat(5), the 12th and 13th after `comm`.
     let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
     Duration::from_millis(ticks * 10)
@@ -218,7 +226,8 @@ async fn out_of_descriptors_the_gateway_sheds_junk_serves_callers_and_does_not_s
     let gateway = Gateway::start(dev.config.clone(), None).await.unwrap();
     let address = gateway.local_addr();
     let authority = address.to_string();
-    let credentials = Credentials::new(&dev.setup.access_key_id, &dev.setup.secret_access_key, None);
+    let credentials =
+        Credentials::new(&dev.setup.access_key_id, &dev.setup.secret_access_key, None);
 
     let mut junk = Vec::new();
     for _ in 0..2 {
@@ -253,12 +262,22 @@ async fn out_of_descriptors_the_gateway_sheds_junk_serves_callers_and_does_not_s
     // A caller arrives: the oldest junk connection is closed to make room for it.
     let mut sockets = sockets.into_iter();
     let mut caller = sockets.next().unwrap().connect(address).await.unwrap();
-    caller.write_all(&signed_describe(&authority, &credentials)).await.unwrap();
+    caller
+        .write_all(&signed_describe(&authority, &credentials))
+        .await
+        .unwrap();
     let answer = status(&mut caller, Duration::from_secs(3)).await;
-    assert_eq!(answer.as_deref(), Some("HTTP/1.1 200 OK"), "the caller was locked out");
+    assert_eq!(
+        answer.as_deref(),
+        Some("HTTP/1.1 200 OK"),
+        "the caller was locked out"
+    );
     let mut buffer = [0u8; 16];
     let shed = tokio::time::timeout(Duration::from_secs(1), junk[0].read(&mut buffer)).await;
-    assert!(matches!(shed, Ok(Ok(0)) | Ok(Err(_))), "the oldest junk connection was kept");
+    assert!(
+        matches!(shed, Ok(Ok(0)) | Ok(Err(_))),
+        "the oldest junk connection was kept"
+    );
 
     // With nothing left to shed that the gateway may close, accepting fails; it backs off.
     drop(junk);
@@ -271,13 +290,20 @@ async fn out_of_descriptors_the_gateway_sheds_junk_serves_callers_and_does_not_s
     let started = Instant::now();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let used = cpu_time(&mut stat) - cpu;
-    assert!(used < Duration::from_millis(500), "{used:?} of CPU in {:?}", started.elapsed());
+    assert!(
+        used < Duration::from_millis(500),
+        "{used:?} of CPU in {:?}",
+        started.elapsed()
+    );
 
     // Descriptors back: the waiting connection is served.
     drop(filler);
     setrlimit(Resource::Nofile, original).unwrap();
     let mut waiting = waiting;
-    waiting.write_all(&signed_describe(&authority, &credentials)).await.unwrap();
+    waiting
+        .write_all(&signed_describe(&authority, &credentials))
+        .await
+        .unwrap();
     let answer = status(&mut waiting, Duration::from_secs(5)).await;
     assert_eq!(answer.as_deref(), Some("HTTP/1.1 200 OK"));
     drop(gateway);
