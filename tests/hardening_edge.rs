@@ -168,6 +168,34 @@ async fn an_unauthenticated_request_ends_its_connection_an_authenticated_one_kee
         "{:?}",
         idle.elapsed()
     );
+
+    // A request that fails authentication ends even a connection that authenticated before.
+    let mut mixed = TcpStream::connect(&authority).await.unwrap();
+    let request = api_request(
+        &authority,
+        "AmazonSSM.DescribeSessions",
+        body,
+        Some(&admin(&dev)),
+    );
+    mixed.write_all(&request).await.unwrap();
+    let answer = read_response(&mut mixed, Duration::from_secs(3))
+        .await
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    mixed
+        .write_all(&api_request(
+            &authority,
+            "AmazonSSM.DescribeSessions",
+            body,
+            None,
+        ))
+        .await
+        .unwrap();
+    let answer = read_response(&mut mixed, Duration::from_secs(3))
+        .await
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(closed_within(&mut mixed, Duration::from_secs(1)).await);
     drop(gateway);
     let _ = std::fs::remove_dir_all(state);
 }

@@ -147,12 +147,18 @@ impl Admission {
         })
     }
 
-    /// Closes the oldest unauthenticated connection (its task sees [`Ticket::shed`]), to make
-    /// room under the global cap or when descriptors run out. Whether there was one.
-    pub(super) fn shed_oldest(&self) -> bool {
-        let oldest = lock(&self.state).waiting.pop_first();
-        match oldest {
-            Some((_, token)) => {
+    /// Closes the oldest unauthenticated connection but `keep` (its task sees
+    /// [`Ticket::shed`]), to make room under the global cap or when descriptors run out.
+    /// Whether there was one.
+    pub(super) fn shed_oldest(&self, keep: Option<&Ticket>) -> bool {
+        let mut state = lock(&self.state);
+        let oldest = state
+            .waiting
+            .keys()
+            .find(|&&id| keep.is_none_or(|keep| keep.id != id))
+            .copied();
+        match oldest.and_then(|id| state.waiting.remove(&id)) {
+            Some(token) => {
                 token.cancel();
                 true
             }
@@ -201,10 +207,6 @@ impl Ticket {
         if std::mem::take(&mut self.pending) {
             self.admission.release(self.source, self.id, true);
         }
-    }
-
-    pub(super) fn is_authenticated(&self) -> bool {
-        !self.pending
     }
 
     /// Cancelled when the connection is shed.
@@ -422,13 +424,15 @@ mod tests {
         let mut authenticated = admission.admit(source).unwrap();
         authenticated.authenticated();
         let young = admission.admit(source).unwrap();
-        assert!(admission.shed_oldest());
+        assert!(admission.shed_oldest(None));
         assert!(old.shed().is_cancelled());
         assert!(!young.shed().is_cancelled());
-        assert!(admission.shed_oldest());
+        // The connection that needs the room is not the one closed to make it.
+        assert!(!admission.shed_oldest(Some(&young)));
+        assert!(admission.shed_oldest(None));
         assert!(young.shed().is_cancelled());
         assert!(!authenticated.shed().is_cancelled());
-        assert!(!admission.shed_oldest());
+        assert!(!admission.shed_oldest(None));
     }
 
     #[test]

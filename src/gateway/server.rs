@@ -101,25 +101,9 @@ pub(super) async fn accept_loop(
                     Some(pause) => (pause * 2).min(ACCEPT_BACKOFF.1),
                 };
                 backoff = Some(pause);
-                service.admission.shed_oldest();
+                service.admission.shed_oldest(None);
                 tokio::time::sleep(pause).await;
                 continue;
-            }
-        };
-        let permit = match permits.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                // Full: make room by closing the connection that has waited longest without
-                // authenticating, so that a flood cannot lock callers and agents out; with
-                // none to close, wait as in the accept queue.
-                service.admission.shed_oldest();
-                tokio::select! {
-                    () = service.stopping.cancelled() => break,
-                    permit = permits.clone().acquire_owned() => match permit {
-                        Ok(permit) => permit,
-                        Err(_) => break,
-                    },
-                }
             }
         };
         if backoff.take().is_some() {
@@ -132,6 +116,22 @@ pub(super) async fn accept_loop(
                 tracing::debug!(%peer, ?refusal, "connection refused on accept");
                 drop(tcp);
                 continue;
+            }
+        };
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                // Full: make room by closing the connection that has waited longest without
+                // authenticating, so that a flood cannot lock callers and agents out; with
+                // none to close, wait as in the accept queue.
+                service.admission.shed_oldest(Some(&ticket));
+                tokio::select! {
+                    () = service.stopping.cancelled() => break,
+                    permit = permits.clone().acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => break,
+                    },
+                }
             }
         };
         let connection = Connection {
@@ -187,15 +187,14 @@ impl ConnState {
         lock(&self.ticket).authenticated();
     }
 
-    /// Answers to unauthenticated requests end the connection: keep-alive is for callers
-    /// that proved who they are.
+    /// Ends the connection after `response` unless `keep`: keep-alive is for requests that
+    /// proved who sent them.
     fn answered(
         &self,
         version: Version,
         mut response: Response<Full<Bytes>>,
         keep: bool,
     ) -> Response<Full<Bytes>> {
-        let keep = keep && lock(&self.ticket).is_authenticated();
         if !keep {
             if version < Version::HTTP_2 {
                 response
@@ -346,11 +345,11 @@ impl Exchange {
             let response = json_response(error.status, error_body(error.code, &error.message));
             return Ok(self.state.answered(version, response, false));
         }
-        let keep = framing == Framing::Plain;
         let (response, authenticated) = handle(&self, request).await;
         if authenticated {
             self.state.authenticated();
         }
+        let keep = authenticated && framing == Framing::Plain;
         Ok(self.state.answered(version, response, keep))
     }
 }
