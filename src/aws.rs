@@ -236,6 +236,7 @@ impl ApiClient {
         if let Some(target) = target {
             headers.push(("x-amz-target".to_owned(), target.to_owned()));
         }
+        headers.push(invocation_id());
         let request = sigv4::Request {
             method: "POST",
             path,
@@ -284,6 +285,16 @@ impl ApiClient {
         }
         json.ok_or_else(|| ApiCallError::Answer(String::from_utf8_lossy(&answer.body).into_owned()))
     }
+}
+
+/// A signed `amz-sdk-invocation-id` header (as the AWS SDKs send), unique per call: two
+/// identical calls in the same second get different signatures, so a gateway that accepts a
+/// token-minting signature only once serves both.
+pub(crate) fn invocation_id() -> (String, String) {
+    (
+        "amz-sdk-invocation-id".to_owned(),
+        crate::net::runtime::random_uuid().to_string(),
+    )
 }
 
 pub(crate) fn unix_seconds() -> u64 {

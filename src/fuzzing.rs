@@ -243,7 +243,12 @@ pub fn gateway_inputs(data: &[u8]) {
                 headers: &headers,
                 body: body.as_bytes(),
             };
-            let _ = crate::sigv4::verify(&request, |_| Some("secret"), 1_800_000_000);
+            let expected = crate::sigv4::Expected {
+                region: "us-east-1",
+                service: "ssm",
+                signed_headers: &["x-amz-target"],
+            };
+            let _ = crate::sigv4::verify(&request, &expected, |_| Some("secret"), 1_800_000_000);
         }
         2 => {
             if let Ok(document) = crate::document::Document::from_json("Fuzz-Document", &text) {
@@ -315,6 +320,7 @@ pub fn relay_ops(data: &[u8]) {
         soft_limit: 64,
         hard_limit: 256,
         max_queued: 8,
+        total_limit: 512,
         abandon_after: Duration::from_secs(1),
         close_linger: Duration::from_millis(100),
     };

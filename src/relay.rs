@@ -67,6 +67,10 @@ pub struct Config {
     /// Messages queued toward one side at which the other side's messages are refused: many
     /// tiny messages cost memory beyond their bytes.
     pub max_queued: usize,
+    /// Bytes queued across all sessions at which a message is refused ([`Refused::Full`])
+    /// unless the queue it would join is empty: many sessions together stay within this plus
+    /// one message each, and every session still moves.
+    pub total_limit: usize,
     /// How long a session keeps its queues with neither side connected.
     pub abandon_after: Duration,
     /// How long a connection closed by the session's end waits for the peer's Close frame.
@@ -74,12 +78,14 @@ pub struct Config {
 }
 
 impl Default for Config {
-    /// 4 MiB soft and 16 MiB hard limits, 65 536 messages, 60 s to come back, 2 s linger.
+    /// 4 MiB soft and 16 MiB hard limits, 65 536 messages, 256 MiB in all, 60 s to come
+    /// back, 2 s linger.
     fn default() -> Self {
         Config {
             soft_limit: 4 << 20,
             hard_limit: 16 << 20,
             max_queued: 1 << 16,
+            total_limit: 256 << 20,
             abandon_after: Duration::from_secs(60),
             close_linger: Duration::from_secs(2),
         }
@@ -150,6 +156,8 @@ struct Outputs {
     /// The latest instant seen and the wall clock at it, for frames' CreatedDate.
     clock: (Instant, u64),
     next_id: u64,
+    /// Bytes in every session's outboxes.
+    queued: usize,
     events: VecDeque<Event>,
     /// Deadlines, checked against the state when they come due (stale ones are skipped).
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
@@ -218,6 +226,7 @@ impl Relay {
                 entropy,
                 clock: (now, wall_ms),
                 next_id: 0,
+                queued: 0,
                 events: VecDeque::new(),
                 timers: BinaryHeap::new(),
             },
@@ -308,7 +317,7 @@ impl Relay {
         let connected = slot.sides.iter().any(|end| end.connection.is_some());
         if slot.ended {
             if !connected {
-                self.sessions.remove(session_id);
+                self.forget(session_id);
             }
         } else if connected {
             slot.update_publication(session_id, other(side), &mut self.out);
@@ -344,7 +353,9 @@ impl Relay {
         let config = &self.out.config;
         let peer = &mut slot.sides[index(other(side))];
         let full = !peer.outbox.is_empty()
-            && (peer.outbox_bytes >= config.hard_limit || peer.outbox.len() >= config.max_queued);
+            && (peer.outbox_bytes >= config.hard_limit
+                || peer.outbox.len() >= config.max_queued
+                || self.out.queued >= config.total_limit);
         if full {
             if let Some(connection) = &mut slot.sides[index(side)].connection {
                 connection.refused = true;
@@ -352,6 +363,7 @@ impl Relay {
             return Err(Refused::Full);
         }
         peer.outbox_bytes += message.len();
+        self.out.queued += message.len();
         peer.outbox.push_back(message);
         slot.announce(other(side), &mut self.out);
         slot.update_publication(session_id, side, &mut self.out);
@@ -378,6 +390,7 @@ impl Relay {
             );
             let endpoint = &mut slot.sides[index(side)];
             endpoint.outbox_bytes += frame.len();
+            self.out.queued += frame.len();
             endpoint.outbox.push_back(frame);
             if let Some(connection) = &mut endpoint.connection {
                 // A refused message will not be taken: its reader learns so by offering it.
@@ -388,7 +401,7 @@ impl Relay {
             slot.announce(side, &mut self.out);
         }
         if slot.sides.iter().all(|end| end.connection.is_none()) {
-            self.sessions.remove(session_id);
+            self.forget(session_id);
         }
         true
     }
@@ -456,6 +469,7 @@ impl Relay {
                 break;
             };
             endpoint.outbox_bytes -= message.len();
+            self.out.queued -= message.len();
             emit(message);
             count += 1;
             taken += 1;
@@ -506,7 +520,7 @@ impl Relay {
                         .get(&session_id)
                         .is_some_and(|slot| slot.abandon_at == Some(at));
                     if due {
-                        self.sessions.remove(&session_id);
+                        self.forget(&session_id);
                         self.out.events.push_back(Event::Abandoned(session_id));
                     }
                 }
@@ -545,6 +559,19 @@ impl Relay {
                     bytes: endpoint.outbox_bytes,
                 }
             })
+    }
+
+    /// Bytes queued toward every side of every session.
+    pub fn queued_bytes(&self) -> usize {
+        self.out.queued
+    }
+
+    /// Removes `session_id`'s state, and its queues from the total.
+    fn forget(&mut self, session_id: &str) {
+        if let Some(slot) = self.sessions.remove(session_id) {
+            let bytes: usize = slot.sides.iter().map(|end| end.outbox_bytes).sum();
+            self.out.queued -= bytes;
+        }
     }
 
     /// Sessions the relay holds state for.

@@ -27,12 +27,41 @@
 //!   encoded value; a missing value gives `name=`.
 //! * Headers: names lowercased, values trimmed with inner runs of whitespace collapsed to one
 //!   space, repeated headers joined with `,` in the order received, sorted by name.
-//! * Payload: the signed `x-amz-content-sha256` value when present, else the SHA-256 of the body.
+//! * Payload: the SHA-256 of the body (a signed `x-amz-content-sha256` must equal it and is then
+//!   used as written, as botocore does).
+//!
+//! # What [`verify`] enforces, as AWS does
+//!
+//! A signature proves little unless it covers what the request means and is bound to the
+//! endpoint it was made for, so [`verify`] refuses:
+//!
+//! * a payload left out of the signature: `x-amz-content-sha256: UNSIGNED-PAYLOAD` (or any
+//!   value other than the body's hash, signed or not), since anyone on the path could swap
+//!   the body ([`SigV4Error::UnsignedPayload`], [`SigV4Error::PayloadHashMismatch`]);
+//! * a `SignedHeaders` list without `host` or without a header the endpoint names in
+//!   [`Expected::signed_headers`] (the JSON API names `x-amz-target`, which selects the
+//!   operation): [`SigV4Error::HeaderNotSigned`];
+//! * a credential scope for another region or service than [`Expected`]'s
+//!   ([`SigV4Error::WrongRegion`], [`SigV4Error::WrongService`]), or for another day than the
+//!   request time ([`SigV4Error::ScopeDateMismatch`]);
+//! * a request time more than [`MAX_CLOCK_SKEW_SECONDS`] away from the verifier's clock.
+//!
+//! Within the skew window a valid request can be sent again unchanged; a verifier that must
+//! not act twice on one request remembers [`Verified::signature`] until
+//! [`Verified::request_time`] plus [`MAX_CLOCK_SKEW_SECONDS`].
+//!
+//! The gateway expects its own region in every scope, and per endpoint: `ssm` with a signed
+//! `x-amz-target` for `AmazonSSM.*`, `kms` with a signed `x-amz-target` for `TrentService.*`,
+//! and `ssmmessages` for the agents' `/v1/control-channel/` and `/v1/data-channel/` (what
+//! botocore, the AWS SDKs, the stock Go agent and our own client and agent sign). StartSession,
+//! ResumeSession, CreateDataChannel and the control-channel upgrade are good once: our
+//! [`sign`] callers add a signed random `amz-sdk-invocation-id` so that two identical calls in
+//! one second still differ.
 //!
 //! # Examples
 //!
 //! ```
-//! use ssm_session::sigv4::{self, Credentials, Request};
+//! use ssm_session::sigv4::{self, Credentials, Expected, Request};
 //!
 //! let secret = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
 //! let credentials = Credentials::new("AKIDEXAMPLE", secret, None);
@@ -48,8 +77,9 @@
 //!
 //! // The gateway, a little later, with the request as received:
 //! let received = Request { method: "POST", path: "/", query: "", headers: &headers, body };
+//! let expected = Expected { region: "us-east-1", service: "ssm", signed_headers: &["x-amz-target"] };
 //! let lookup = |key: &str| (key == "AKIDEXAMPLE").then(|| credentials.secret_access_key.clone());
-//! let verified = sigv4::verify(&received, lookup, now + 2)?;
+//! let verified = sigv4::verify(&received, &expected, lookup, now + 2)?;
 //! assert_eq!(verified.access_key_id, "AKIDEXAMPLE");
 //! assert_eq!(verified.service, "ssm");
 //! # Ok::<(), sigv4::SigV4Error>(())
@@ -167,11 +197,20 @@ impl fmt::Debug for Request<'_> {
     }
 }
 
-/// Who signed an accepted request, and what the signature covers.
-///
-/// The signature proves the request was made with the secret of `access_key_id` for the
-/// scope `region`/`service`; [`verify`] does not check the scope against anything, so check
-/// `service` (and `region` if it matters) before acting on the request.
+/// What the verifier requires of a request besides a valid signature: the credential scope of
+/// the endpoint it was sent to, and the headers whose change would change what it asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expected<'a> {
+    /// The region the credential scope must name, e.g. `us-east-1`.
+    pub region: &'a str,
+    /// The signing name the credential scope must name, e.g. `ssm`.
+    pub service: &'a str,
+    /// Lowercase headers that must be in `SignedHeaders` besides `host`, e.g. `x-amz-target`.
+    pub signed_headers: &'a [&'a str],
+}
+
+/// Who signed an accepted request, and what the signature covers: made with the secret of
+/// `access_key_id` for the [`Expected`] scope.
 #[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Verified {
@@ -185,9 +224,10 @@ pub struct Verified {
     pub signed_headers: Vec<String>,
     /// The `x-amz-security-token` value when that header is signed. It is not checked here.
     pub session_token: Option<String>,
-    /// Whether the body is covered: false when the signed `x-amz-content-sha256` says
-    /// `UNSIGNED-PAYLOAD`, in which case anyone on the path could have changed the body.
-    pub payload_signed: bool,
+    /// The request time (`x-amz-date`, else `date`) as Unix seconds, 0 before 1970.
+    pub request_time: u64,
+    /// The signature: it identifies the request, for a verifier that accepts each only once.
+    pub signature: [u8; 32],
 }
 
 impl fmt::Debug for Verified {
@@ -201,8 +241,8 @@ impl fmt::Debug for Verified {
                 "session_token",
                 &self.session_token.as_ref().map(|_| "<redacted>"),
             )
-            .field("payload_signed", &self.payload_signed)
-            .finish()
+            .field("request_time", &self.request_time)
+            .finish_non_exhaustive()
     }
 }
 
@@ -227,9 +267,9 @@ pub enum SigV4Error {
     /// An algorithm other than `AWS4-HMAC-SHA256` (SigV2, SigV4a, another scheme).
     #[error("unsupported authorization scheme {0}: sign with AWS4-HMAC-SHA256 (SigV4)")]
     UnsupportedAlgorithm(String),
-    /// `host` is not among the signed headers.
-    #[error("'host' must be among the SignedHeaders: sign the Host header")]
-    HostNotSigned,
+    /// `host`, or a header the endpoint requires signed, is not among the signed headers.
+    #[error("{0} must be among the SignedHeaders: sign it, or anyone on the path could change it")]
+    HeaderNotSigned(String),
     /// A header listed in `SignedHeaders` is not in the request.
     #[error("signed header {0} is not in the request: send every header listed in SignedHeaders")]
     SignedHeaderMissing(String),
@@ -267,16 +307,44 @@ pub enum SigV4Error {
         /// The verifier's time, `YYYYMMDDTHHMMSSZ`.
         server_time: String,
     },
+    /// The credential scope names another region than the endpoint's.
+    #[error(
+        "credential should be scoped to a valid region, not {scope}: this endpoint is region \
+         {expected}; sign for it (AWS_REGION, --region, or the agent's region setting)"
+    )]
+    WrongRegion {
+        /// The region of the `Credential` component, quoted.
+        scope: String,
+        /// The endpoint's region.
+        expected: String,
+    },
+    /// The credential scope names another service than the endpoint's signing name.
+    #[error(
+        "credential should be scoped to the correct service: {expected} here, not {scope}; \
+         sign with the signing name of the operation's service"
+    )]
+    WrongService {
+        /// The service of the `Credential` component, quoted.
+        scope: String,
+        /// The endpoint's signing name.
+        expected: String,
+    },
     /// The lookup does not know the access key id.
     #[error(
         "the security token included in the request is invalid: access key {0} is unknown \
          here; use credentials issued for this endpoint"
     )]
     UnknownAccessKey(String),
-    /// `x-amz-content-sha256` is neither the body's hash nor `UNSIGNED-PAYLOAD`.
+    /// `x-amz-content-sha256` says `UNSIGNED-PAYLOAD`: the body is not covered.
+    #[error(
+        "UNSIGNED-PAYLOAD is not accepted: sign the body (send x-amz-content-sha256 as the hex \
+         SHA-256 of the body, or leave it out)"
+    )]
+    UnsignedPayload,
+    /// `x-amz-content-sha256` is not the body's hash.
     #[error(
         "x-amz-content-sha256 does not match the body: send the hex SHA-256 of the exact \
-         body, or UNSIGNED-PAYLOAD"
+         body, or leave the header out"
     )]
     PayloadHashMismatch,
     /// The signature is not the one the secret gives for this request.
@@ -304,12 +372,15 @@ impl SigV4Error {
             SigV4Error::MissingAuthorization => "MissingAuthenticationTokenException",
             SigV4Error::Malformed(_)
             | SigV4Error::UnsupportedAlgorithm(_)
-            | SigV4Error::HostNotSigned
+            | SigV4Error::HeaderNotSigned(_)
             | SigV4Error::SignedHeaderMissing(_)
             | SigV4Error::MissingDate
             | SigV4Error::InvalidDate(_) => "IncompleteSignatureException",
             SigV4Error::ScopeDateMismatch { .. }
             | SigV4Error::RequestExpired { .. }
+            | SigV4Error::WrongRegion { .. }
+            | SigV4Error::WrongService { .. }
+            | SigV4Error::UnsignedPayload
             | SigV4Error::PayloadHashMismatch
             | SigV4Error::SignatureMismatch => "InvalidSignatureException",
             SigV4Error::UnknownAccessKey(_) => "UnrecognizedClientException",
@@ -325,7 +396,8 @@ impl SigV4Error {
 /// result replaces: leave those out of what you send. `request.headers` must contain `host`
 /// with the value that will be sent, or no verifier will accept the signature. The body is
 /// hashed into the signature; no `x-amz-content-sha256` is added (botocore sends none to SSM),
-/// but one in `request.headers` is signed and used as the payload hash.
+/// but one in `request.headers` is signed and used as the payload hash ([`verify`] accepts
+/// only the body's).
 ///
 /// # Examples
 ///
@@ -402,22 +474,23 @@ pub fn sign(
     added
 }
 
-/// Checks the SigV4 `Authorization` header of `request` at `now_unix` (Unix seconds) and
-/// returns who signed it.
+/// Checks the SigV4 `Authorization` header of `request` at `now_unix` (Unix seconds) for the
+/// endpoint described by `expected`, and returns who signed it.
 ///
 /// `lookup` maps an access key id to its secret access key (`None`: unknown key). The checks,
 /// in order: the header is present and well-formed with algorithm `AWS4-HMAC-SHA256`; `host`
-/// is signed; every signed header is present; the request time (`x-amz-date`, else `date`)
-/// is readable, on the scope's day and within [`MAX_CLOCK_SKEW_SECONDS`] of `now_unix`; the
-/// key is known; a present `x-amz-content-sha256` matches the body (or is `UNSIGNED-PAYLOAD`);
-/// the signature matches, compared in constant time.
+/// and `expected.signed_headers` are signed; every signed header is present; the request time
+/// (`x-amz-date`, else `date`) is readable, on the scope's day and within
+/// [`MAX_CLOCK_SKEW_SECONDS`] of `now_unix`; the scope's region and service are `expected`'s;
+/// the key is known; a present `x-amz-content-sha256` is the body's hash; the signature
+/// matches, compared in constant time.
 ///
-/// A valid request can be replayed within the skew window; check [`Verified::service`].
+/// A valid request can be replayed within the skew window: see the [module documentation](self).
 ///
 /// # Examples
 ///
 /// ```
-/// use ssm_session::sigv4::{self, Request, SigV4Error};
+/// use ssm_session::sigv4::{self, Expected, Request, SigV4Error};
 ///
 /// // The AWS test suite's `get-vanilla`, as received.
 /// let headers = vec![
@@ -432,17 +505,24 @@ pub fn sign(
 /// let secret = |key: &str| {
 ///     (key == "AKIDEXAMPLE").then(|| "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".to_owned())
 /// };
-/// let verified = sigv4::verify(&request, secret, 1_440_938_160 + 60)?;
+/// let expected = Expected { region: "us-east-1", service: "service", signed_headers: &[] };
+/// let verified = sigv4::verify(&request, &expected, secret, 1_440_938_160 + 60)?;
 /// assert_eq!(verified.region, "us-east-1");
 ///
 /// // Six minutes later it is refused.
-/// let late = sigv4::verify(&request, secret, 1_440_938_160 + 360).unwrap_err();
+/// let late = sigv4::verify(&request, &expected, secret, 1_440_938_160 + 360).unwrap_err();
 /// assert!(matches!(late, SigV4Error::RequestExpired { .. }));
 /// assert_eq!(late.aws_code(), "InvalidSignatureException");
+///
+/// // So is the same signature presented to an endpoint in another region.
+/// let elsewhere = Expected { region: "eu-west-1", ..expected };
+/// let refused = sigv4::verify(&request, &elsewhere, secret, 1_440_938_160).unwrap_err();
+/// assert!(matches!(refused, SigV4Error::WrongRegion { .. }));
 /// # Ok::<(), SigV4Error>(())
 /// ```
 pub fn verify<S: AsRef<str>>(
     request: &Request<'_>,
+    expected: &Expected<'_>,
     lookup: impl FnOnce(&str) -> Option<S>,
     now_unix: u64,
 ) -> Result<Verified, SigV4Error> {
@@ -454,8 +534,12 @@ pub fn verify<S: AsRef<str>>(
         return Err(malformed("more than one Authorization header"));
     }
     let parsed = parse_authorization(authorization)?;
-    if !parsed.signed_headers.contains(&"host") {
-        return Err(SigV4Error::HostNotSigned);
+    if let Some(unsigned) = ["host"]
+        .iter()
+        .chain(expected.signed_headers)
+        .find(|name| !parsed.signed_headers.contains(name))
+    {
+        return Err(SigV4Error::HeaderNotSigned(excerpt(unsigned)));
     }
     if let Some(missing) = parsed
         .signed_headers
@@ -481,6 +565,19 @@ pub fn verify<S: AsRef<str>>(
         });
     }
 
+    if parsed.region != expected.region {
+        return Err(SigV4Error::WrongRegion {
+            scope: excerpt(parsed.region),
+            expected: expected.region.to_owned(),
+        });
+    }
+    if parsed.service != expected.service {
+        return Err(SigV4Error::WrongService {
+            scope: excerpt(parsed.service),
+            expected: expected.service.to_owned(),
+        });
+    }
+
     let Some(secret) = lookup(parsed.access_key_id) else {
         return Err(SigV4Error::UnknownAccessKey(excerpt(parsed.access_key_id)));
     };
@@ -488,16 +585,13 @@ pub fn verify<S: AsRef<str>>(
     let is_signed = |name: &str| parsed.signed_headers.contains(&name);
     let body_hash = sha256_hex(request.body);
     let declared = joined_value(request.headers, "x-amz-content-sha256");
-    let (payload_hash, payload_signed) = match declared {
-        None => (body_hash, true),
-        Some(value) if value == UNSIGNED_PAYLOAD => match is_signed("x-amz-content-sha256") {
-            true => (value, false),
-            false => (body_hash, true),
-        },
+    let payload_hash = match declared {
+        None => body_hash,
+        Some(value) if value == UNSIGNED_PAYLOAD => return Err(SigV4Error::UnsignedPayload),
         Some(value) if value.eq_ignore_ascii_case(&body_hash) => {
             match is_signed("x-amz-content-sha256") {
-                true => (value, true),
-                false => (body_hash, true),
+                true => value,
+                false => body_hash,
             }
         }
         Some(_) => return Err(SigV4Error::PayloadHashMismatch),
@@ -530,7 +624,8 @@ pub fn verify<S: AsRef<str>>(
             .map(|name| (*name).to_owned())
             .collect(),
         session_token,
-        payload_signed,
+        request_time: u64::try_from(request_time).unwrap_or(0),
+        signature: parsed.signature,
     })
 }
 

@@ -3,7 +3,7 @@
 //! sign/verify round trip under random requests, and every refusal.
 
 use proptest::prelude::*;
-use ssm_session::sigv4::{self, Credentials, Request, SigV4Error, Verified};
+use ssm_session::sigv4::{self, Credentials, Expected, Request, SigV4Error, Verified};
 
 const KEY_ID: &str = "AKIDEXAMPLE";
 const SECRET: &str = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
@@ -16,6 +16,25 @@ fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
         .collect()
 }
+
+/// The scope of the AWS test suite's requests.
+const SUITE: Expected = Expected {
+    region: "us-east-1",
+    service: "service",
+    signed_headers: &[],
+};
+/// What the gateway expects of an `AmazonSSM.*` call.
+const SSM: Expected = Expected {
+    region: "us-east-1",
+    service: "ssm",
+    signed_headers: &["x-amz-target"],
+};
+/// What the gateway expects of the agents' channel endpoints.
+const CHANNELS: Expected = Expected {
+    region: "us-east-1",
+    service: "ssmmessages",
+    signed_headers: &[],
+};
 
 fn secret_of(key: &str) -> Option<String> {
     (key == KEY_ID).then(|| SECRET.to_owned())
@@ -397,7 +416,7 @@ fn verify_accepts_the_aws_test_suite() {
             headers: &headers,
             body: case.body,
         };
-        let verified = sigv4::verify(&request, secret_of, SUITE_TIME)
+        let verified = sigv4::verify(&request, &SUITE, secret_of, SUITE_TIME)
             .unwrap_or_else(|error| panic!("{}: {error}", case.name));
         assert_eq!(verified.access_key_id, KEY_ID, "{}", case.name);
         assert_eq!(verified.region, "us-east-1", "{}", case.name);
@@ -414,7 +433,7 @@ fn verify_accepts_the_aws_test_suite() {
             "{}",
             case.name
         );
-        assert!(verified.payload_signed, "{}", case.name);
+        assert_eq!(verified.request_time, SUITE_TIME, "{}", case.name);
     }
 }
 
@@ -440,7 +459,7 @@ fn verify_ignores_an_unsigned_session_token() {
         headers: &headers,
         body: b"",
     };
-    let verified = sigv4::verify(&request, secret_of, SUITE_TIME).unwrap();
+    let verified = sigv4::verify(&request, &SUITE, secret_of, SUITE_TIME).unwrap();
     assert_eq!(verified.session_token, None);
 }
 
@@ -475,7 +494,16 @@ fn iam_list_users_example_of_the_aws_documentation() {
         headers: &signed,
         ..request
     };
-    let verified = sigv4::verify(&request, secret_of, SUITE_TIME).unwrap();
+    let verified = sigv4::verify(
+        &request,
+        &Expected {
+            service: "iam",
+            ..SUITE
+        },
+        secret_of,
+        SUITE_TIME,
+    )
+    .unwrap();
     assert_eq!(verified.service, "iam");
 }
 
@@ -564,7 +592,8 @@ const CLI_TERMINATE_TIME: u64 = 1_795_881_452;
 #[test]
 fn verify_accepts_what_the_aws_cli_sends() {
     let raw = Raw::parse(CLI_START_SESSION);
-    let verified = sigv4::verify(&raw.request(), secret_of, CLI_START_SESSION_TIME + 1).unwrap();
+    let verified =
+        sigv4::verify(&raw.request(), &SSM, secret_of, CLI_START_SESSION_TIME + 1).unwrap();
     assert_eq!(
         (
             verified.access_key_id.as_str(),
@@ -582,7 +611,16 @@ fn verify_accepts_what_the_aws_cli_sends() {
     let secret = |key: &str| {
         (key == "ASIAEXAMPLEGATEWAY01").then_some("gatewaytestsecret/EXAMPLE+key0123456789")
     };
-    let verified = sigv4::verify(&raw.request(), secret, CLI_TERMINATE_TIME).unwrap();
+    let verified = sigv4::verify(
+        &raw.request(),
+        &Expected {
+            region: "eu-west-1",
+            ..SSM
+        },
+        secret,
+        CLI_TERMINATE_TIME,
+    )
+    .unwrap();
     assert_eq!(verified.region, "eu-west-1");
     assert_eq!(
         verified.session_token.as_deref(),
@@ -595,19 +633,19 @@ fn a_cli_request_changed_in_transit_is_refused() {
     let tampered = CLI_START_SESSION.replace("i-0123456789abcdef0", "i-0123456789abcdef1");
     let raw = Raw::parse(&tampered);
     assert_eq!(
-        sigv4::verify(&raw.request(), secret_of, CLI_START_SESSION_TIME),
+        sigv4::verify(&raw.request(), &SSM, secret_of, CLI_START_SESSION_TIME),
         Err(SigV4Error::SignatureMismatch)
     );
     let retargeted = CLI_START_SESSION.replace("AmazonSSM.StartSession", "AmazonSSM.SendCommand");
     let raw = Raw::parse(&retargeted);
     assert_eq!(
-        sigv4::verify(&raw.request(), secret_of, CLI_START_SESSION_TIME),
+        sigv4::verify(&raw.request(), &SSM, secret_of, CLI_START_SESSION_TIME),
         Err(SigV4Error::SignatureMismatch)
     );
     // Unsigned headers may change (a proxy rewriting User-Agent does no harm).
     let relabelled = CLI_START_SESSION.replace("aws-cli/1.45.11 md", "curl/8 md");
     let raw = Raw::parse(&relabelled);
-    assert!(sigv4::verify(&raw.request(), secret_of, CLI_START_SESSION_TIME).is_ok());
+    assert!(sigv4::verify(&raw.request(), &SSM, secret_of, CLI_START_SESSION_TIME).is_ok());
 }
 
 /// botocore 1.43 `SigV4Auth("ssm", "us-east-1").add_auth` on `POST http://127.0.0.1:9999/`
@@ -654,7 +692,7 @@ fn sign_matches_botocore_for_an_ssm_call() {
         headers: &signed,
         ..request
     };
-    assert!(sigv4::verify(&request, secret_of, BOTOCORE_TIME).is_ok());
+    assert!(sigv4::verify(&request, &SSM, secret_of, BOTOCORE_TIME).is_ok());
 }
 
 /// botocore 1.43 on `GET http://127.0.0.1:9999/v1/control-channel/mi-1%3Aa%20b/./x//y?
@@ -687,7 +725,7 @@ fn escaped_paths_are_signed_as_botocore_signs_them() {
         headers: &signed,
         ..request
     };
-    assert!(sigv4::verify(&request, secret_of, BOTOCORE_TIME).is_ok());
+    assert!(sigv4::verify(&request, &CHANNELS, secret_of, BOTOCORE_TIME).is_ok());
 }
 
 /// botocore 1.43 with a caller-set `Date` header: it signs `Date` (as Python's `formatdate`
@@ -713,7 +751,7 @@ fn verify_accepts_a_date_header_instead_of_x_amz_date() {
         headers: &headers,
         body: br#"{"Target": "mi-0123456789abcdef0"}"#,
     };
-    assert!(sigv4::verify(&request, secret_of, BOTOCORE_TIME).is_ok());
+    assert!(sigv4::verify(&request, &SSM, secret_of, BOTOCORE_TIME).is_ok());
 }
 
 // ------------------------------------------------------------------------------- refusals
@@ -747,7 +785,7 @@ fn verify_headers(headers: &[(String, String)], now: u64) -> Result<Verified, Si
         headers,
         body: b"",
     };
-    sigv4::verify(&request, secret_of, now)
+    sigv4::verify(&request, &SUITE, secret_of, now)
 }
 
 /// `signed_request()` with its Authorization value passed through `edit`.
@@ -898,7 +936,121 @@ fn refuses_a_signature_that_does_not_cover_host() {
         with_authorization(|value| value.replace("SignedHeaders=host;", "SignedHeaders="));
     assert_eq!(
         verify_headers(&headers, SUITE_TIME),
-        Err(SigV4Error::HostNotSigned)
+        Err(SigV4Error::HeaderNotSigned("\"host\"".to_owned()))
+    );
+}
+
+#[test]
+fn refuses_a_signature_that_does_not_cover_a_required_header() {
+    // The CLI's StartSession signs x-amz-target; the same call signed without it is refused,
+    // whether the header is sent or not.
+    let raw = Raw::parse(CLI_START_SESSION);
+    assert!(sigv4::verify(&raw.request(), &SSM, secret_of, CLI_START_SESSION_TIME).is_ok());
+    let headers = owned(&[
+        ("Host", "127.0.0.1:9999"),
+        ("X-Amz-Target", "AmazonSSM.StartSession"),
+    ]);
+    let request = Request {
+        method: "POST",
+        path: "/",
+        query: "",
+        headers: &headers,
+        body: b"{}",
+    };
+    let mut signed: Vec<(String, String)> = headers[..1].to_vec();
+    signed.extend(sigv4::sign(
+        &Request {
+            headers: &signed.clone(),
+            ..request
+        },
+        &Credentials::new(KEY_ID, SECRET, None),
+        "us-east-1",
+        "ssm",
+        SUITE_TIME,
+    ));
+    let without_target = Request {
+        headers: &signed,
+        ..request
+    };
+    let error = sigv4::verify(&without_target, &SSM, secret_of, SUITE_TIME).unwrap_err();
+    assert_eq!(
+        error,
+        SigV4Error::HeaderNotSigned("\"x-amz-target\"".to_owned())
+    );
+    assert_eq!(error.aws_code(), "IncompleteSignatureException");
+    assert!(error.to_string().contains("x-amz-target"), "{error}");
+    signed.push(headers[1].clone());
+    let with_unsigned_target = Request {
+        headers: &signed,
+        ..request
+    };
+    assert_eq!(
+        sigv4::verify(&with_unsigned_target, &SSM, secret_of, SUITE_TIME),
+        Err(error)
+    );
+    // An endpoint that requires no such header accepts it.
+    let channels = Expected {
+        service: "ssm",
+        ..CHANNELS
+    };
+    assert!(sigv4::verify(&with_unsigned_target, &channels, secret_of, SUITE_TIME).is_ok());
+}
+
+#[test]
+fn refuses_a_scope_for_another_region_or_service() {
+    let raw = Raw::parse(CLI_START_SESSION);
+    let at = CLI_START_SESSION_TIME;
+    let error = sigv4::verify(
+        &raw.request(),
+        &Expected {
+            region: "eu-west-1",
+            ..SSM
+        },
+        secret_of,
+        at,
+    )
+    .unwrap_err();
+    assert_eq!(
+        error,
+        SigV4Error::WrongRegion {
+            scope: "\"us-east-1\"".to_owned(),
+            expected: "eu-west-1".to_owned()
+        }
+    );
+    assert_eq!(error.aws_code(), "InvalidSignatureException");
+    assert!(error.to_string().contains("region eu-west-1"), "{error}");
+
+    for service in ["kms", "ssmmessages", "ec2messages"] {
+        let error =
+            sigv4::verify(&raw.request(), &Expected { service, ..SSM }, secret_of, at).unwrap_err();
+        assert_eq!(
+            error,
+            SigV4Error::WrongService {
+                scope: "\"ssm\"".to_owned(),
+                expected: service.to_owned()
+            }
+        );
+        assert_eq!(error.aws_code(), "InvalidSignatureException");
+    }
+    // The scope is checked before the key is looked up: no secret is needed to refuse.
+    let kms = Expected {
+        service: "kms",
+        ..SSM
+    };
+    assert!(matches!(
+        sigv4::verify(&raw.request(), &kms, |_| None::<String>, at),
+        Err(SigV4Error::WrongService { .. })
+    ));
+}
+
+#[test]
+fn verified_requests_carry_their_time_and_signature() {
+    let raw = Raw::parse(CLI_START_SESSION);
+    let verified = sigv4::verify(&raw.request(), &SSM, secret_of, CLI_START_SESSION_TIME).unwrap();
+    assert_eq!(verified.request_time, CLI_START_SESSION_TIME);
+    assert_eq!(
+        hex::encode(verified.signature),
+        "8db9584e9c38b7ac2a3c727052738e4436feb6707e01b7156e3f9971ed8d798e"
     );
 }
 
@@ -1003,7 +1155,7 @@ fn refuses_an_unknown_access_key() {
         headers: &request_headers,
         body: b"",
     };
-    let error = sigv4::verify(&request, |_| None::<String>, SUITE_TIME).unwrap_err();
+    let error = sigv4::verify(&request, &SUITE, |_| None::<String>, SUITE_TIME).unwrap_err();
     assert_eq!(
         error,
         SigV4Error::UnknownAccessKey("\"AKIDEXAMPLE\"".to_owned())
@@ -1070,7 +1222,15 @@ fn payload_hash_header_is_checked_against_the_body() {
             headers,
             body,
         };
-        sigv4::verify(&request, secret_of, SUITE_TIME)
+        sigv4::verify(
+            &request,
+            &Expected {
+                signed_headers: &[],
+                ..SSM
+            },
+            secret_of,
+            SUITE_TIME,
+        )
     };
 
     let hash = "c0dc5a0f7c1fa1dc70c0b2dd9b3da3bc4a0b6d0b47fbb3c34ee4ad9bd75b9d36";
@@ -1083,7 +1243,6 @@ fn payload_hash_header_is_checked_against_the_body() {
 
     let headers = sign_with(&real_hash);
     let verified = verify_body(&headers, body).unwrap();
-    assert!(verified.payload_signed);
     assert!(
         verified
             .signed_headers
@@ -1099,10 +1258,25 @@ fn payload_hash_header_is_checked_against_the_body() {
     assert_eq!(error, SigV4Error::PayloadHashMismatch);
     assert_eq!(error.aws_code(), "InvalidSignatureException");
 
-    // UNSIGNED-PAYLOAD leaves the body out, and says so.
+    // UNSIGNED-PAYLOAD would leave the body out: refused, whatever the body.
     let headers = sign_with("UNSIGNED-PAYLOAD");
-    let verified = verify_body(&headers, b"anything at all").unwrap();
-    assert!(!verified.payload_signed);
+    for body in [&b"anything at all"[..], body] {
+        let error = verify_body(&headers, body).unwrap_err();
+        assert_eq!(error, SigV4Error::UnsignedPayload);
+        assert_eq!(error.aws_code(), "InvalidSignatureException");
+        assert!(error.to_string().contains("sign the body"), "{error}");
+    }
+    // Also when the header was added after signing.
+    let mut headers = sign_with(&real_hash);
+    for (name, value) in &mut headers {
+        if name == "x-amz-content-sha256" {
+            *value = "UNSIGNED-PAYLOAD".to_owned();
+        }
+    }
+    assert_eq!(
+        verify_body(&headers, body),
+        Err(SigV4Error::UnsignedPayload)
+    );
 
     // Streaming (chunk-signed) payloads are not supported.
     let headers = sign_with("STREAMING-AWS4-HMAC-SHA256-PAYLOAD");
@@ -1137,7 +1311,7 @@ fn debug_output_hides_secrets() {
         ..request
     };
     assert!(!format!("{request:?}").contains(STS_TOKEN));
-    let verified = sigv4::verify(&request, secret_of, SUITE_TIME).unwrap();
+    let verified = sigv4::verify(&request, &SUITE, secret_of, SUITE_TIME).unwrap();
     assert_eq!(verified.session_token.as_deref(), Some(STS_TOKEN));
     assert!(!format!("{verified:?}").contains(STS_TOKEN));
 }
@@ -1217,8 +1391,14 @@ impl Case {
     }
 
     fn verify_at(&self, now: u64, secret: &str) -> Result<Verified, SigV4Error> {
+        let expected = Expected {
+            region: &self.region,
+            service: &self.service,
+            signed_headers: &[],
+        };
         sigv4::verify(
             &self.request(),
+            &expected,
             |key| (key == KEY_ID).then_some(secret),
             now,
         )
@@ -1235,7 +1415,7 @@ proptest! {
         prop_assert_eq!(&verified.service, &case.service);
         prop_assert!(verified.signed_headers.contains(&"host".to_owned()));
         prop_assert!(verified.signed_headers.contains(&"x-amz-date".to_owned()));
-        prop_assert!(verified.payload_signed);
+        prop_assert_eq!(verified.request_time, case.time);
     }
 
     #[test]
@@ -1267,6 +1447,8 @@ proptest! {
                         *value = value.replacen(&from, &to, 1);
                     }
                 }
+                // Sent to that region's endpoint: the scope passes, the signature does not.
+                case.region.push('x');
             }
             5 => secret.push('x'),
             _ => case.method.push('X'),
@@ -1299,6 +1481,6 @@ proptest! {
             headers: &headers,
             body: b"",
         };
-        let _ = sigv4::verify(&request, secret_of, now);
+        let _ = sigv4::verify(&request, &SUITE, secret_of, now);
     }
 }

@@ -262,7 +262,9 @@ async fn control_channel(
     let endpoint = context.api.endpoint();
     let path = format!("{}{}", crate::control::PATH_PREFIX, settings.agent_id);
     let query = "role=subscribe&stream=input";
-    let headers = vec![("host".to_owned(), endpoint.authority())];
+    // Signed and unique, so that a reconnection within the same second is a new signature.
+    let nonce = crate::aws::invocation_id();
+    let headers = vec![("host".to_owned(), endpoint.authority()), nonce.clone()];
     let request = sigv4::Request {
         method: "GET",
         path: &path,
@@ -281,7 +283,7 @@ async fn control_channel(
     let url = endpoint.websocket_url(&format!("{path}?{query}"));
     let uri = url.parse().map_err(|error| format!("{url}: {error}"))?;
     let mut builder = ClientRequestBuilder::new(uri);
-    for (name, value) in signature {
+    for (name, value) in std::iter::once(nonce).chain(signature) {
         builder = builder.with_header(name, value);
     }
     let connect = tokio_tungstenite::connect_async_tls_with_config(

@@ -222,7 +222,10 @@ async fn run(sessions: SessionClient, started: &StartedSession) -> Result<i32, E
         eprintln!("\n{output}");
     }
     eprintln!("\n{}: {summary}", started.session_id);
-    Ok(summary.exit_code.unwrap_or(0))
+    if let Some(why) = summary.interrupted() {
+        eprintln!("\nThe session was ended before the target finished it ({why}): exit status 1");
+    }
+    Ok(summary.exit_status())
 }
 
 /// This program's own `start-session`.

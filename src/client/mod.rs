@@ -81,6 +81,32 @@ pub struct SessionSummary {
     pub duration: Duration,
 }
 
+impl SessionSummary {
+    /// Why the session ended without the target reporting how it ended: the gateway's
+    /// `channel_closed` text (revoked, terminated by someone else, timed out, the agent
+    /// failed; an orderly end carries none) or the transport's failure.
+    pub fn interrupted(&self) -> Option<String> {
+        if self.exit_code.is_some() {
+            return None;
+        }
+        match &self.ending {
+            net::Ending::ChannelClosed { output } if !output.is_empty() => Some(output.clone()),
+            net::Ending::Failed(error) => Some(error.to_string()),
+            _ => None,
+        }
+    }
+
+    /// The status a program should exit with: the remote exit code when there was one, 1
+    /// when the session was [interrupted](Self::interrupted), else 0.
+    pub fn exit_status(&self) -> i32 {
+        match (self.exit_code, self.interrupted()) {
+            (Some(code), _) => code,
+            (None, Some(_)) => 1,
+            (None, None) => 0,
+        }
+    }
+}
+
 impl fmt::Display for SessionSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -320,7 +346,14 @@ impl SessionClient {
             session_id: started.session_id.clone(),
         });
         match tokio::time::timeout(Duration::from_secs(10), forward).await {
-            Ok(summary) => Ok(summary?),
+            // Ended as asked: the gateway's "terminated by" is no interruption.
+            Ok(summary) => {
+                let mut summary = summary?;
+                if matches!(summary.ending, net::Ending::ChannelClosed { .. }) {
+                    summary.ending = net::Ending::Closed;
+                }
+                Ok(summary)
+            }
             Err(_) => Err(RunError::Io(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 "the session did not close within 10 s of TerminateSession",

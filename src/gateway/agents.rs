@@ -59,6 +59,19 @@ impl Registry {
             .is_ok()
     }
 
+    /// Closes `agent_id`'s control channel (after the messages already queued toward it) and
+    /// marks it offline. Returns whether it was online.
+    pub(super) fn disconnect(&self, agent_id: &str) -> bool {
+        let mut agents = lock(&self.agents);
+        let Some(presence) = agents.get_mut(agent_id) else {
+            return false;
+        };
+        presence.connected_since_ms = None;
+        presence.last_seen_ms = wall_ms();
+        // The channel's task ends when its receiver sees the last sender gone.
+        presence.sender.take().is_some()
+    }
+
     /// Whether any agent's control channel is open.
     pub(super) fn any_online(&self) -> bool {
         lock(&self.agents).values().any(Presence::online)
@@ -137,7 +150,7 @@ impl Service {
                     break "the gateway is shutting down";
                 }
                 message = outgoing.recv() => {
-                    let Some(message) = message else { break "replaced by a newer connection" };
+                    let Some(message) = message else { break "replaced by a newer connection, or removed" };
                     if sink.send(Message::Binary(message)).await.is_err() {
                         break "send failed";
                     }

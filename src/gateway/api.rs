@@ -168,6 +168,20 @@ impl Service {
             document_arn(&self.region, &self.account, &document_name),
         ];
         self.authorize(name, "ssm:StartSession", &resources, call)?;
+        self.start_rate
+            .take(name, std::time::Instant::now())
+            .map_err(|wait| {
+                ApiError::new(
+                    400,
+                    "ThrottlingException",
+                    format!(
+                        "{name} started more than {} sessions in a burst (refilled at {} a minute): retry in {:.1} s",
+                        self.quotas.start_session_burst,
+                        self.quotas.start_sessions_per_minute,
+                        wait.as_secs_f64().min(3600.0)
+                    ),
+                )
+            })?;
         let resolved = document
             .resolve(&input.parameters)
             .map_err(|error| ApiError::new(400, "InvalidParameters", error.to_string()))?;
@@ -207,16 +221,30 @@ impl Service {
             .as_deref()
             .and_then(|source| source.parse().ok())
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-        let span = self.sessions.insert(NewSession {
-            id: &session_id,
-            owner: name,
-            target: &input.target,
-            document: &document_name,
-            session_type: document.session_type(),
-            source,
-            reason: input.reason.clone(),
-            stats,
-        });
+        let inserted = self.sessions.insert(
+            NewSession {
+                id: &session_id,
+                owner: name,
+                target: &input.target,
+                document: &document_name,
+                session_type: document.session_type(),
+                source,
+                reason: input.reason.clone(),
+                stats,
+            },
+            self.quotas.max_sessions_per_principal,
+        );
+        let Some(span) = inserted else {
+            self.hub.end(&session_id, "");
+            return Err(ApiError::new(
+                400,
+                "ThrottlingException",
+                format!(
+                    "{name} already has {} live sessions, the most one principal may have: end one first",
+                    self.quotas.max_sessions_per_principal
+                ),
+            ));
+        };
         let start = StartSession {
             task_id: session_id.clone(),
             content: content.to_string(),
@@ -278,6 +306,11 @@ impl Service {
         )
     }
 
+    /// Resume and Terminate: the policy must allow `action` on the session *and* the caller
+    /// must be the principal who started it. Ownership is checked here, never left to a
+    /// resource pattern (`session/${aws:username}-*` also matches `dev-admin-…` for `dev`);
+    /// other principals' sessions are ended only by the operator, through the configuration
+    /// (a reload revokes what it no longer allows).
     fn own_live_session(
         &self,
         name: &str,
@@ -293,6 +326,14 @@ impl Service {
             call,
         )?;
         match self.sessions.owner_and_target(session_id) {
+            Some((owner, _)) if owner != name => Err(ApiError::new(
+                400,
+                "AccessDeniedException",
+                format!(
+                    "User: arn:aws:iam::{}:user/{name} is not authorized to perform: {action} on session {session_id}: only the principal who started a session may resume or terminate it",
+                    self.account
+                ),
+            )),
             Some((_, target)) => {
                 call.record.target = Some(target);
                 Ok(())
@@ -364,6 +405,8 @@ impl Service {
             .sessions
             .describe(active)
             .into_iter()
+            // Only one's own sessions, as with Resume and Terminate.
+            .filter(|summary| summary.owner == name)
             .filter(|summary| {
                 let arn = session_arn(&self.region, &self.account, &summary.id);
                 auth.authorize(name, "ssm:DescribeSessions", &[arn]).is_ok()

@@ -98,6 +98,76 @@ impl ApiRequest {
     }
 }
 
+/// Who signed a request, and its signature when the call it makes is single-use.
+pub(super) struct Signed<T> {
+    pub(super) signer: T,
+    /// `(signature, request time)`, for the replay cache.
+    pub(super) once: Option<([u8; 32], u64)>,
+}
+
+impl<T> Signed<T> {
+    fn new(signer: T, verified: &sigv4::Verified, single_use: bool) -> Signed<T> {
+        Signed {
+            signer,
+            once: single_use.then_some((verified.signature, verified.request_time)),
+        }
+    }
+}
+
+/// What the signature of a request to one of the gateway's endpoints must cover: the AWS
+/// signing name of the service it stands in for, the headers that select what is done, and
+/// whether one signature may be used only once (the call mints a token or opens a channel).
+struct Endpoint {
+    service: &'static str,
+    signed_headers: &'static [&'static str],
+    single_use: bool,
+}
+
+/// The agents' endpoints (`/v1/control-channel/`, `/v1/data-channel/`): `ssmmessages`, as
+/// our agent and the stock Go agent sign them; the path, signed, selects the channel.
+const CONTROL_CHANNEL: Endpoint = Endpoint {
+    service: "ssmmessages",
+    signed_headers: &[],
+    single_use: true,
+};
+
+impl Endpoint {
+    /// The endpoint `request` is for; operations this gateway does not serve are refused.
+    fn of(request: &ApiRequest) -> Result<Endpoint, ApiError> {
+        if request.path.starts_with(crate::net::relay::PATH_PREFIX)
+            || request.path.starts_with(crate::control::PATH_PREFIX)
+        {
+            return Ok(CONTROL_CHANNEL);
+        }
+        let target = request.header("x-amz-target").unwrap_or("");
+        let (service, single_use) = match target {
+            "AmazonSSM.StartSession" | "AmazonSSM.ResumeSession" => ("ssm", true),
+            _ if target.starts_with("AmazonSSM.") => ("ssm", false),
+            _ if target.starts_with("TrentService.") => ("kms", false),
+            _ => {
+                return Err(ApiError::new(
+                    400,
+                    "UnknownOperationException",
+                    format!("operation {target:?} is not served by this gateway"),
+                ));
+            }
+        };
+        Ok(Endpoint {
+            service,
+            signed_headers: &["x-amz-target"],
+            single_use,
+        })
+    }
+
+    fn expected<'a>(&self, region: &'a str) -> sigv4::Expected<'a> {
+        sigv4::Expected {
+            region,
+            service: self.service,
+            signed_headers: self.signed_headers,
+        }
+    }
+}
+
 /// A verified caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Caller {
@@ -222,22 +292,51 @@ impl Auth {
         })
     }
 
-    /// Who signed `request` at `now` (Unix seconds): a principal, or else an agent.
-    pub(super) fn verify(&self, request: &ApiRequest, now: u64) -> Result<Caller, ApiError> {
-        let verified = sigv4::verify(&request.signed(), |key| self.secret(key), now)
-            .map_err(|error| ApiError::new(400, error.aws_code(), error.to_string()))?;
-        let key = verified.access_key_id;
-        match self.users.get(&key) {
-            Some(user) => Ok(Caller::User(user.name.clone())),
-            None => Ok(Caller::Agent(key)),
-        }
+    /// Who signed API `request` for `region` at `now` (Unix seconds): a principal, or else an
+    /// agent; with the signature when the call may use it only once.
+    pub(super) fn verify(
+        &self,
+        request: &ApiRequest,
+        region: &str,
+        now: u64,
+    ) -> Result<Signed<Caller>, ApiError> {
+        let endpoint = Endpoint::of(request)?;
+        let verified = sigv4::verify(
+            &request.signed(),
+            &endpoint.expected(region),
+            |key| self.secret(key),
+            now,
+        )
+        .map_err(|error| ApiError::new(400, error.aws_code(), error.to_string()))?;
+        let caller = match self.users.get(&verified.access_key_id) {
+            Some(user) => Caller::User(user.name.clone()),
+            None => Caller::Agent(verified.access_key_id.clone()),
+        };
+        Ok(Signed::new(caller, &verified, endpoint.single_use))
     }
 
-    /// Which agent signed `request` at `now`; principals' keys are not accepted.
-    pub(super) fn verify_agent(&self, request: &ApiRequest, now: u64) -> Result<String, String> {
-        sigv4::verify(&request.signed(), |key| self.agents.get(key).cloned(), now)
-            .map(|verified| verified.access_key_id)
-            .map_err(|error| format!("{}: {error}", error.aws_code()))
+    /// Which agent signed the control-channel upgrade `request` for `region` at `now`;
+    /// principals' keys are not accepted. An upgrade's signature is good once.
+    pub(super) fn verify_agent(
+        &self,
+        request: &ApiRequest,
+        region: &str,
+        now: u64,
+    ) -> Result<Signed<String>, String> {
+        let expected = CONTROL_CHANNEL.expected(region);
+        sigv4::verify(
+            &request.signed(),
+            &expected,
+            |key| self.agents.get(key).cloned(),
+            now,
+        )
+        .map(|verified| Signed::new(verified.access_key_id.clone(), &verified, true))
+        .map_err(|error| format!("{}: {error}", error.aws_code()))
+    }
+
+    /// The configured secret of agent `id`, to tell whether a reload changed it.
+    pub(super) fn agent_secret(&self, id: &str) -> Option<&str> {
+        self.agents.get(id).map(String::as_str)
     }
 
     fn secret(&self, access_key_id: &str) -> Option<String> {

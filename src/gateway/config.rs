@@ -1,6 +1,7 @@
 //! The gateway's configuration file: who may sign requests (principals and their policies),
 //! which agents may connect, the KMS keys, where state goes and the limits on peers. Everything
-//! but the listening address, TLS, the state directory and the limits is re-read on reload.
+//! but the listening address, TLS, the state directory, the limits and the quotas is re-read on
+//! reload.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -51,6 +52,38 @@ pub struct GatewayConfig {
     /// cannot be written.
     #[serde(default)]
     pub audit_failure: AuditFailure,
+    /// How much each principal may use, and the relay's memory budget.
+    #[serde(default)]
+    pub quotas: Quotas,
+}
+
+/// What one principal may hold or start, and the memory all sessions' relay queues may use
+/// together, so that one principal cannot take the gateway from the others. Read at start
+/// only (a reload does not change them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct Quotas {
+    /// Live sessions one principal may have at once.
+    pub max_sessions_per_principal: usize,
+    /// StartSession calls one principal may make in a burst (a token bucket's size)…
+    pub start_session_burst: u32,
+    /// …refilled at this many per minute.
+    pub start_sessions_per_minute: u32,
+    /// Bytes the relay may queue across all sessions; past it, senders are no longer read
+    /// (back-pressure, nothing is dropped) beyond one message per session.
+    pub relay_memory_bytes: usize,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Quotas {
+            max_sessions_per_principal: 32,
+            start_session_burst: 20,
+            start_sessions_per_minute: 60,
+            relay_memory_bytes: 256 << 20,
+        }
+    }
 }
 
 /// How long and how much a peer may take, so that no connection holds the gateway's memory
@@ -290,10 +323,20 @@ impl GatewayConfig {
         })
     }
 
-    /// Refuses duplicate names and keys and policies that do not exist.
+    /// Refuses duplicate or unsafe names, duplicate keys and policies that do not exist: a
+    /// name identifies one principal (policies are found by it, session ids begin with it) and
+    /// names and ids end up in paths and URLs.
     pub fn check(&self) -> Result<(), ConfigError> {
         let mut keys = std::collections::HashSet::new();
+        let mut names = std::collections::HashSet::new();
         for principal in &self.principals {
+            check_principal_name(&principal.name)?;
+            if !names.insert(principal.name.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "principal name {} is used twice: give each principal its own name",
+                    principal.name
+                )));
+            }
             if !keys.insert(principal.access_key_id.as_str()) {
                 return Err(ConfigError::Invalid(format!(
                     "access key {} is used twice",
@@ -312,6 +355,7 @@ impl GatewayConfig {
             }
         }
         for agent in &self.agents {
+            check_agent_id(&agent.id)?;
             if !keys.insert(agent.id.as_str()) {
                 return Err(ConfigError::Invalid(format!(
                     "agent id {} is used twice or also as an access key",
@@ -399,9 +443,39 @@ impl GatewayConfig {
             token_lifetime_secs: default_token_lifetime(),
             limits: Limits::default(),
             audit_failure: AuditFailure::default(),
+            quotas: Quotas::default(),
         };
         (config, setup)
     }
+}
+
+/// IAM's user-name alphabet, 1 to 64 characters; `.` and `..` are refused too, so that a name
+/// is never a path component of its own.
+fn check_principal_name(name: &str) -> Result<(), ConfigError> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "+=,.@_-".contains(c);
+    if name.is_empty()
+        || name.len() > 64
+        || !name.chars().all(allowed)
+        || name == "."
+        || name == ".."
+    {
+        return Err(ConfigError::Invalid(format!(
+            "principal name {name:?} is not 1 to 64 of A-Z a-z 0-9 + = , . @ _ -"
+        )));
+    }
+    Ok(())
+}
+
+/// Letters, digits, `.`, `_` and `-`, 1 to 64, not starting with a dot (instance ids such as
+/// `mi-…` and `i-…` fit).
+fn check_agent_id(id: &str) -> Result<(), ConfigError> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
+    if id.is_empty() || id.len() > 64 || !id.chars().all(allowed) || id.starts_with('.') {
+        return Err(ConfigError::Invalid(format!(
+            "agent id {id:?} is not 1 to 64 of A-Z a-z 0-9 . _ - (not starting with a dot)"
+        )));
+    }
+    Ok(())
 }
 
 /// The alias of the key a `--dev` gateway creates.
@@ -466,6 +540,36 @@ fn random_text(n: usize) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)[..n.min(64)].to_owned()
 }
 
+/// Opens `path` for appending, created readable by the owner only (the audit log, recordings).
+pub(crate) fn append_private(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).append(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)
+}
+
+/// Makes `path` the owner's alone (0700 directories, 0600 files), for state written before
+/// this was enforced; a missing path is fine.
+pub(crate) fn tighten(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = match std::fs::symlink_metadata(path) {
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            other => other?,
+        };
+        let mode = match meta.is_dir() {
+            true => 0o700,
+            false => 0o600,
+        };
+        if meta.permissions().mode() & 0o777 != mode && !meta.file_type().is_symlink() {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+        }
+    }
+    Ok(())
+}
+
 /// Writes `bytes` to `path` readable by the owner only.
 pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
@@ -491,6 +595,7 @@ mod tests {
         config.check().unwrap();
         super::super::auth::Auth::build(&config).unwrap();
         assert_eq!(config.limits, Limits::default());
+        assert_eq!(config.quotas, Quotas::default());
         assert_eq!(config.state_dir, Path::new("/var/lib/ssm-gateway"));
     }
 }

@@ -12,12 +12,19 @@
 //! * **Relay**: `/v1/data-channel/<session-id>` pairs the client and the agent by session id
 //!   and forwards frames without reading them ([`crate::net::relay::Hub`]); encrypted sessions
 //!   stay opaque to the gateway.
-//! * **Revoke**: [`Gateway::reload`] (called when the file changes; `ssm-gateway` also calls
-//!   it on SIGHUP) re-reads principals, policies and agents and ends every live session whose owner
-//!   may no longer start it, with `channel_closed` to both ends.
+//! * **Ownership**: only the principal who started a session may resume, terminate or list it,
+//!   whatever its policy's resource patterns match; the operator ends others' sessions through
+//!   the configuration. [`Quotas`] bound each principal's live sessions and StartSession rate,
+//!   and the relay's memory across sessions.
+//! * **Revoke**: [`Gateway::reload`] (called when the file's content changes; `ssm-gateway` also
+//!   calls it on SIGHUP) re-reads principals, policies and agents, cuts off agents removed from
+//!   it (or whose secret changed) with their sessions, and ends every live session whose owner
+//!   may no longer start it, with `channel_closed` to both ends. A refused reload is audited.
 //! * **Audit**: every API call, session start and end, port stream and recording chunk goes
 //!   into a hash-chained JSON-lines log ([`crate::audit`]); shell sessions are recorded as
-//!   asciicast v2 streamed live by the agent into `recordings/<session-id>.cast`.
+//!   asciicast v2 streamed live by the agent into `recordings/<session-id>.cast`. The state
+//!   directory and `recordings` are 0700, the log, recordings and KMS master key 0600
+//!   (tightened at start if an older version left them looser).
 //!
 //! # Examples
 //!
@@ -41,6 +48,8 @@ mod auth;
 mod config;
 mod framing;
 mod kms;
+mod quota;
+mod replay;
 mod server;
 mod service;
 mod sessions;
@@ -57,7 +66,7 @@ use tokio::task::JoinSet;
 pub(crate) use config::random_hex;
 pub use config::{
     AgentIdentity, AuditFailure, ConfigError, DEV_ENCRYPTED_SHELL, DEV_KEY_ALIAS, DevSetup,
-    GatewayConfig, KmsKeyConfig, Limits, PrincipalConfig, TlsFiles,
+    GatewayConfig, KmsKeyConfig, Limits, PrincipalConfig, Quotas, TlsFiles,
 };
 
 use crate::audit::ChainWriter;
@@ -66,7 +75,7 @@ use crate::net::relay::{Hub, RelayConfig, TokenTable};
 use auth::Auth;
 use service::{Parts, Service};
 
-/// How often the configuration file's modification time is checked.
+/// How often the configuration file's content is checked.
 const WATCH_INTERVAL: Duration = Duration::from_millis(250);
 /// How long shutdown waits for the relay to deliver what it queued toward both ends.
 const FLUSH_WAIT: Duration = Duration::from_secs(3);
@@ -132,8 +141,7 @@ impl Gateway {
     ) -> Result<Gateway, GatewayError> {
         config.check()?;
         let state_dir = config.state_dir.clone();
-        std::fs::create_dir_all(state_dir.join("recordings"))
-            .map_err(io_error(format!("creating {}", state_dir.display())))?;
+        prepare_state_dir(&state_dir)?;
         let kms = LocalKms::load_or_create(&state_dir.join("kms-master.key"))
             .map_err(io_error("loading the KMS master key"))?;
         let audit_path = state_dir.join("audit.jsonl");
@@ -162,7 +170,10 @@ impl Gateway {
                 config_path: config_path.clone(),
                 tls: tls.is_some(),
                 auth,
-                hub: Hub::new(RelayConfig::new(tokens.clone())),
+                hub: Hub::new(RelayConfig {
+                    total_limit: config.quotas.relay_memory_bytes,
+                    ..RelayConfig::new(tokens.clone())
+                }),
                 tokens,
                 kms,
                 audit,
@@ -196,8 +207,10 @@ impl Gateway {
     }
 
     /// Re-reads the configuration file, swaps in its principals, policies, agents and
-    /// documents, and ends every live session its owner may no longer start (`revoked`).
-    /// Returns the ids of the sessions it ended. A broken file changes nothing.
+    /// documents, closes the control channel of every agent it removed or re-keyed, and ends
+    /// those agents' sessions and every live session its owner may no longer start
+    /// (`revoked`). Returns the ids of the sessions it ended. A broken file changes nothing
+    /// (and is audited as a refused `policy.reload`).
     pub fn reload(&self) -> Result<Vec<String>, ConfigError> {
         self.service.reload()
     }
@@ -254,11 +267,8 @@ fn open_audit(path: &Path) -> Result<(ChainWriter<std::fs::File>, std::fs::File)
             })?
             .head(),
     };
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(io_error(format!("opening {}", path.display())))?;
+    let file =
+        config::append_private(path).map_err(io_error(format!("opening {}", path.display())))?;
     let sync = file
         .try_clone()
         .map_err(io_error(format!("opening {}", path.display())))?;
@@ -360,19 +370,47 @@ pub fn prepare_dev(
     })
 }
 
+/// Creates the state directory and its `recordings` 0700 and makes what an older version left
+/// there the owner's alone: the audit log and recordings hold what users typed and saw.
+fn prepare_state_dir(state_dir: &Path) -> Result<(), GatewayError> {
+    let recordings = state_dir.join("recordings");
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
+        .create(&recordings)
+        .map_err(io_error(format!("creating {}", recordings.display())))?;
+    let mut private = vec![
+        state_dir.to_owned(),
+        recordings.clone(),
+        state_dir.join("audit.jsonl"),
+        state_dir.join("kms-master.key"),
+    ];
+    let listed = std::fs::read_dir(&recordings)
+        .map_err(io_error(format!("reading {}", recordings.display())))?;
+    private.extend(listed.filter_map(|entry| Some(entry.ok()?.path())));
+    for path in private {
+        config::tighten(&path).map_err(io_error(format!(
+            "making {} private (mode 0700/0600)",
+            path.display()
+        )))?;
+    }
+    Ok(())
+}
+
+/// Reloads when the file's content changes (by its SHA-256): an edit that keeps the mtime is
+/// seen, a touch that changes nothing is not.
 async fn watch_config(path: PathBuf, service: Arc<Service>) {
-    let modified = |path: &Path| {
-        std::fs::metadata(path)
-            .and_then(|meta| meta.modified())
-            .ok()
-    };
-    let mut last = modified(&path);
+    use sha2::{Digest, Sha256};
+    let content = |path: &Path| std::fs::read(path).ok().map(Sha256::digest);
+    let mut last = content(&path);
     loop {
         tokio::time::sleep(WATCH_INTERVAL).await;
-        let now = modified(&path);
+        let now = content(&path);
         if now != last {
             last = now;
-            // A refusal is logged by `reload`; the old configuration stays.
+            // A refusal is logged and audited by `reload`; the old configuration stays.
             let _ = service.reload();
         }
     }

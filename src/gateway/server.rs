@@ -527,7 +527,9 @@ fn upgrade(exchange: &Exchange, mut request: Request<Incoming>) -> (Response<Ful
         match route {
             Route::Data(session_id) => {
                 tracing::info!(%peer, "data channel attached");
-                service.hub.serve(ws, session_id).await;
+                if let Err(refused) = service.hub.serve(ws, session_id.clone()).await {
+                    service.data_channel_refused(&session_id, peer, &refused);
+                }
                 tracing::info!(%peer, "data channel detached");
             }
             Route::Control(agent_id) => service.serve_agent(ws, agent_id, peer).await,

@@ -12,13 +12,15 @@ use tokio_util::sync::CancellationToken;
 
 use super::admission::{Admission, RefusalAudit, Source};
 use super::agents::Registry;
-use super::auth::{ApiError, ApiRequest, Auth, Call, Caller};
-use super::config::{AuditFailure, ConfigError, GatewayConfig, Limits};
+use super::auth::{ApiError, ApiRequest, Auth, Call, Caller, Signed};
+use super::config::{AuditFailure, ConfigError, GatewayConfig, Limits, Quotas};
+use super::quota::StartRate;
+use super::replay::{self, ReplayCache};
 use super::sessions::Sessions;
 use super::{lock, wall_ms};
 use crate::audit::{ChainWriter, EndReason, EventKind, Record};
 use crate::kms::LocalKms;
-use crate::net::relay::{Hub, TokenTable};
+use crate::net::relay::{Hub, OpenRefused, TokenTable};
 
 /// How often shutdown looks whether the relay has flushed the ended sessions.
 const FLUSH_POLL: Duration = Duration::from_millis(20);
@@ -29,6 +31,8 @@ pub(super) struct Service {
     pub(super) state_dir: PathBuf,
     pub(super) tls: bool,
     pub(super) limits: Limits,
+    pub(super) quotas: Quotas,
+    pub(super) start_rate: StartRate,
     pub(super) config_path: Option<PathBuf>,
     auth: RwLock<Arc<Auth>>,
     pub(super) hub: Hub,
@@ -36,6 +40,8 @@ pub(super) struct Service {
     pub(super) kms: LocalKms,
     pub(super) sessions: Sessions,
     pub(super) agents: Registry,
+    /// Signatures of single-use calls seen within the clock skew.
+    replay: ReplayCache,
     audit: Mutex<AuditLog>,
     /// The same file as `audit`'s, for fsync.
     audit_file: std::fs::File,
@@ -77,6 +83,11 @@ impl Service {
             state_dir: config.state_dir.clone(),
             tls: parts.tls,
             limits: config.limits,
+            quotas: config.quotas,
+            start_rate: StartRate::new(
+                config.quotas.start_session_burst,
+                config.quotas.start_sessions_per_minute,
+            ),
             config_path: parts.config_path,
             auth: RwLock::new(Arc::new(parts.auth)),
             hub: parts.hub,
@@ -84,6 +95,7 @@ impl Service {
             kms: parts.kms,
             sessions: Sessions::default(),
             agents: Registry::default(),
+            replay: ReplayCache::default(),
             audit: Mutex::new(AuditLog {
                 writer: parts.audit,
                 lost: 0,
@@ -106,23 +118,37 @@ impl Service {
             .clone()
     }
 
-    /// Verifies the request's signature against principals and agents: who is calling. The
-    /// API and the KMS endpoint both authenticate here.
+    /// Verifies the request's signature against principals and agents for this gateway's
+    /// region and the operation's service: who is calling. The signature of a call that mints
+    /// a token is accepted once. The API and the KMS endpoint both authenticate here.
     pub(super) fn authenticate(&self, request: &ApiRequest) -> Result<Caller, ApiError> {
-        self.auth().verify(request, wall_ms() / 1000)
+        let now = wall_ms() / 1000;
+        let signed = self.auth().verify(request, &self.region, now)?;
+        self.first_use(&signed, now)?;
+        Ok(signed.signer)
     }
 
-    /// Verifies a control-channel upgrade signed by `agent_id`; refusals are audited.
+    /// Verifies a control-channel upgrade signed by `agent_id`, once; refusals are audited.
     pub(super) fn authenticate_agent(
         &self,
         request: &ApiRequest,
         agent_id: &str,
         peer: SocketAddr,
     ) -> Result<(), ApiError> {
-        let (refusal, authenticated) = match self.auth().verify_agent(request, wall_ms() / 1000) {
-            Ok(id) if id == agent_id => return Ok(()),
-            Ok(id) => (
-                format!("agent {id} may not open the control channel of {agent_id}"),
+        let now = wall_ms() / 1000;
+        // Refusals of a signature that did not verify, or was replayed (which proves nothing
+        // about the sender), are audited rate-limited; an agent that signed for another's
+        // channel, one by one.
+        let (refusal, authenticated) = match self.auth().verify_agent(request, &self.region, now) {
+            Ok(signed) if signed.signer == agent_id => match self.first_use(&signed, now) {
+                Ok(()) => return Ok(()),
+                Err(error) => (error.to_string(), false),
+            },
+            Ok(signed) => (
+                format!(
+                    "agent {} may not open the control channel of {agent_id}",
+                    signed.signer
+                ),
                 true,
             ),
             Err(why) => (why, false),
@@ -139,6 +165,55 @@ impl Service {
             false => self.audit_unauthenticated(record, peer),
         }
         Err(ApiError::new(403, "AccessDeniedException", refusal))
+    }
+
+    /// Refuses a single-use signature seen before, and any when too many are remembered.
+    fn first_use<T>(&self, signed: &Signed<T>, now: u64) -> Result<(), ApiError> {
+        let Some((signature, request_time)) = signed.once else {
+            return Ok(());
+        };
+        match self.replay.first_use(signature, request_time, now) {
+            Ok(()) => Ok(()),
+            Err(replay::Refused::Replayed) => Err(ApiError::new(
+                400,
+                "InvalidSignatureException",
+                "this signed request was already served: a request that mints a token or \
+                 opens a channel is good once; sign a new one",
+            )),
+            Err(replay::Refused::Full) => Err(ApiError::new(
+                400,
+                "ThrottlingException",
+                format!(
+                    "more than {} token-minting requests within the last {} seconds: retry later",
+                    replay::CAPACITY,
+                    crate::sigv4::MAX_CLOCK_SKEW_SECONDS
+                ),
+            )),
+        }
+    }
+
+    /// Audits a data-channel open the relay refused (bad, expired or reused token, wrong
+    /// side, no opening): one record each, like the control channel's refusals.
+    pub(super) fn data_channel_refused(
+        &self,
+        session_id: &str,
+        peer: SocketAddr,
+        refused: &OpenRefused,
+    ) {
+        tracing::info!(%session_id, %peer, reason = %refused, "data channel refused");
+        let mut record = Record::new(EventKind::ApiCall);
+        record.action = Some("ssmmessages:OpenDataChannel".into());
+        record.source = Some(peer.to_string());
+        record.session_id = Some(session_id.to_owned());
+        record.decision = Some("deny".into());
+        record.reason = Some(refused.to_string());
+        // Without a token the gateway issued, nothing is proven: audited rate-limited.
+        match refused {
+            OpenRefused::NoOpening | OpenRefused::BadOpening | OpenRefused::UnknownToken => {
+                self.audit_unauthenticated(record, peer)
+            }
+            _ => self.audit(record),
+        }
     }
 
     /// Checks that `name`'s policies allow `action` on `resources`, noting the allowing
@@ -166,8 +241,9 @@ impl Service {
         }
     }
 
-    /// Swaps in the configuration file's principals, policies, agents and documents, and ends
-    /// the live sessions it no longer allows.
+    /// Swaps in the configuration file's principals, policies, agents and documents, cuts off
+    /// the agents it removed (or whose secret changed) with their sessions, and ends the live
+    /// sessions it no longer allows. A refusal is audited (`policy.reload`, decision deny).
     pub(super) fn reload(&self) -> Result<Vec<String>, ConfigError> {
         let Some(path) = &self.config_path else {
             return Err(ConfigError::Invalid(
@@ -178,25 +254,36 @@ impl Service {
             Ok(auth) => Arc::new(auth),
             Err(error) => {
                 tracing::warn!(path = %path.display(), %error, "reload refused, keeping the old configuration");
+                let mut record = Record::new(EventKind::PolicyReload);
+                record.decision = Some("deny".into());
+                record.reason = Some(error.to_string());
+                record.detail = Some(format!(
+                    "{} refused; the previous configuration stays in force",
+                    path.display()
+                ));
+                self.audit(record);
                 return Err(error);
             }
         };
-        *self
-            .auth
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = config.clone();
+        let previous = std::mem::replace(
+            &mut *self
+                .auth
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            config.clone(),
+        );
         let mut record = Record::new(EventKind::PolicyReload);
         record.detail = Some(format!("{} reloaded", path.display()));
         self.audit(record);
-        let revoked = self.revoke_disallowed(&config);
+        let mut revoked = self.revoke_agents(&previous, &config);
+        revoked.extend(self.revoke_disallowed(&config));
         tracing::info!(path = %path.display(), revoked = revoked.len(), "configuration reloaded");
         Ok(revoked)
     }
 
     pub(super) fn recording_path(&self, session_id: &str) -> PathBuf {
         self.state_dir
-            .join("recordings")
-            .join(format!("{session_id}.cast"))
+            .join(super::sessions::recording_name(session_id))
     }
 
     /// Appends to the audit chain. A failed write puts the gateway in the audit-failed state

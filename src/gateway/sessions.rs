@@ -86,8 +86,18 @@ struct Table {
 }
 
 impl Sessions {
-    /// Adds a live session; its span.
-    pub(super) fn insert(&self, new: NewSession<'_>) -> tracing::Span {
+    /// Adds a live session and returns its span, unless its owner already has `max` live
+    /// sessions (counted under the same lock, so concurrent starts cannot overshoot).
+    pub(super) fn insert(&self, new: NewSession<'_>, max: usize) -> Option<tracing::Span> {
+        let mut table = lock(&self.table);
+        let owned = table
+            .live
+            .values()
+            .filter(|session| session.owner == new.owner)
+            .count();
+        if owned >= max {
+            return None;
+        }
         let span = tracing::info_span!(
             "session",
             session_id = %new.id,
@@ -95,7 +105,7 @@ impl Sessions {
             principal = %new.owner,
             session_type = %new.session_type,
         );
-        lock(&self.table).live.insert(
+        table.live.insert(
             new.id.to_owned(),
             LiveSession {
                 owner: new.owner.to_owned(),
@@ -114,7 +124,7 @@ impl Sessions {
                 recording_truncated: false,
             },
         );
-        span
+        Some(span)
     }
 
     /// The span of a live session.
@@ -163,6 +173,23 @@ impl Sessions {
             false => table.history.iter().rev().cloned().collect(),
         }
     }
+}
+
+/// Where `session_id`'s recording is, relative to the state directory: `recordings/<id>.cast`,
+/// with every byte outside `A-Z a-z 0-9 - _ . = + , @` (and a leading dot) written as `%XX`,
+/// so that no id can name a path outside the recordings directory, and two ids never share a
+/// file. Session ids the gateway makes are unchanged by it.
+pub(super) fn recording_name(session_id: &str) -> String {
+    let mut name = String::from("recordings/");
+    for (at, byte) in session_id.bytes().enumerate() {
+        let plain = byte.is_ascii_alphanumeric() || b"-_.=+,@".contains(&byte);
+        match plain && !(at == 0 && byte == b'.') {
+            true => name.push(char::from(byte)),
+            false => name.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    name.push_str(".cast");
+    name
 }
 
 fn summary(
@@ -218,7 +245,7 @@ impl Service {
         record.bytes_client_to_target = Some(session.stats.client_to_agent.load(Ordering::Relaxed));
         record.bytes_target_to_client = Some(session.stats.agent_to_client.load(Ordering::Relaxed));
         if session.recording_chunks > 0 {
-            record.recording = Some(format!("recordings/{id}.cast"));
+            record.recording = Some(recording_name(id));
             record.chunk_bytes = Some(session.recording_bytes);
         }
         let mut detail = output.to_owned();
@@ -278,11 +305,7 @@ impl Service {
             }
             if session.recording.is_none() {
                 let path = self.recording_path(&chunk.session_id);
-                match std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&path)
-                {
+                match super::config::append_private(&path) {
                     Ok(file) => session.recording = Some(file),
                     Err(error) => {
                         tracing::error!(parent: &session.span, path = %path.display(), %error, "cannot open the recording");
@@ -339,6 +362,40 @@ impl Service {
             record.detail = Some(report.detail);
         }
         self.audit(record);
+    }
+
+    /// Cuts off every agent `previous` knew that `current` does not know by the same secret:
+    /// its live sessions end (`revoked`, which also revokes their data-channel tokens), then its
+    /// control channel closes, so it is no longer online and takes no new session. Returns
+    /// the sessions ended.
+    pub(super) fn revoke_agents(&self, previous: &Auth, current: &Auth) -> Vec<String> {
+        let mut revoked = Vec::new();
+        for (agent_id, _) in self.agents.all() {
+            let why = match (
+                previous.agent_secret(&agent_id),
+                current.agent_secret(&agent_id),
+            ) {
+                (_, None) => "was removed from the configuration",
+                (Some(old), Some(new)) if old != new => "has a new secret",
+                _ => continue,
+            };
+            let output = format!("Access revoked: agent {agent_id} {why}");
+            let live: Vec<String> = lock(&self.sessions.table)
+                .live
+                .iter()
+                .filter(|(_, session)| session.target == agent_id)
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in live {
+                if self.end(&id, EndReason::Revoked, None, &output) {
+                    revoked.push(id);
+                }
+            }
+            if self.agents.disconnect(&agent_id) {
+                tracing::info!(%agent_id, reason = why, "agent's control channel closed");
+            }
+        }
+        revoked
     }
 
     /// Ends every live session that `auth` no longer allows its owner to start.
@@ -402,6 +459,33 @@ impl Service {
                     "both ends of the session were disconnected for too long",
                 );
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::recording_name;
+
+    #[test]
+    fn recording_names_stay_in_the_recordings_directory() {
+        assert_eq!(recording_name("dev-0a1b"), "recordings/dev-0a1b.cast");
+        assert_eq!(
+            recording_name("ops/alice-1"),
+            "recordings/ops%2Falice-1.cast"
+        );
+        assert_eq!(
+            recording_name("../../etc/x"),
+            "recordings/%2E.%2F..%2Fetc%2Fx.cast"
+        );
+        assert_eq!(recording_name("a%2Fb"), "recordings/a%252Fb.cast");
+        for id in ["..", "/", "a/../../b", "\\x", ".hidden"] {
+            let name = recording_name(id);
+            let rest = name.strip_prefix("recordings/").unwrap();
+            assert!(
+                !rest.contains('/') && !rest.starts_with('.'),
+                "{id} -> {name}"
+            );
         }
     }
 }

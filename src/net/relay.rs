@@ -78,18 +78,22 @@ pub struct RelayConfig {
     pub soft_limit: usize,
     /// Bytes queued toward one side above which the relay stops reading the other side.
     pub hard_limit: usize,
+    /// Bytes queued across all sessions above which the relay stops reading senders whose
+    /// peer already has something queued ([`crate::relay::Config::total_limit`]).
+    pub total_limit: usize,
     /// How long a new connection may take for TLS, the upgrade, and its opening message, each.
     pub open_timeout: Duration,
 }
 
 impl RelayConfig {
-    /// Plain `ws://`, 4 MiB soft and 16 MiB hard queue limits, 10 s to open.
+    /// Plain `ws://`, 4 MiB soft and 16 MiB hard queue limits, 256 MiB in all, 10 s to open.
     pub fn new(tokens: Arc<TokenTable>) -> Self {
         RelayConfig {
             tokens,
             tls: None,
             soft_limit: 4 << 20,
             hard_limit: 16 << 20,
+            total_limit: 256 << 20,
             open_timeout: Duration::from_secs(10),
         }
     }
@@ -101,6 +105,7 @@ impl fmt::Debug for RelayConfig {
             .field("tls", &self.tls.is_some())
             .field("soft_limit", &self.soft_limit)
             .field("hard_limit", &self.hard_limit)
+            .field("total_limit", &self.total_limit)
             .field("open_timeout", &self.open_timeout)
             .finish_non_exhaustive()
     }
@@ -168,18 +173,55 @@ impl TokenTable {
     }
 
     /// Consumes `token` if it was issued for `side` of `session_id` and has not expired.
-    fn redeem(&self, session_id: &str, side: Role, token: &str) -> bool {
+    fn redeem(&self, session_id: &str, side: Role, token: &str) -> Result<(), OpenRefused> {
         let mut digests = lock(&self.digests);
         let Some(issued) = digests.remove(&digest(token)) else {
-            return false;
+            return Err(OpenRefused::UnknownToken);
         };
-        let matches = issued.session_id == session_id && issued.side == side;
-        if !matches {
+        let refused = if issued.session_id != session_id {
+            Some(OpenRefused::OtherSession)
+        } else if issued.side != side {
+            Some(OpenRefused::WrongSide(side))
+        } else {
+            None
+        };
+        if let Some(refused) = refused {
             digests.insert(digest(token), issued); // not this connection's to consume
-            return false;
+            return Err(refused);
         }
-        issued.expires > std::time::Instant::now()
+        match issued.expires > std::time::Instant::now() {
+            true => Ok(()),
+            false => Err(OpenRefused::Expired),
+        }
     }
+}
+
+/// Why the relay refused to attach a data channel; [`Hub::serve`] returns it so that the
+/// caller can audit it. The messages never include the token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenRefused {
+    /// No text opening message arrived within [`RelayConfig::open_timeout`].
+    #[error("no opening message in time: send the open_data_channel message first")]
+    NoOpening,
+    /// The opening message is not the open_data_channel JSON.
+    #[error("the opening message is not valid open_data_channel JSON")]
+    BadOpening,
+    /// The token was never issued, was already used, or its session ended.
+    #[error("token refused: unknown, already used or revoked; get a new one")]
+    UnknownToken,
+    /// The token was issued for another session.
+    #[error("token refused: it was issued for another session")]
+    OtherSession,
+    /// The token was issued for the other side of the session.
+    #[error("token refused: not issued for the {0:?} side")]
+    WrongSide(Role),
+    /// The token was not redeemed within its lifetime.
+    #[error("token refused: expired; get a new one (ResumeSession or CreateDataChannel)")]
+    Expired,
+    /// The session has ended.
+    #[error("the session has ended")]
+    Ended,
 }
 
 fn digest(token: &str) -> [u8; 32] {
@@ -216,6 +258,7 @@ impl Hub {
         let limits = relay::Config {
             soft_limit: config.soft_limit,
             hard_limit: config.hard_limit,
+            total_limit: config.total_limit,
             ..relay::Config::default()
         };
         let core = relay::Relay::new(
@@ -249,12 +292,17 @@ impl Hub {
     }
 
     /// Runs one data channel whose upgrade request named `session_id`: reads the opening
-    /// message, checks its token and forwards until the connection drops.
-    pub async fn serve<S>(&self, ws: WebSocketStream<S>, session_id: String)
+    /// message, checks its token and forwards until the connection drops. A refused opening
+    /// is closed with a policy-violation Close frame and returned.
+    pub async fn serve<S>(
+        &self,
+        ws: WebSocketStream<S>,
+        session_id: String,
+    ) -> Result<(), OpenRefused>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        serve_channel(ws, session_id, self.state.clone()).await;
+        serve_channel(ws, session_id, self.state.clone()).await
     }
 
     /// Which sides of `session_id` are connected now: `(client, agent)`.
@@ -516,18 +564,24 @@ where
         return;
     };
     let Some(session_id) = session_id else { return };
-    serve_channel(ws, session_id, state).await;
+    if let Err(refused) = serve_channel(ws, session_id, state).await {
+        tracing::debug!(%refused, "data channel refused");
+    }
 }
 
 /// Checks the opening message of an upgraded data channel and forwards until either end drops.
-async fn serve_channel<S>(mut ws: WebSocketStream<S>, session_id: String, state: Arc<State>)
+async fn serve_channel<S>(
+    mut ws: WebSocketStream<S>,
+    session_id: String,
+    state: Arc<State>,
+) -> Result<(), OpenRefused>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let opening = tokio::time::timeout(state.config.open_timeout, ws.next()).await;
     let side = match opening {
         Ok(Some(Ok(Message::Text(text)))) => opening_side(&state, &session_id, text.as_bytes()),
-        _ => Err("expected the opening message"),
+        _ => Err(OpenRefused::NoOpening),
     };
     let attached = side.and_then(|side| {
         state.with_core(|inner| {
@@ -536,7 +590,7 @@ where
             let conn = inner
                 .core
                 .attach(now, &session_id, side)
-                .map_err(|_| "the session has ended")?;
+                .map_err(|_| OpenRefused::Ended)?;
             let signals = Arc::new(Signals::default());
             inner.connections.insert(conn, signals.clone());
             let stats = inner.stats.get(&session_id).cloned();
@@ -545,13 +599,13 @@ where
     });
     let (conn, side, signals, stats) = match attached {
         Ok(attached) => attached,
-        Err(reason) => {
+        Err(refused) => {
             let close = CloseFrame {
                 code: CloseCode::Policy,
-                reason: reason.into(),
+                reason: refused.to_string().into(),
             };
             let _ = ws.close(Some(close)).await;
-            return;
+            return Err(refused);
         }
     };
     state.start_timers();
@@ -584,6 +638,7 @@ where
         // Already detached if it was dropped or replaced.
         let _ = inner.core.detach(Instant::now(), conn);
     });
+    Ok(())
 }
 
 /// How a connection's writer stopped.
@@ -597,21 +652,18 @@ enum Ended {
 
 /// Which side the opening message is from, if its token is valid for this session. Both
 /// openings read as the agent's shape; only the agent's names an instance (SPEC §4.1, §4.2).
-fn opening_side(state: &State, session_id: &str, text: &[u8]) -> Result<Role, &'static str> {
-    let opening = AgentOpenDataChannelInput::from_json(text)
-        .map_err(|_| "the opening message is not valid JSON")?;
+fn opening_side(state: &State, session_id: &str, text: &[u8]) -> Result<Role, OpenRefused> {
+    let opening =
+        AgentOpenDataChannelInput::from_json(text).map_err(|_| OpenRefused::BadOpening)?;
     let side = match opening.client_instance_id.is_empty() {
         true => Role::Client,
         false => Role::Agent,
     };
-    match state
+    state
         .config
         .tokens
-        .redeem(session_id, side, &opening.token_value)
-    {
-        true => Ok(side),
-        false => Err("token refused"),
-    }
+        .redeem(session_id, side, &opening.token_value)?;
+    Ok(side)
 }
 
 /// Reads the connection and hands its messages to the core; while the queue toward the peer
@@ -686,6 +738,45 @@ where
         }
         if sink.flush().await.is_err() {
             return Ended::Dropped;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_refused_for_what_they_were_not_issued_for() {
+        let tokens = TokenTable::default();
+        let token = tokens.issue("s-1", Role::Client);
+        assert_eq!(
+            tokens.redeem("s-1", Role::Agent, &token),
+            Err(OpenRefused::WrongSide(Role::Agent))
+        );
+        assert_eq!(
+            tokens.redeem("s-2", Role::Client, &token),
+            Err(OpenRefused::OtherSession)
+        );
+        // Still good for its own side, once.
+        assert_eq!(tokens.redeem("s-1", Role::Client, &token), Ok(()));
+        assert_eq!(
+            tokens.redeem("s-1", Role::Client, &token),
+            Err(OpenRefused::UnknownToken)
+        );
+        assert_eq!(
+            tokens.redeem("s-1", Role::Client, "forged"),
+            Err(OpenRefused::UnknownToken)
+        );
+
+        let expired = TokenTable::new(Duration::ZERO);
+        let token = expired.issue("s-1", Role::Agent);
+        assert_eq!(
+            expired.redeem("s-1", Role::Agent, &token),
+            Err(OpenRefused::Expired)
+        );
+        for refused in [OpenRefused::Expired, OpenRefused::UnknownToken] {
+            assert!(refused.to_string().contains("get a new one"), "{refused}");
         }
     }
 }
