@@ -416,12 +416,13 @@ async fn a_junk_flood_is_audited_as_a_few_records_and_a_summary() {
     }
     // Authenticated refusals are still audited one by one.
     let mut signed = TcpStream::connect(&authority).await.unwrap();
-    for _ in 0..20 {
-        let request = api_request(&authority, "NoSuch.Operation", "{}", Some(&admin(&dev)));
+    for i in 0..20 {
+        let body = format!(r#"{{"SessionId":"dev-admin-{i:017x}"}}"#);
+        let target = "AmazonSSM.TerminateSession";
+        let request = api_request(&authority, target, &body, Some(&admin(&dev)));
         signed.write_all(&request).await.unwrap();
-        read_response(&mut signed, Duration::from_secs(3))
-            .await
-            .unwrap();
+        let answer = read_response(&mut signed, Duration::from_secs(3)).await.unwrap();
+        assert!(answer.contains("DoesNotExistException"), "{answer}");
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     let summary = loop {

@@ -596,6 +596,7 @@ mod tests {
         super::super::auth::Auth::build(&config).unwrap();
         assert_eq!(config.limits, Limits::default());
         assert_eq!(config.quotas, Quotas::default());
+        assert_eq!(config.audit_failure, AuditFailure::Refuse);
         assert_eq!(config.state_dir, Path::new("/var/lib/ssm-gateway"));
     }
 }
