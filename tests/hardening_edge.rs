@@ -421,7 +421,9 @@ async fn a_junk_flood_is_audited_as_a_few_records_and_a_summary() {
         let target = "AmazonSSM.TerminateSession";
         let request = api_request(&authority, target, &body, Some(&admin(&dev)));
         signed.write_all(&request).await.unwrap();
-        let answer = read_response(&mut signed, Duration::from_secs(3)).await.unwrap();
+        let answer = read_response(&mut signed, Duration::from_secs(3))
+            .await
+            .unwrap();
         assert!(answer.contains("DoesNotExistException"), "{answer}");
     }
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -99,8 +99,12 @@ pub struct Limits {
     pub header_read_timeout_secs: u64,
     /// A request, body included, must be read and answered within this.
     pub request_timeout_secs: u64,
-    /// Largest request body of any operation; each operation allows less (see
-    /// [`Limits::body_limit`]): session calls a few KiB, KMS calls enough for 4 KiB plaintexts.
+    /// Largest request body of any operation. Each operation, named by the path and
+    /// `X-Amz-Target` before the body is read, allows at most: `StartSession` 64 KiB (document
+    /// parameters), `DescribeSessions` and `DescribeInstanceInformation` 16 KiB, KMS `Encrypt`
+    /// and `Decrypt` 16 KiB (a 4 KiB plaintext or its blob, base64), `ResumeSession`,
+    /// `TerminateSession`, `GenerateDataKey` and `DescribeKey` 4 KiB, `CreateDataChannel` and
+    /// anything else 1 KiB; larger bodies are refused (413) unread.
     pub max_body_bytes: usize,
     /// Connections served at once, websockets included; more wait in the kernel's accept
     /// queue, and the oldest unauthenticated connection is closed to make room. The gateway
@@ -146,7 +150,8 @@ impl Default for Limits {
 impl Limits {
     /// The largest body the operation a request names (by path and `X-Amz-Target`) may have,
     /// known before the body is read or the signature checked, so that an unauthenticated
-    /// peer cannot make the gateway buffer more than the operation needs.
+    /// peer cannot make the gateway buffer more than the operation needs (the table is in
+    /// [`Limits::max_body_bytes`]'s documentation).
     pub(super) fn body_limit(&self, path: &str, target: Option<&str>) -> usize {
         const KIB: usize = 1024;
         let limit = if path.starts_with(crate::net::relay::PATH_PREFIX) {
