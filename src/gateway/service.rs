@@ -288,8 +288,8 @@ impl Service {
 
     /// Appends to the audit chain. A failed write puts the gateway in the audit-failed state
     /// (see [`AuditFailure`]), told to the operator once; the next write that succeeds ends
-    /// it. The chain shows no gap, as nothing was appended, so the count of lost records is
-    /// logged on recovery.
+    /// it, after a `gateway:AuditLogRecovered` record that counts the records lost (the
+    /// chain itself stays whole: nothing was appended in between).
     pub(super) fn audit(&self, record: Record) {
         let event = record.event;
         let mut log = lock(&self.audit);
