@@ -321,6 +321,16 @@ async fn bodies_are_bounded_by_the_operation_before_they_are_read() {
         let answer = answer.unwrap_or_else(|| panic!("{target}: no answer before the body"));
         assert!(answer.starts_with("HTTP/1.1 413"), "{target}: {answer}");
     }
+    // Nor does hyper buffer a 100 KiB head (its default would be 400 KiB a connection).
+    let mut socket = TcpStream::connect(&authority).await.unwrap();
+    let head = format!(
+        "POST / HTTP/1.1\r\nhost: x\r\nx-pad: {}\r\n",
+        "a".repeat(100_000)
+    );
+    let _ = socket.write_all(head.as_bytes()).await;
+    let answer = read_response(&mut socket, Duration::from_secs(1)).await;
+    let answer = answer.expect("no answer to a 100 KiB head");
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
     // What an operation needs still goes through: a 4 KiB plaintext to Encrypt, base64.
     let plaintext = "A".repeat(5464);
     let body = format!(r#"{{"KeyId":"alias/ssm-dev","Plaintext":"{plaintext}"}}"#);

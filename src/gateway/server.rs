@@ -42,8 +42,16 @@ const DRAIN: Duration = Duration::from_secs(5);
 const H2_KEEP_ALIVE: Duration = Duration::from_secs(20);
 /// Streams one HTTP/2 connection may run at once.
 const H2_MAX_STREAMS: u32 = 64;
-/// Largest HTTP/2 header list (HTTP/1.1 heads are bounded by hyper's buffer).
+/// Largest HTTP/2 header list (HTTP/1.1 heads are bounded by [`H1_BUFFER`]).
 const MAX_HEADER_LIST: u32 = 16 * 1024;
+/// What hyper may buffer of one HTTP/1.1 connection's input (a head, a piece of a body),
+/// instead of its default of about 400 KiB: an unauthenticated peer's share of memory.
+const H1_BUFFER: usize = 64 * 1024;
+/// HTTP/2 flow-control windows, instead of hyper's 1 MiB each: what a peer may send ahead
+/// of the gateway reading it. A stream's window holds the largest operation body
+/// ([`Limits::body_limit`]); API calls are small, so nothing is slower.
+const H2_STREAM_WINDOW: u32 = 64 * 1024;
+const H2_CONNECTION_WINDOW: u32 = 128 * 1024;
 /// First and longest pause of the accept loop when accepting fails (out of descriptors).
 const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
 
@@ -65,12 +73,15 @@ pub(super) async fn accept_loop(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(secs(limits.header_read_timeout_secs))
+        .max_buf_size(H1_BUFFER)
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(H2_KEEP_ALIVE)
         .max_concurrent_streams(H2_MAX_STREAMS)
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
         .max_header_list_size(MAX_HEADER_LIST);
     let builder = Arc::new(builder);
     let tls = tls.map(|config| {
