@@ -107,9 +107,16 @@ async fn an_unwritable_audit_log_refuses_new_sessions_until_it_can_be_written() 
     )
     .unwrap();
 
-    // The first record that cannot be written (a read-only call's, served) puts the gateway
-    // in the audit-failed state.
-    describe(&refusing_api).await.unwrap();
+    // The first call that cannot be audited is not answered with its data key: nothing that
+    // needs the audit log succeeds unaudited.
+    let key = refusing_api
+        .call(
+            "kms",
+            "TrentService.GenerateDataKey",
+            &json!({"KeyId": gateway::DEV_KEY_ALIAS, "NumberOfBytes": 32}),
+        )
+        .await;
+    assert_eq!(code(&key), Some("ServiceUnavailable"), "{key:?}");
     for _ in 0..3 {
         let refused = start_session(&refusing_api).await;
         assert_eq!(code(&refused), Some("ServiceUnavailable"), "{refused:?}");
@@ -148,7 +155,7 @@ async fn an_unwritable_audit_log_refuses_new_sessions_until_it_can_be_written() 
         .expect("no record of the gap");
     let reason = gap["reason"].as_str().unwrap();
     let lost: u64 = reason.split(' ').next().unwrap().parse().unwrap();
-    // Three refused StartSession calls and two DescribeSessions.
+    // GenerateDataKey, three refused StartSession calls and a DescribeSessions.
     assert_eq!(lost, 5, "{reason}");
 
     drop(refusing);

@@ -30,6 +30,22 @@ pub(super) struct Answer {
     pub(super) authenticated: bool,
 }
 
+/// Whether a call starts or resumes a session, mints a token or uses a key: refused while
+/// the audit log cannot be written ([`super::AuditFailure::Refuse`]). Reading state and
+/// `TerminateSession`, which only takes access away, are not.
+fn needs_audit(request: &ApiRequest) -> bool {
+    if request.path.starts_with(crate::net::relay::PATH_PREFIX) {
+        return true;
+    }
+    !matches!(
+        request.header("x-amz-target").unwrap_or(""),
+        "AmazonSSM.TerminateSession"
+            | "AmazonSSM.DescribeSessions"
+            | "AmazonSSM.DescribeInstanceInformation"
+            | "TrentService.DescribeKey"
+    )
+}
+
 /// An AWS JSON 1.1 error body.
 pub(super) fn error_body(code: &str, message: &str) -> Vec<u8> {
     json!({"__type": code, "message": message})
@@ -47,7 +63,17 @@ impl Service {
         match self.dispatch(request, &mut call) {
             Ok(body) => {
                 call.record.decision = Some("allow".into());
-                self.audit(call.record);
+                // Fail-closed: no unaudited success for a call that needs the audit log (the
+                // session it started, if any, is abandoned and ends).
+                if !self.try_audit(call.record) && needs_audit(request) && self.audit_fails_closed()
+                {
+                    let error = Service::unaudited();
+                    return Answer {
+                        status: error.status,
+                        body: error_body(error.code, &error.message),
+                        authenticated: true,
+                    };
+                }
                 Answer {
                     status: 200,
                     body: body.to_string().into_bytes(),
@@ -89,11 +115,13 @@ impl Service {
         }
         let caller = self.authenticate(request)?;
         call.record.principal = Some(caller.name().to_owned());
+        if needs_audit(request) {
+            self.refuse_if_unaudited()?;
+        }
 
         if let Some(session_id) = request.path.strip_prefix(crate::net::relay::PATH_PREFIX) {
             call.record.action = Some("ssmmessages:CreateDataChannel".into());
             call.record.session_id = Some(session_id.to_owned());
-            self.refuse_if_unaudited()?;
             return self.create_data_channel(&caller, session_id);
         }
         let target = request.header("x-amz-target").unwrap_or("");
@@ -112,15 +140,6 @@ impl Service {
                 )
             })?,
         };
-        if !matches!(
-            target,
-            "AmazonSSM.TerminateSession"
-                | "AmazonSSM.DescribeSessions"
-                | "AmazonSSM.DescribeInstanceInformation"
-                | "TrentService.DescribeKey"
-        ) {
-            self.refuse_if_unaudited()?;
-        }
         match target {
             "AmazonSSM.StartSession" => self.start_session(&caller, body, request, call),
             "AmazonSSM.ResumeSession" => self.resume_session(&caller, body, request, call),

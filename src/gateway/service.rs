@@ -291,6 +291,11 @@ impl Service {
     /// it, after a `gateway:AuditLogRecovered` record that counts the records lost (the
     /// chain itself stays whole: nothing was appended in between).
     pub(super) fn audit(&self, record: Record) {
+        self.try_audit(record);
+    }
+
+    /// [`Service::audit`], saying whether the record was written.
+    pub(super) fn try_audit(&self, record: Record) -> bool {
         let event = record.event;
         let mut log = lock(&self.audit);
         let result = match log.lost {
@@ -302,11 +307,13 @@ impl Service {
             Ok(()) => {
                 drop(log);
                 self.audit_recovered();
+                true
             }
             Err(error) => {
                 log.lost += 1;
                 drop(log);
                 self.audit_broke(event.as_str(), &error);
+                false
             }
         }
     }
@@ -368,13 +375,24 @@ impl Service {
         self.sync_audit();
         match self.audit_failed.load(Ordering::SeqCst) {
             false => Ok(()),
-            true => Err(ApiError::new(
-                503,
-                "ServiceUnavailable",
-                "the gateway cannot write its audit log, so it starts no sessions and mints no \
-                 tokens; retry once the operator has freed space or fixed the log",
-            )),
+            true => Err(Self::unaudited()),
         }
+    }
+
+    /// Whether a call that needs the audit log must fail when its record cannot be written
+    /// ([`AuditFailure::Refuse`]).
+    pub(super) fn audit_fails_closed(&self) -> bool {
+        self.audit_failure == AuditFailure::Refuse
+    }
+
+    /// The refusal of a call that needs the audit log while it cannot be written.
+    pub(super) fn unaudited() -> ApiError {
+        ApiError::new(
+            503,
+            "ServiceUnavailable",
+            "the gateway cannot write its audit log, so it starts no sessions, mints no tokens \
+             and uses no keys; retry once the operator has freed space or fixed the log",
+        )
     }
 
     /// Audits the refusal of a request whose signature did not verify (or that had none):
