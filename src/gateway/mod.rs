@@ -24,7 +24,12 @@
 //!   into a hash-chained JSON-lines log ([`crate::audit`]); shell sessions are recorded as
 //!   asciicast v2 streamed live by the agent into `recordings/<session-id>.cast`. The state
 //!   directory and `recordings` are 0700, the log, recordings and KMS master key 0600
-//!   (tightened at start if an older version left them looser).
+//!   (tightened at start if an older version left them looser). Refusals of unauthenticated
+//!   requests are recorded a few per source and interval, then summarised; when the log
+//!   cannot be written, calls that need it are refused ([`AuditFailure`]).
+//! * **Edge**: a peer that has not authenticated gets a bounded share: connections per source
+//!   and per second, bytes of body read before its signature is checked, no keep-alive; at
+//!   the connection cap the oldest unauthenticated connection makes room ([`Limits`]).
 //!
 //! # Examples
 //!
