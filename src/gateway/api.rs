@@ -63,10 +63,22 @@ impl Service {
         match self.dispatch(request, &mut call) {
             Ok(body) => {
                 call.record.decision = Some("allow".into());
-                // Fail-closed: no unaudited success for a call that needs the audit log (the
-                // session it started, if any, is abandoned and ends).
+                // Fail-closed: no unaudited success for a call that needs the audit log; a
+                // session it started ends at once.
+                let started = match call.record.action.as_deref() {
+                    Some("ssm:StartSession") => call.record.session_id.clone(),
+                    _ => None,
+                };
                 if !self.try_audit(call.record) && needs_audit(request) && self.audit_fails_closed()
                 {
+                    if let Some(session_id) = started {
+                        self.end(
+                            &session_id,
+                            crate::audit::EndReason::Revoked,
+                            None,
+                            "the gateway cannot write its audit log",
+                        );
+                    }
                     let error = Service::unaudited();
                     return Answer {
                         status: error.status,
