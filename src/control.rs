@@ -8,8 +8,8 @@
 //! |---|---|---|
 //! | gateway → agent | `interactive_shell` | [`StartSession`]: the document content of SPEC §10.2 |
 //! | gateway → agent | `channel_closed` | [`ChannelClosed`]: stop the session |
-//! | agent → gateway | `agent_task_complete` | [`SessionReport`]: SPEC §10.4 plus exit code and end reason |
-//! | agent → gateway | `agent_session_recording` | [`RecordingChunk`]: asciicast lines, streamed live |
+//! | agent → gateway | `agent_task_complete` | [`SessionReport`]: SPEC §10.4 plus exit code, end reason and the summary of a recording kept on the agent |
+//! | agent → gateway | `agent_session_recording` | [`RecordingChunk`]: asciicast lines of a plaintext session, streamed live |
 //! | agent → gateway | `agent_port_stream` | [`StreamReport`]: a forwarded TCP stream opened or closed |
 //!
 //! The agent authenticates with a SigV4 signature on the upgrade request (service
@@ -100,6 +100,9 @@ pub struct SessionReport {
     pub exit_code: Option<i32>,
     /// Why the session ended.
     pub end_reason: EndReason,
+    /// The recording the agent kept on its own disk (encrypted sessions), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recording: Option<RecordingSummary>,
 }
 
 impl SessionReport {
@@ -130,8 +133,26 @@ impl SessionReport {
             output,
             exit_code,
             end_reason,
+            recording: None,
         }
     }
+}
+
+/// What the gateway learns of a recording kept on the agent: enough to audit it, nothing of
+/// its content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RecordingSummary {
+    /// The file on the agent's host.
+    pub path: String,
+    /// Hex SHA-256 of the whole file.
+    pub sha256: String,
+    /// Its size.
+    pub bytes: u64,
+    /// How many writes it took (as chunks count for recordings sent to the gateway).
+    pub chunks: u64,
+    /// Why the recording is incomplete (a write failed); empty when it is whole.
+    pub error: String,
 }
 
 /// Agent → gateway: the next piece of a session's asciicast v2 recording.
@@ -274,6 +295,22 @@ mod tests {
                 Some(3),
                 String::new(),
             )),
+            ControlMessage::SessionReport(SessionReport {
+                recording: Some(RecordingSummary {
+                    path: "/var/lib/ssm-agent/recordings/alice-0123.cast".into(),
+                    sha256: "ab".repeat(32),
+                    bytes: 10,
+                    chunks: 2,
+                    error: String::new(),
+                }),
+                ..SessionReport::new(
+                    "alice-0123",
+                    "mi-1",
+                    EndReason::ClientExit,
+                    None,
+                    String::new(),
+                )
+            }),
             ControlMessage::Recording(RecordingChunk {
                 session_id: "alice-0123".into(),
                 index: 4,

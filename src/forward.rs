@@ -13,6 +13,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
@@ -56,8 +57,14 @@ pub struct StreamEvent {
 pub enum Streams {
     /// Client: every accepted connection opens a stream.
     Accept(TcpListener),
-    /// Agent: every stream the peer opens is dialled to this destination.
-    Dial(String),
+    /// Agent: every stream the peer opens is dialled to `addresses`, in order, never by
+    /// name (they are what the agent checked); `destination` (`host:port`) names it in reports.
+    Dial {
+        /// The destination as the document names it.
+        destination: String,
+        /// What it resolved to.
+        addresses: Vec<SocketAddr>,
+    },
 }
 
 /// How a forwarding run ended.
@@ -238,7 +245,7 @@ async fn mux_loop(
         let accept = async {
             match &mut streams {
                 Streams::Accept(listener) => listener.accept().await.ok(),
-                Streams::Dial(_) => std::future::pending().await,
+                Streams::Dial { .. } => std::future::pending().await,
             }
         };
         let sleep = async {
@@ -353,15 +360,19 @@ async fn mux_loop(
         while let Some(event) = mux.poll_event() {
             match event {
                 MuxEvent::Opened(id) => {
-                    let Streams::Dial(destination) = &streams else {
+                    let Streams::Dial {
+                        destination,
+                        addresses,
+                    } = &streams
+                    else {
                         mux.close(id); // a client does not accept streams
                         continue;
                     };
                     table.insert(id, new_stream(destination.clone()));
-                    let destination = destination.clone();
+                    let addresses = addresses.clone();
                     let tx = from_tcp_tx.clone();
                     tokio::spawn(async move {
-                        let dialed = TcpStream::connect(&destination)
+                        let dialed = TcpStream::connect(&addresses[..])
                             .await
                             .map_err(|error| error.to_string());
                         let _ = tx.send(FromTcp::Dialed(id, dialed)).await;
@@ -549,7 +560,7 @@ pub async fn run_basic(
         detail: detail.to_owned(),
     };
     let destination = match &streams {
-        Streams::Dial(destination) => destination.clone(),
+        Streams::Dial { destination, .. } => destination.clone(),
         Streams::Accept(listener) => listener
             .local_addr()
             .map(|a| a.to_string())
@@ -563,10 +574,10 @@ pub async fn run_basic(
             incoming = reader.recv(), if !tcp_full => match incoming {
                 Some(Incoming::Data(bytes)) => {
                     if tcp.is_none()
-                        && let Streams::Dial(destination) = &streams
+                        && let Streams::Dial { destination, addresses } = &streams
                     {
                         count += 1;
-                        match TcpStream::connect(destination).await {
+                        match TcpStream::connect(&addresses[..]).await {
                             Ok(connection) => {
                                 tcp = Some(basic(connection, count, &to_tcp));
                                 report(StreamEvent { stream_id: count, destination: destination.clone(), closed: false, bytes_out: 0, bytes_in: 0, duration_ms: 0, detail: String::new() });
@@ -636,7 +647,7 @@ pub async fn run_basic(
             accepted = async {
                 match &mut streams {
                     Streams::Accept(listener) => listener.accept().await.ok(),
-                    Streams::Dial(_) => std::future::pending().await,
+                    Streams::Dial { .. } => std::future::pending().await,
                 }
             }, if idle => {
                 if let Some((connection, peer)) = accepted {

@@ -28,6 +28,14 @@ pub struct AgentFile {
     pub allow_link_local: Option<bool>,
     /// A KMS endpoint other than the gateway's.
     pub kms_endpoint: Option<String>,
+    /// The non-root user that shells and commands of a root agent run as when their document
+    /// enables no run-as (default `ssm-user`, created when missing).
+    pub default_run_as: Option<String>,
+    /// `true`: without run-as, sessions run as the agent's own user (root) instead.
+    pub run_as_agent_user: Option<bool>,
+    /// Where recordings of KMS-encrypted sessions are kept on this host (default
+    /// `/var/lib/ssm-agent/recordings` for root).
+    pub recordings_dir: Option<PathBuf>,
 }
 
 /// Why the configuration could not be read.
@@ -105,6 +113,17 @@ mod tests {
             file.agent_secret_file.as_deref(),
             Some(Path::new("/etc/ssm-agent/secret"))
         );
+    }
+
+    #[test]
+    fn run_as_and_recordings_are_configurable() {
+        let file = AgentFile::parse(
+            r#"{"default_run_as": "daemon", "run_as_agent_user": true, "recordings_dir": "/srv/rec"}"#,
+        )
+        .unwrap();
+        assert_eq!(file.default_run_as.as_deref(), Some("daemon"));
+        assert_eq!(file.run_as_agent_user, Some(true));
+        assert_eq!(file.recordings_dir.as_deref(), Some(Path::new("/srv/rec")));
     }
 
     #[test]

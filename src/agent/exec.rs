@@ -1,5 +1,6 @@
 //! `NonInteractiveCommands` sessions: a process with pipes, stdout as Output, stderr as StdErr,
-//! then its exit code.
+//! then its exit code; run as the session's account and recorded (the command in the header,
+//! stdout and stderr as output) like shells.
 
 use std::process::Stdio;
 use std::time::Instant;
@@ -7,14 +8,18 @@ use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use super::Outcome;
+use std::sync::Arc;
+
+use super::recorder::{self, FLUSH_EVERY, Recorder};
 use super::shell::{DRAIN, exit_code, refuse};
+use super::{Context, Outcome, account};
 use crate::control::EndReason;
 use crate::document::AgentSessionRequest;
 use crate::net::{Connection, Incoming};
 use crate::payload::Flag;
 
 pub(crate) async fn run(
+    context: &Arc<Context>,
     connection: Connection,
     request: &AgentSessionRequest,
     cancel: CancellationToken,
@@ -22,14 +27,40 @@ pub(crate) async fn run(
     let Some(command) = request.session.command.clone() else {
         return refuse(connection, "the document names no command".into()).await;
     };
-    let spawned = tokio::process::Command::new("/bin/sh")
+    let account = match account::resolve(request, context.settings.default_run_as.as_deref()).await
+    {
+        Ok(account) => account,
+        Err(why) => return refuse(connection, why).await,
+    };
+    let mut recorder = match Recorder::start(
+        &request.session_id,
+        (80, 24),
+        recorder::identity(context, request, account.as_ref()),
+        context.outbox.clone(),
+        connection
+            .info()
+            .encrypted
+            .then_some(context.settings.recordings_dir.as_path()),
+    ) {
+        Ok(recorder) => recorder,
+        Err(why) => return refuse(connection, why).await,
+    };
+    let mut process = tokio::process::Command::new("/bin/sh");
+    process
         .arg("-c")
         .arg(&command)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn();
+        .kill_on_drop(true);
+    if let Some(account) = &account {
+        process
+            .uid(account.uid)
+            .gid(account.gid)
+            .envs(account.environment())
+            .current_dir(account.working_directory());
+    }
+    let spawned = process.spawn();
     let mut child = match spawned {
         Ok(child) => child,
         Err(error) => return refuse(connection, format!("starting the command: {error}")).await,
@@ -45,6 +76,7 @@ pub(crate) async fn run(
     let (mut out_open, mut err_open, mut stdin_open) = (true, true, true);
     // Set on cancel: the command is killed, and what it wrote is still read until then.
     let mut stopping: Option<Instant> = None;
+    let mut flush = tokio::time::interval(FLUSH_EVERY);
     let interrupted = loop {
         if !out_open && !err_open {
             break stopping.map(|_| EndReason::Terminated);
@@ -58,12 +90,14 @@ pub(crate) async fn run(
         tokio::select! {
             read = stdout.read(&mut out), if out_open => match read {
                 Ok(n) if n > 0 => {
+                    recorder.output(&out[..n]);
                     if writer.write_all(&out[..n]).await.is_err() { break Some(EndReason::NetworkLost); }
                 }
                 _ => out_open = false,
             },
             read = stderr.read(&mut err), if err_open => match read {
                 Ok(n) if n > 0 => {
+                    recorder.output(&err[..n]);
                     if writer.send_stderr(&err[..n]).await.is_err() { break Some(EndReason::NetworkLost); }
                 }
                 _ => err_open = false,
@@ -81,6 +115,7 @@ pub(crate) async fn run(
                 stopping = Some(Instant::now() + DRAIN);
             }
             () = drained => break Some(EndReason::Terminated),
+            _ = flush.tick() => recorder.flush(),
         }
     };
     drop(stdin);
@@ -88,19 +123,24 @@ pub(crate) async fn run(
     drop(reader);
     if let Some(reason) = interrupted {
         let _ = child.start_kill();
+        recorder.marker(reason.as_str());
+        let recording = recorder.finish(None).await;
         let _ = writer.close().await;
         return Outcome {
             reason,
             exit_code: None,
             output: String::new(),
+            recording,
         };
     }
     let code = child.wait().await.map_or(-1, |status| exit_code(&status));
+    let recording = recorder.finish(Some(code)).await;
     let _ = writer.send_exit_code(code).await;
     let _ = writer.close().await;
     Outcome {
         reason: EndReason::ProcessExit,
         exit_code: Some(code),
         output: String::new(),
+        recording,
     }
 }

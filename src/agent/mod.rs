@@ -1,12 +1,17 @@
 //! The host side: dials out to the gateway's control channel (no listening port), runs each
-//! session it is sent, reports how it ended, and streams shell recordings live.
+//! session it is sent, reports how it ended, and records shells and commands (streamed live
+//! to the gateway, or kept on this host for KMS-encrypted sessions: see `recorder`).
 //!
 //! * `Standard_Stream` and `InteractiveCommands` run in a PTY: every received byte, Ctrl-C
 //!   and the other control bytes included, goes to the PTY; only the process's exit, the
 //!   client, the gateway, the idle timeout or the maximum duration end the session.
 //! * `NonInteractiveCommands` run with separate stdout/stderr and report the exit code.
+//! * Shells and commands run as the document's run-as user when it enables run-as, else — for
+//!   an agent running as root — as [`AgentSettings::default_run_as`] (`ssm-user`).
 //! * `Port` forwards to `localhost:<portNumber>` or, when the document allows, a remote host
-//!   (link-local and metadata addresses refused unless [`AgentSettings::allow_link_local`]);
+//!   (resolved once and dialled at exactly the addresses checked; link-local and metadata
+//!   addresses refused unless [`AgentSettings::allow_link_local`]; a refusal reaches the
+//!   client as the session's `channel_closed` output);
 //!   smux-multiplexed or basic as the versions decide (SPEC §8.2).
 //!
 //! # Examples
@@ -22,6 +27,7 @@
 //! # Ok(()) }
 //! ```
 
+mod account;
 pub mod config;
 mod exec;
 mod port;
@@ -31,6 +37,7 @@ mod shell;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -43,7 +50,8 @@ use tracing::Instrument;
 
 use crate::aws::{ApiClient, HttpKms, unix_seconds};
 use crate::control::{
-    ControlMessage, EndReason, OpenControlChannelInput, SessionReport, StartSession,
+    ControlMessage, EndReason, OpenControlChannelInput, RecordingSummary, SessionReport,
+    StartSession,
 };
 use crate::document::{AgentSessionRequest, SessionType};
 use crate::entropy::SystemEntropy;
@@ -80,7 +88,9 @@ pub struct AgentSettings {
     /// Shell for `Standard_Stream` sessions.
     pub shell: String,
     /// Allow port sessions to link-local and metadata addresses (169.254.0.0/16, fe80::/10,
-    /// fd00:ec2::254).
+    /// fd00:ec2::254, and 169.254.0.0/16 inside IPv4-mapped, IPv4-compatible, NAT64 and 6to4
+    /// IPv6 addresses). Either way a destination is resolved once, refused when that fails,
+    /// and dialled only at the addresses checked.
     pub allow_link_local: bool,
     /// First reconnection delay (doubles up to [`AgentSettings::max_backoff`], with jitter).
     pub initial_backoff: Duration,
@@ -89,6 +99,14 @@ pub struct AgentSettings {
     /// Where data keys of encrypted sessions are decrypted; `None`: the gateway's KMS, signed
     /// with the agent's own identity.
     pub key_provider: Option<Arc<dyn KeyProvider>>,
+    /// Who shells and commands run as when their document enables no run-as and the agent
+    /// runs as root: this non-root user (default `ssm-user`, created with `useradd` when
+    /// missing, as AWS does). `None` runs them as the agent's own user (root).
+    pub default_run_as: Option<String>,
+    /// Where recordings of KMS-encrypted sessions are kept, on this host: they never reach
+    /// the gateway, which audits only their digest. Default `/var/lib/ssm-agent/recordings`
+    /// for root, else `~/.local/state/ssm-agent/recordings`.
+    pub recordings_dir: PathBuf,
 }
 
 impl fmt::Debug for AgentSettings {
@@ -122,6 +140,8 @@ impl AgentSettings {
             initial_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(10),
             key_provider: None,
+            default_run_as: Some(DEFAULT_RUN_AS.into()),
+            recordings_dir: default_recordings_dir(),
         })
     }
 
@@ -137,6 +157,21 @@ impl AgentSettings {
         self.key_provider = Some(kms);
         self
     }
+}
+
+/// The non-root user sessions of a root agent run as by default, as with AWS.
+pub const DEFAULT_RUN_AS: &str = "ssm-user";
+
+/// `/var/lib/ssm-agent/recordings` for root, else under the user's state directory.
+fn default_recordings_dir() -> PathBuf {
+    if rustix::process::geteuid().is_root() {
+        return PathBuf::from("/var/lib/ssm-agent/recordings");
+    }
+    let state = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/state")))
+        .unwrap_or_else(std::env::temp_dir);
+    state.join("ssm-agent/recordings")
 }
 
 /// What session tasks share.
@@ -410,6 +445,8 @@ pub(crate) struct Outcome {
     pub(crate) reason: EndReason,
     pub(crate) exit_code: Option<i32>,
     pub(crate) output: String,
+    /// The recording kept on the agent (encrypted sessions).
+    pub(crate) recording: Option<RecordingSummary>,
 }
 
 impl Outcome {
@@ -418,6 +455,7 @@ impl Outcome {
             reason: EndReason::HandshakeFailed,
             exit_code: None,
             output: output.into(),
+            recording: None,
         }
     }
 
@@ -427,6 +465,7 @@ impl Outcome {
             reason: EndReason::Terminated,
             exit_code: None,
             output: String::new(),
+            recording: None,
         }
     }
 
@@ -441,6 +480,7 @@ impl Outcome {
             reason,
             exit_code: None,
             output: ending.to_string(),
+            recording: None,
         }
     }
 }
@@ -488,13 +528,15 @@ async fn run_session(
         }
         reason => tracing::info!(%reason, exit_code = ?outcome.exit_code, "session ended"),
     });
-    SessionReport::new(
+    let mut report = SessionReport::new(
         &start.task_id,
         &settings.agent_id,
         outcome.reason,
         outcome.exit_code,
         outcome.output,
-    )
+    );
+    report.recording = outcome.recording;
+    report
 }
 
 async fn run_document(
@@ -507,7 +549,9 @@ async fn run_document(
         SessionType::StandardStream | SessionType::InteractiveCommands => {
             shell::run(context, connection, request, cancel).await
         }
-        SessionType::NonInteractiveCommands => exec::run(connection, request, cancel).await,
+        SessionType::NonInteractiveCommands => {
+            exec::run(context, connection, request, cancel).await
+        }
         SessionType::Port => port::run(context, connection, request, cancel).await,
     }
 }

@@ -1,6 +1,6 @@
 //! `Port` sessions at the agent: check the destination, then forward in mux or basic mode.
 
-use std::net::{IpAddr, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc::error::TrySendError;
@@ -15,19 +15,91 @@ use crate::net::{Connection, Ending};
 use crate::smux::{Mux, MuxConfig};
 use crate::version;
 
-/// Whether `ip` is link-local or an instance-metadata address, refused by default.
+/// Whether `ip` is link-local or an instance-metadata address, refused by default: also in
+/// the IPv6 forms that reach an IPv4 address (mapped, IPv4-compatible, NAT64, 6to4).
 pub(crate) fn is_link_local_or_metadata(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_link_local(),
         IpAddr::V6(v6) => {
             (v6.segments()[0] & 0xffc0) == 0xfe80
-                || v6
-                    == "fd00:ec2::254"
-                        .parse::<std::net::Ipv6Addr>()
-                        .expect("valid literal")
-                || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_link_local())
+                || v6 == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)
+                || embedded_ipv4(v6).iter().any(Ipv4Addr::is_link_local)
         }
     }
+}
+
+/// The IPv4 addresses an IPv6 address may stand for: `::ffff:0:0/96` (mapped), `::/96`
+/// (IPv4-compatible), `64:ff9b::/96` (NAT64), `64:ff9b:1::/48` (local NAT64, every RFC 6052
+/// prefix length it allows) and `2002::/16` (6to4).
+fn embedded_ipv4(v6: Ipv6Addr) -> Vec<Ipv4Addr> {
+    let b = v6.octets();
+    let v4 = |octets: [u8; 4]| Ipv4Addr::from(octets);
+    let last = v4([b[12], b[13], b[14], b[15]]);
+    let s = v6.segments();
+    let mut found = Vec::new();
+    if v6.to_ipv4_mapped().is_some() || s[..6] == [0; 6] {
+        found.push(last);
+    }
+    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        found.push(last);
+    }
+    if s[..3] == [0x64, 0xff9b, 1] {
+        // RFC 6052 §2.2: the IPv4 bits skip octet 8 (the "u" octet).
+        found.extend([
+            v4([b[6], b[7], b[9], b[10]]),
+            v4([b[7], b[9], b[10], b[11]]),
+            v4([b[9], b[10], b[11], b[12]]),
+            last,
+        ]);
+    }
+    if s[0] == 0x2002 {
+        found.push(v4([b[2], b[3], b[4], b[5]]));
+    }
+    found
+}
+
+/// Resolves `host` once, with `resolve`, into the addresses the session will dial (and only
+/// those: a name is never looked up again, so it cannot rebind). Err, to tell the client,
+/// when the lookup fails or finds nothing, or — unless `allow_link_local` — when any address
+/// is link-local or metadata.
+pub(crate) fn checked_addresses(
+    host: &str,
+    port: u16,
+    allow_link_local: bool,
+    resolve: impl FnOnce(&str, u16) -> std::io::Result<Vec<SocketAddr>>,
+) -> Result<Vec<SocketAddr>, String> {
+    let name = host.trim_start_matches('[').trim_end_matches(']');
+    let addresses = resolve(name, port).map_err(|error| {
+        format!("cannot resolve {host} ({error}): the agent refuses destinations it cannot check")
+    })?;
+    if addresses.is_empty() {
+        return Err(format!("{host} resolves to no address"));
+    }
+    if !allow_link_local
+        && let Some(refused) = addresses
+            .iter()
+            .find(|address| is_link_local_or_metadata(address.ip()))
+    {
+        return Err(format!(
+            "{host}:{port} ({}) is a link-local or metadata address; this agent refuses it",
+            refused.ip()
+        ));
+    }
+    Ok(addresses)
+}
+
+/// The system resolver.
+fn system_resolve(host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+    (host, port).to_socket_addrs().map(Iterator::collect)
+}
+
+/// Ends a port session the agent will not run: no byte goes into the session (the client
+/// would read it as port data, e.g. smux); the reason reaches the client as the
+/// `channel_closed` output the gateway sends once the report says so.
+async fn refuse(connection: Connection, why: String) -> Outcome {
+    let (_, writer) = connection.split();
+    let _ = writer.close().await;
+    Outcome::failed(why)
 }
 
 pub(crate) async fn run(
@@ -37,33 +109,28 @@ pub(crate) async fn run(
     cancel: CancellationToken,
 ) -> Outcome {
     let Some(target) = request.session.port.clone() else {
-        return super::shell::refuse(connection, "the document names no port".into()).await;
+        return refuse(connection, "the document names no port".into()).await;
     };
     let host = target.host.clone().unwrap_or_else(|| "localhost".into());
     let destination = match host.contains(':') && !host.starts_with('[') {
         true => format!("[{host}]:{}", target.port),
         false => format!("{host}:{}", target.port),
     };
-    if !context.settings.allow_link_local {
-        let lookup = destination.clone();
-        let addresses = tokio::task::spawn_blocking(move || {
-            lookup
-                .to_socket_addrs()
-                .map(|found| found.collect::<Vec<_>>())
-        })
-        .await;
-        if let Ok(Ok(addresses)) = addresses
-            && addresses
-                .iter()
-                .any(|address| is_link_local_or_metadata(address.ip()))
-        {
-            return super::shell::refuse(
-                connection,
-                format!("{destination} is a link-local or metadata address; this agent refuses it"),
-            )
-            .await;
-        }
-    }
+    let allow = context.settings.allow_link_local;
+    let lookup = host.clone();
+    let checked = tokio::task::spawn_blocking(move || {
+        checked_addresses(&lookup, target.port, allow, system_resolve)
+    })
+    .await
+    .unwrap_or_else(|error| Err(format!("resolving {host}: {error}")));
+    let addresses = match checked {
+        Ok(addresses) => addresses,
+        Err(why) => return refuse(connection, why).await,
+    };
+    let streams = || Streams::Dial {
+        destination: destination.clone(),
+        addresses: addresses.clone(),
+    };
     let peer_version = connection.info().peer_version.clone().unwrap_or_default();
     let session_id = request.session_id.clone();
     let outbox = context.outbox.clone();
@@ -97,25 +164,9 @@ pub(crate) async fn run(
     let end = if local && version::agent_uses_mux(&peer_version) {
         let config = MuxConfig::new(!version::agent_disables_smux_keepalive(&peer_version));
         let mux = Mux::server(config, std::time::Instant::now());
-        forward::run_mux(
-            reader,
-            writer,
-            mux,
-            Streams::Dial(destination),
-            stop,
-            report,
-        )
-        .await
+        forward::run_mux(reader, writer, mux, streams(), stop, report).await
     } else {
-        forward::run_basic(
-            reader,
-            writer,
-            Streams::Dial(destination),
-            !local,
-            stop,
-            report,
-        )
-        .await
+        forward::run_basic(reader, writer, streams(), !local, stop, report).await
     };
     let waiting = std::mem::take(&mut *lock(&waiting));
     for task in waiting {
@@ -127,6 +178,7 @@ pub(crate) async fn run(
             reason: EndReason::ClientExit,
             exit_code: None,
             output: String::new(),
+            recording: None,
         },
         ForwardEnd::Stopped(ending) => Outcome {
             reason: EndReason::Terminated,
@@ -135,6 +187,7 @@ pub(crate) async fn run(
                 Ending::Closed => String::new(),
                 unclean => unclean.to_string(),
             },
+            recording: None,
         },
         ForwardEnd::Mux(error) => Outcome::failed(error),
     }
@@ -152,17 +205,71 @@ mod tests {
             "fe80::1",
             "fd00:ec2::254",
             "::ffff:169.254.169.254",
+            // IPv4-compatible, NAT64 (well-known and local-use prefixes), 6to4.
+            "::a9fe:a9fe",
+            "::169.254.169.254",
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b:1::a9fe:a9fe",
+            "64:ff9b:1:a9fe:a9:fe00::",
+            "2002:a9fe:a9fe::1",
         ] {
             assert!(
                 is_link_local_or_metadata(refused.parse().unwrap()),
                 "{refused}"
             );
         }
-        for allowed in ["127.0.0.1", "10.0.0.1", "::1", "2001:db8::1"] {
+        for allowed in [
+            "127.0.0.1",
+            "10.0.0.1",
+            "::1",
+            "::",
+            "2001:db8::1",
+            "64:ff9b::a00:1",
+            "2002:a00:1::1",
+        ] {
             assert!(
                 !is_link_local_or_metadata(allowed.parse().unwrap()),
                 "{allowed}"
             );
         }
+    }
+
+    #[test]
+    fn a_destination_is_resolved_once_and_dialled_as_checked() {
+        // A rebinding name: harmless at the first lookup, the metadata address after.
+        let mut answers = vec![
+            vec!["169.254.169.254:80".parse().unwrap()],
+            vec!["127.0.0.1:80".parse().unwrap()],
+        ];
+        let mut lookups = 0;
+        let checked = checked_addresses("rebind.example", 80, false, |name, port| {
+            lookups += 1;
+            assert_eq!((name, port), ("rebind.example", 80));
+            Ok(answers.pop().unwrap())
+        });
+        assert_eq!(checked, Ok(vec!["127.0.0.1:80".parse().unwrap()]));
+        assert_eq!(lookups, 1, "the name was looked up more than once");
+        // Every address is checked, not only the first.
+        let mixed = checked_addresses("mixed.example", 80, false, |_, port| {
+            Ok(vec![
+                SocketAddr::from(([127, 0, 0, 1], port)),
+                "[64:ff9b::a9fe:a9fe]:80".parse().unwrap(),
+            ])
+        });
+        assert!(mixed.unwrap_err().contains("link-local"));
+        // A failed lookup refuses, with the reason.
+        let failed = checked_addresses("nowhere.invalid", 80, false, |_, _| {
+            Err(std::io::Error::other("no such host"))
+        });
+        assert!(
+            failed
+                .unwrap_err()
+                .contains("cannot resolve nowhere.invalid")
+        );
+        let empty = checked_addresses("empty.example", 80, true, |_, _| Ok(Vec::new()));
+        assert!(empty.is_err());
+        // Allowed explicitly, link-local addresses are dialled; bracketed literals resolve.
+        let allowed = checked_addresses("[fe80::1]", 80, true, system_resolve);
+        assert_eq!(allowed, Ok(vec!["[fe80::1]:80".parse().unwrap()]));
     }
 }

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use super::recorder::{FLUSH_EVERY, Recorder};
+use super::account;
+use super::recorder::{self, FLUSH_EVERY, Recorder};
 use super::{Context, Outcome};
 use crate::control::EndReason;
 use crate::document::{AgentSessionRequest, SessionType};
@@ -17,63 +18,14 @@ use crate::payload::Flag;
 /// hold the PTY).
 pub(crate) const DRAIN: Duration = Duration::from_millis(300);
 
-/// A local account to run as.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Account {
-    pub(crate) name: String,
-    pub(crate) uid: u32,
-    pub(crate) gid: u32,
-    pub(crate) home: String,
-}
-
-/// Looks `name` up in `/etc/passwd`-format `text`.
-pub(crate) fn find_account(text: &str, name: &str) -> Option<Account> {
-    text.lines().find_map(|line| {
-        let fields: Vec<&str> = line.split(':').collect();
-        if fields.len() < 7 || fields[0] != name {
-            return None;
-        }
-        Some(Account {
-            name: name.to_owned(),
-            uid: fields[2].parse().ok()?,
-            gid: fields[3].parse().ok()?,
-            home: fields[5].to_owned(),
-        })
-    })
-}
-
-/// The account the session runs as, when run-as applies: Err says why it cannot.
-fn run_as(request: &AgentSessionRequest) -> Result<Option<Account>, String> {
-    if !request.session.preferences.run_as_enabled {
-        return Ok(None);
-    }
-    let Some(name) = request
-        .run_as_user
-        .clone()
-        .or_else(|| request.session.preferences.run_as_default_user.clone())
-    else {
-        return Err("run-as is enabled but no user is named (runAsDefaultUser)".into());
-    };
-    let passwd = std::fs::read_to_string("/etc/passwd")
-        .map_err(|error| format!("reading /etc/passwd: {error}"))?;
-    let account = find_account(&passwd, &name)
-        .ok_or_else(|| format!("run-as user {name:?} does not exist on this host"))?;
-    let me = rustix::process::geteuid().as_raw();
-    if me != 0 && me != account.uid {
-        return Err(format!(
-            "run-as user {name:?} needs the agent to run as root (it runs as uid {me})"
-        ));
-    }
-    Ok(Some(account))
-}
-
 pub(crate) async fn run(
     context: &Arc<Context>,
     connection: Connection,
     request: &AgentSessionRequest,
     cancel: CancellationToken,
 ) -> Outcome {
-    let account = match run_as(request) {
+    let account = match account::resolve(request, context.settings.default_run_as.as_deref()).await
+    {
         Ok(account) => account,
         Err(why) => return refuse(connection, why).await,
     };
@@ -93,10 +45,8 @@ pub(crate) async fn run(
         command = command
             .uid(account.uid)
             .gid(account.gid)
-            .env("HOME", &account.home)
-            .env("USER", &account.name)
-            .env("LOGNAME", &account.name)
-            .current_dir(&account.home);
+            .envs(account.environment())
+            .current_dir(account.working_directory());
     }
     let mut child = match command.kill_on_drop(true).spawn(pts) {
         Ok(child) => child,
@@ -110,20 +60,20 @@ pub(crate) async fn run(
         let _ = pty_in.write_all(format!("{profile}\n").as_bytes()).await;
     }
 
-    let identity = serde_json::json!({
-        "session_id": request.session_id,
-        "document": request.document_name,
-        "target": context.settings.agent_id,
-        "owner": request.session_owner,
-        "run_as": account.as_ref().map(|account| account.name.clone()),
-    });
-    let mut recorder = Recorder::start(
+    let identity = recorder::identity(context, request, account.as_ref());
+    let mut recorder = match Recorder::start(
         &request.session_id,
-        80,
-        24,
+        (80, 24),
         identity,
         context.outbox.clone(),
-    );
+        connection
+            .info()
+            .encrypted
+            .then_some(context.settings.recordings_dir.as_path()),
+    ) {
+        Ok(recorder) => recorder,
+        Err(why) => return refuse(connection, why).await,
+    };
     let (mut reader, mut writer) = connection.split();
     let idle = request.session.preferences.idle_session_timeout;
     let mut idle_deadline = Instant::now() + idle;
@@ -167,7 +117,7 @@ pub(crate) async fn run(
                     recorder.resize(size.cols, size.rows);
                 }
                 Some(Incoming::Flag(Flag::TerminateSession)) => {
-                    break Some(Outcome { reason: EndReason::ClientExit, exit_code: None, output: String::new() });
+                    break Some(Outcome { reason: EndReason::ClientExit, exit_code: None, output: String::new(), recording: None });
                 }
                 Some(Incoming::Ended(ending)) => break Some(Outcome::from_ending(&ending)),
                 None => break Some(Outcome::from_ending(&reader_ending(&reader))),
@@ -182,28 +132,28 @@ pub(crate) async fn run(
                 let text = format!("\r\nSession ended: no input for {} s (idle timeout).\r\n", idle.as_secs());
                 let _ = writer.write_all(text.as_bytes()).await;
                 recorder.marker("idle timeout");
-                break Some(Outcome { reason: EndReason::IdleTimeout, exit_code: None, output: "idle timeout".into() });
+                break Some(Outcome { reason: EndReason::IdleTimeout, exit_code: None, output: "idle timeout".into(), recording: None });
             }
             () = max => {
                 let _ = writer.write_all(b"\r\nSession ended: maximum session duration reached.\r\n").await;
                 recorder.marker("max duration");
-                break Some(Outcome { reason: EndReason::MaxDuration, exit_code: None, output: "maximum session duration reached".into() });
+                break Some(Outcome { reason: EndReason::MaxDuration, exit_code: None, output: "maximum session duration reached".into(), recording: None });
             }
             () = cancel.cancelled() => {
                 // The process goes first, so that the drain ends once its output is read.
                 let _ = child.start_kill();
                 drain(&mut pty_out, &mut buffer, &mut recorder, &mut writer).await;
                 recorder.marker("session cancelled");
-                break Some(Outcome { reason: EndReason::Terminated, exit_code: None, output: String::new() });
+                break Some(Outcome { reason: EndReason::Terminated, exit_code: None, output: String::new(), recording: None });
             }
             _ = flush.tick() => recorder.flush(),
         }
     };
     // Unread input would hold up the acknowledgements the close waits for.
     drop(reader);
-    if let Some(outcome) = ended {
+    if let Some(mut outcome) = ended {
         let _ = child.start_kill();
-        recorder.finish(None).await;
+        outcome.recording = recorder.finish(None).await;
         let _ = writer.close().await;
         return outcome;
     }
@@ -212,13 +162,14 @@ pub(crate) async fn run(
         None => child.wait().await,
     };
     let code = status.map_or(-1, |status| exit_code(&status));
-    recorder.finish(Some(code)).await;
+    let recording = recorder.finish(Some(code)).await;
     let _ = writer.send_exit_code(code).await;
     let _ = writer.close().await;
     Outcome {
         reason: EndReason::ProcessExit,
         exit_code: Some(code),
         output: String::new(),
+        recording,
     }
 }
 
@@ -265,26 +216,4 @@ pub(crate) async fn refuse(connection: Connection, why: String) -> Outcome {
     let _ = writer.send_exit_code(1).await;
     let _ = writer.close().await;
     Outcome::failed(why)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn accounts_are_found_by_exact_name() {
-        let passwd =
-            "root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000::/home/alice:/bin/sh\nbad:line\n";
-        assert_eq!(
-            find_account(passwd, "alice"),
-            Some(Account {
-                name: "alice".into(),
-                uid: 1000,
-                gid: 1000,
-                home: "/home/alice".into()
-            })
-        );
-        assert_eq!(find_account(passwd, "ali"), None);
-        assert_eq!(find_account(passwd, "bad"), None);
-    }
 }

@@ -162,6 +162,14 @@ async fn settings(args: &Args) -> Result<AgentSettings, Error> {
         settings.shell = shell;
     }
     settings.allow_link_local = args.allow_link_local || file.allow_link_local.unwrap_or(false);
+    if file.run_as_agent_user == Some(true) {
+        settings.default_run_as = None;
+    } else if let Some(user) = file.default_run_as {
+        settings.default_run_as = Some(user);
+    }
+    if let Some(dir) = file.recordings_dir {
+        settings.recordings_dir = dir;
+    }
     let kms_endpoint = args.kms_endpoint.clone().or(file.kms_endpoint);
     #[cfg(feature = "aws-kms")]
     if args.aws_kms {

@@ -244,7 +244,16 @@ impl Service {
         let session_id = format!("{name}-{}", random_hex(17));
         call.record.session_id = Some(session_id.clone());
         let owner_arn = format!("arn:aws:iam::{}:user/{name}", self.account);
-        let content = document.agent_message_content(&resolved, &session_id, None, &owner_arn);
+        // The account's session preferences choose run-as for every session type, as in AWS:
+        // the agent runs command documents as this user too.
+        let run_as = auth
+            .documents()
+            .get(DEFAULT_DOCUMENT)
+            .and_then(|preferences| preferences.preferences().ok())
+            .filter(|preferences| preferences.run_as_enabled)
+            .and_then(|preferences| preferences.run_as_default_user);
+        let content =
+            document.agent_message_content(&resolved, &session_id, run_as.as_deref(), &owner_arn);
         let stats = self.hub.register(&session_id);
         let source = call
             .record
@@ -306,7 +315,15 @@ impl Service {
         started.target = Some(input.target.clone());
         started.document = Some(document_name);
         started.session_id = Some(session_id.clone());
-        started.detail = input.reason;
+        // What a command session runs is part of the record, with the caller's reason.
+        let command = resolved
+            .command
+            .as_ref()
+            .map(|command| format!("command: {command}"));
+        started.detail = match (input.reason, command) {
+            (Some(reason), Some(command)) => Some(format!("{reason}; {command}")),
+            (reason, command) => reason.or(command),
+        };
         self.audit(started);
         Ok(json!({
             "SessionId": session_id,

@@ -14,7 +14,9 @@ use super::auth::Auth;
 use super::service::Service;
 use super::{lock, wall_ms};
 use crate::audit::{EndReason, EventKind, Record};
-use crate::control::{ControlMessage, RecordingChunk, SessionReport, StreamReport};
+use crate::control::{
+    ControlMessage, RecordingChunk, RecordingSummary, SessionReport, StreamReport,
+};
 use crate::document::SessionType;
 use crate::net::relay::ChannelStats;
 use crate::net::runtime::random_uuid;
@@ -281,8 +283,34 @@ impl Service {
         if !owned {
             return; // not this agent's session, or already ended by the gateway
         }
+        if let Some(kept) = &report.recording {
+            self.agent_recording(agent_id, &report.task_id, kept);
+        }
         let reason = report.end_reason;
         self.end(&report.task_id, reason, report.exit_code, &report.output);
+    }
+
+    /// The agent kept the recording of an encrypted session on its own disk: its digest joins
+    /// the audit chain (before the session's end), its content never reaches the gateway.
+    fn agent_recording(&self, agent_id: &str, session_id: &str, kept: &RecordingSummary) {
+        let mut record = Record::new(EventKind::RecordingChunk);
+        if let Some((owner, _)) = self.sessions.owner_and_target(session_id) {
+            record.principal = Some(owner);
+        }
+        record.target = Some(agent_id.to_owned());
+        record.session_id = Some(session_id.to_owned());
+        record.recording = Some(format!("agent:{}", kept.path));
+        record.chunk_sha256 = Some(kept.sha256.clone());
+        record.chunk_bytes = Some(kept.bytes);
+        let mut detail = format!(
+            "the whole recording, kept on the agent (KMS-encrypted session), {} writes",
+            kept.chunks
+        );
+        if !kept.error.is_empty() {
+            detail.push_str(&format!("; incomplete: {}", kept.error));
+        }
+        record.detail = Some(detail);
+        self.audit(record);
     }
 
     /// The agent sent the next piece of a recording: append it and chain its digest.
