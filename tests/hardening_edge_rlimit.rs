@@ -346,3 +346,69 @@ async fn out_of_descriptors_the_gateway_sheds_junk_serves_callers_and_does_not_s
     drop(gateway);
     let _ = std::fs::remove_dir_all(state);
 }
+
+/// The soft and hard "Max open files" of process `pid`.
+fn open_files_limits(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    (fields[3].to_owned(), fields[4].to_owned())
+}
+
+#[tokio::test]
+async fn ssm_gateway_raises_its_descriptor_soft_limit_to_the_hard_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    use std::io::BufRead;
+    let _limits = PROCESS_LIMITS.lock().await;
+    let original = getrlimit(Resource::Nofile);
+    let hard = original.maximum.expect("a finite hard limit on open files");
+    let low = 256.min(hard);
+    let state = std::env::temp_dir().join(format!("ssm-edge-nofile-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&state);
+    // The child inherits systemd's kind of default: a soft limit far below the hard one.
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(low),
+            maximum: original.maximum,
+        },
+    )
+    .unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_ssm-gateway"))
+        .args(["--dev", "--state-dir"])
+        .arg(&state)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    setrlimit(Resource::Nofile, original).unwrap();
+    let mut child = child.unwrap();
+    // Serving once it prints its line: the limit was raised before that.
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let limits = open_files_limits(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    assert_eq!(limits, (hard.to_string(), hard.to_string()), "{log}");
+    if low < hard {
+        let raised = log
+            .lines()
+            .find(|line| line.contains("file-descriptor soft limit raised"))
+            .unwrap_or_else(|| panic!("not logged:\n{log}"));
+        assert!(raised.contains(&format!("was={low}")), "{raised}");
+        assert!(raised.contains(&format!("hard={hard}")), "{raised}");
+    }
+    let _ = std::fs::remove_dir_all(state);
+}
