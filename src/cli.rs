@@ -72,3 +72,34 @@ pub async fn shutdown_signal() {
         () = wait(SignalKind::interrupt(), "SIGINT") => {}
     }
 }
+
+/// Raises the soft limit on open files to the hard limit (systemd's default soft limit, 1024,
+/// is too low for a gateway), logging both. Call it after [`init_logging`].
+#[cfg(feature = "gateway")]
+pub fn raise_fd_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let before = getrlimit(Resource::Nofile);
+    let show = |limit: Option<u64>| limit.map_or_else(|| "unlimited".to_owned(), |n| n.to_string());
+    if before.current == before.maximum {
+        tracing::info!(soft = %show(before.current), hard = %show(before.maximum), "file-descriptor limit");
+        return;
+    }
+    let raised = Rlimit {
+        current: before.maximum,
+        maximum: before.maximum,
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => tracing::info!(
+            soft = %show(getrlimit(Resource::Nofile).current),
+            was = %show(before.current),
+            hard = %show(before.maximum),
+            "file-descriptor soft limit raised to the hard limit"
+        ),
+        Err(error) => tracing::warn!(
+            soft = %show(before.current),
+            hard = %show(before.maximum),
+            %error,
+            "could not raise the file-descriptor soft limit; fewer connections will be served"
+        ),
+    }
+}

@@ -77,6 +77,7 @@ async fn main() {
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     tracing::info!("{}", cli::version_line("ssm-gateway"));
+    cli::raise_fd_limit();
     let tls_files = match (args.tls_cert, args.tls_key) {
         (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
         _ => None,

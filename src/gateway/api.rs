@@ -22,6 +22,30 @@ pub(super) const JSON: &str = "application/x-amz-json-1.1";
 
 const DEFAULT_DOCUMENT: &str = "SSM-SessionManagerRunShell";
 
+/// What [`Service::handle_api`] answers.
+pub(super) struct Answer {
+    pub(super) status: u16,
+    pub(super) body: Vec<u8>,
+    /// The request's signature verified.
+    pub(super) authenticated: bool,
+}
+
+/// Whether a call starts or resumes a session, mints a token or uses a key: refused while
+/// the audit log cannot be written ([`super::AuditFailure::Refuse`]). Reading state and
+/// `TerminateSession`, which only takes access away, are not.
+fn needs_audit(request: &ApiRequest) -> bool {
+    if request.path.starts_with(crate::net::relay::PATH_PREFIX) {
+        return true;
+    }
+    !matches!(
+        request.header("x-amz-target").unwrap_or(""),
+        "AmazonSSM.TerminateSession"
+            | "AmazonSSM.DescribeSessions"
+            | "AmazonSSM.DescribeInstanceInformation"
+            | "TrentService.DescribeKey"
+    )
+}
+
 /// An AWS JSON 1.1 error body.
 pub(super) fn error_body(code: &str, message: &str) -> Vec<u8> {
     json!({"__type": code, "message": message})
@@ -30,16 +54,46 @@ pub(super) fn error_body(code: &str, message: &str) -> Vec<u8> {
 }
 
 impl Service {
-    /// Answers one API request: status and body. Every call is audited, refusals logged.
-    pub(super) fn handle_api(&self, request: &ApiRequest, peer: SocketAddr) -> (u16, Vec<u8>) {
+    /// Answers one API request: status, body, and whether the caller authenticated (only
+    /// authenticated connections are kept alive). Every call is audited, refusals logged;
+    /// refusals before authentication are audited rate-limited per source
+    /// ([`Service::audit_unauthenticated`]), so that junk cannot flood the log.
+    pub(super) fn handle_api(&self, request: &ApiRequest, peer: SocketAddr) -> Answer {
         let mut call = Call::new(peer);
         match self.dispatch(request, &mut call) {
             Ok(body) => {
                 call.record.decision = Some("allow".into());
-                self.audit(call.record);
-                (200, body.to_string().into_bytes())
+                // Fail-closed: no unaudited success for a call that needs the audit log; a
+                // session it started ends at once.
+                let started = match call.record.action.as_deref() {
+                    Some("ssm:StartSession") => call.record.session_id.clone(),
+                    _ => None,
+                };
+                if !self.try_audit(call.record) && needs_audit(request) && self.audit_fails_closed()
+                {
+                    if let Some(session_id) = started {
+                        self.end(
+                            &session_id,
+                            crate::audit::EndReason::Revoked,
+                            None,
+                            "the gateway cannot write its audit log",
+                        );
+                    }
+                    let error = Service::unaudited();
+                    return Answer {
+                        status: error.status,
+                        body: error_body(error.code, &error.message),
+                        authenticated: true,
+                    };
+                }
+                Answer {
+                    status: 200,
+                    body: body.to_string().into_bytes(),
+                    authenticated: true,
+                }
             }
             Err(error) => {
+                let authenticated = call.record.principal.is_some();
                 tracing::info!(
                     %peer,
                     principal = call.record.principal.as_deref().unwrap_or("-"),
@@ -50,8 +104,15 @@ impl Service {
                 );
                 call.record.decision = Some("deny".into());
                 call.record.reason = Some(format!("{}: {}", error.code, error.message));
-                self.audit(call.record);
-                (error.status, error_body(error.code, &error.message))
+                match authenticated {
+                    true => self.audit(call.record),
+                    false => self.audit_unauthenticated(call.record, peer),
+                }
+                Answer {
+                    status: error.status,
+                    body: error_body(error.code, &error.message),
+                    authenticated,
+                }
             }
         }
     }
@@ -66,6 +127,9 @@ impl Service {
         }
         let caller = self.authenticate(request)?;
         call.record.principal = Some(caller.name().to_owned());
+        if needs_audit(request) {
+            self.refuse_if_unaudited()?;
+        }
 
         if let Some(session_id) = request.path.strip_prefix(crate::net::relay::PATH_PREFIX) {
             call.record.action = Some("ssmmessages:CreateDataChannel".into());

@@ -48,6 +48,10 @@ pub struct GatewayConfig {
     /// Time and size limits on what clients send.
     #[serde(default)]
     pub limits: Limits,
+    /// Fail closed (`"refuse"`, the default) or open (`"continue"`) when the audit log
+    /// cannot be written.
+    #[serde(default)]
+    pub audit_failure: AuditFailure,
     /// How much each principal may use, and the relay's memory budget.
     #[serde(default)]
     pub quotas: Quotas,
@@ -95,10 +99,34 @@ pub struct Limits {
     pub header_read_timeout_secs: u64,
     /// A request, body included, must be read and answered within this.
     pub request_timeout_secs: u64,
-    /// Largest request body (API calls are a few hundred bytes; KMS blobs a few KiB).
+    /// Largest request body of any operation. Each operation, named by the path and
+    /// `X-Amz-Target` before the body is read, allows at most: `StartSession` 64 KiB (document
+    /// parameters), `DescribeSessions` and `DescribeInstanceInformation` 16 KiB, KMS `Encrypt`
+    /// and `Decrypt` 16 KiB (a 4 KiB plaintext or its blob, base64), `ResumeSession`,
+    /// `TerminateSession`, `GenerateDataKey` and `DescribeKey` 4 KiB, `CreateDataChannel` and
+    /// anything else 1 KiB; larger bodies are refused (413) unread.
     pub max_body_bytes: usize,
-    /// Connections served at once; more wait in the kernel's accept queue.
+    /// Connections served at once, websockets included; more wait in the kernel's accept
+    /// queue, and the oldest unauthenticated connection is closed to make room. The gateway
+    /// uses at most two thirds of its file-descriptor limit for connections, whatever this says.
     pub max_connections: usize,
+    /// Connections one source (an IPv4 address, an IPv6 /64) may hold open at once before any
+    /// of them has authenticated; more are closed on accept. Loopback is not exempt.
+    pub max_unauthenticated_per_source: usize,
+    /// New connections a source may open per second, sustained (a token bucket); a
+    /// connection that authenticates gives its token back, so only junk is limited.
+    pub connection_rate_per_source: u32,
+    /// New connections a source may open in a burst above that rate.
+    pub connection_burst_per_source: u32,
+    /// Request-body bytes buffered at once, over all connections, before their signatures are
+    /// checked; a request that would go over is answered 503 at once.
+    pub max_unauthenticated_body_bytes: usize,
+    /// Refusals of unauthenticated requests from one source written to the audit log one by
+    /// one per [`Limits::refusal_audit_interval_secs`]; the rest are counted in one summary
+    /// record per interval.
+    pub refusal_records_per_source: u32,
+    /// The interval of [`Limits::refusal_records_per_source`].
+    pub refusal_audit_interval_secs: u64,
 }
 
 impl Default for Limits {
@@ -109,8 +137,54 @@ impl Default for Limits {
             request_timeout_secs: 30,
             max_body_bytes: 1 << 20,
             max_connections: 10_000,
+            max_unauthenticated_per_source: 64,
+            connection_rate_per_source: 50,
+            connection_burst_per_source: 200,
+            max_unauthenticated_body_bytes: 16 << 20,
+            refusal_records_per_source: 10,
+            refusal_audit_interval_secs: 60,
         }
     }
+}
+
+impl Limits {
+    /// The largest body the operation a request names (by path and `X-Amz-Target`) may have,
+    /// known before the body is read or the signature checked, so that an unauthenticated
+    /// peer cannot make the gateway buffer more than the operation needs (the table is in
+    /// [`Limits::max_body_bytes`]'s documentation).
+    pub(super) fn body_limit(&self, path: &str, target: Option<&str>) -> usize {
+        const KIB: usize = 1024;
+        let limit = if path.starts_with(crate::net::relay::PATH_PREFIX) {
+            // CreateDataChannel: the session id is in the path; the body is `{}` or so.
+            KIB
+        } else {
+            match target.unwrap_or("") {
+                // Document parameters (a command) may be long.
+                "AmazonSSM.StartSession" => 64 * KIB,
+                "AmazonSSM.ResumeSession" | "AmazonSSM.TerminateSession" => 4 * KIB,
+                "AmazonSSM.DescribeSessions" | "AmazonSSM.DescribeInstanceInformation" => 16 * KIB,
+                // A 4 KiB plaintext or its ciphertext blob, base64, and a context.
+                "TrentService.Encrypt" | "TrentService.Decrypt" => 16 * KIB,
+                "TrentService.GenerateDataKey" | "TrentService.DescribeKey" => 4 * KIB,
+                // Refused without reading.
+                _ => KIB,
+            }
+        };
+        limit.min(self.max_body_bytes)
+    }
+}
+
+/// What the gateway does when it cannot write its audit log (a full disk, an I/O error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum AuditFailure {
+    /// Refuse calls that start or resume sessions, mint tokens or use keys (503) until a
+    /// write succeeds again; read-only calls and `TerminateSession` are still served.
+    #[default]
+    Refuse,
+    /// Keep serving without an audit trail (the error is logged).
+    Continue,
 }
 
 fn default_token_lifetime() -> u64 {
@@ -373,6 +447,7 @@ impl GatewayConfig {
             }],
             token_lifetime_secs: default_token_lifetime(),
             limits: Limits::default(),
+            audit_failure: AuditFailure::default(),
             quotas: Quotas::default(),
         };
         (config, setup)
@@ -526,6 +601,7 @@ mod tests {
         super::super::auth::Auth::build(&config).unwrap();
         assert_eq!(config.limits, Limits::default());
         assert_eq!(config.quotas, Quotas::default());
+        assert_eq!(config.audit_failure, AuditFailure::Refuse);
         assert_eq!(config.state_dir, Path::new("/var/lib/ssm-gateway"));
     }
 }

@@ -29,7 +29,12 @@
 //!   except KMS-encrypted ones: their recording stays on the agent and only its digest is
 //!   audited (plaintext chunks of such a session are refused). The state
 //!   directory and `recordings` are 0700, the log, recordings and KMS master key 0600
-//!   (tightened at start if an older version left them looser).
+//!   (tightened at start if an older version left them looser). Refusals of unauthenticated
+//!   requests are recorded a few per source and interval, then summarised; when the log
+//!   cannot be written, calls that need it are refused ([`AuditFailure`]).
+//! * **Edge**: a peer that has not authenticated gets a bounded share: connections per source
+//!   and per second, bytes of body read before its signature is checked, no keep-alive; at
+//!   the connection cap the oldest unauthenticated connection makes room ([`Limits`]).
 //!
 //! # Examples
 //!
@@ -46,10 +51,12 @@
 //! # Ok(()) }
 //! ```
 
+mod admission;
 mod agents;
 mod api;
 mod auth;
 mod config;
+mod framing;
 mod kms;
 mod quota;
 mod replay;
@@ -68,8 +75,8 @@ use tokio::task::JoinSet;
 
 pub(crate) use config::random_hex;
 pub use config::{
-    AgentIdentity, ConfigError, DEV_ENCRYPTED_SHELL, DEV_KEY_ALIAS, DevSetup, GatewayConfig,
-    KmsKeyConfig, Limits, PrincipalConfig, Quotas, TlsFiles,
+    AgentIdentity, AuditFailure, ConfigError, DEV_ENCRYPTED_SHELL, DEV_KEY_ALIAS, DevSetup,
+    GatewayConfig, KmsKeyConfig, Limits, PrincipalConfig, Quotas, TlsFiles,
 };
 
 use crate::audit::ChainWriter;
@@ -186,6 +193,7 @@ impl Gateway {
         let mut tasks = JoinSet::new();
         tasks.spawn(server::accept_loop(listener, tls, service.clone()));
         tasks.spawn(service.clone().watch_abandoned());
+        tasks.spawn(service.clone().summarise_refusals());
         if let Some(path) = config_path {
             tasks.spawn(watch_config(path, service.clone()));
         }
@@ -240,6 +248,7 @@ impl Gateway {
         tracing::info!(endpoint = %self.endpoint, "shutting down");
         self.service.stopping.cancel();
         self.service.end_all(FLUSH_WAIT).await;
+        self.service.flush_refusal_summaries(true);
         self.service.sync_audit();
         self.tasks.shutdown().await;
         tracing::info!("stopped");

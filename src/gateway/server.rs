@@ -1,10 +1,12 @@
 //! The gateway's one port on hyper: HTTP/1.1 and HTTP/2 (prior knowledge, or ALPN `h2` with
 //! TLS) for the JSON API and KMS, and HTTP/1.1 websocket upgrades for the data and control
-//! channels. Every limit on what a peer may send lives here: TLS handshake, header and
-//! request timeouts, body size and connection count (see [`Limits`]).
+//! channels. Every limit on what a peer may send is applied here: TLS handshake, header,
+//! idle and request timeouts, body size per operation and connection counts (see [`Limits`]
+//! and [`super::admission`]). Only connections that authenticated are kept alive.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,20 +14,22 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Body, Incoming};
 use hyper::header::{self, HeaderValue};
-use hyper::{Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role as WsRole;
 use tracing::Instrument;
 
+use super::admission::{Source, Ticket, connection_cap};
 use super::api::{JSON, error_body};
 use super::auth::{ApiError, ApiRequest};
 use super::config::Limits;
+use super::framing::{Framed, Framing, Verdicts};
 use super::lock;
 use super::service::Service;
 
@@ -38,8 +42,18 @@ const DRAIN: Duration = Duration::from_secs(5);
 const H2_KEEP_ALIVE: Duration = Duration::from_secs(20);
 /// Streams one HTTP/2 connection may run at once.
 const H2_MAX_STREAMS: u32 = 64;
-/// Largest HTTP/2 header list (HTTP/1.1 heads are bounded by hyper's buffer).
+/// Largest HTTP/2 header list (HTTP/1.1 heads are bounded by [`H1_BUFFER`]).
 const MAX_HEADER_LIST: u32 = 16 * 1024;
+/// What hyper may buffer of one HTTP/1.1 connection's input (a head, a piece of a body),
+/// instead of its default of about 400 KiB: an unauthenticated peer's share of memory.
+const H1_BUFFER: usize = 64 * 1024;
+/// HTTP/2 flow-control windows, instead of hyper's 1 MiB each: what a peer may send ahead
+/// of the gateway reading it. A stream's window holds the largest operation body
+/// ([`Limits::body_limit`]); API calls are small, so nothing is slower.
+const H2_STREAM_WINDOW: u32 = 64 * 1024;
+const H2_CONNECTION_WINDOW: u32 = 128 * 1024;
+/// First and longest pause of the accept loop when accepting fails (out of descriptors).
+const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
 
 /// Upgraded websockets, aborted with the server: they outlive the HTTP connection task
 /// that answered their upgrade, but not the gateway.
@@ -59,12 +73,15 @@ pub(super) async fn accept_loop(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(secs(limits.header_read_timeout_secs))
+        .max_buf_size(H1_BUFFER)
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(H2_KEEP_ALIVE)
         .max_concurrent_streams(H2_MAX_STREAMS)
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
         .max_header_list_size(MAX_HEADER_LIST);
     let builder = Arc::new(builder);
     let tls = tls.map(|config| {
@@ -73,27 +90,59 @@ pub(super) async fn accept_loop(
         tokio_rustls::TlsAcceptor::from(Arc::new(config))
     });
     let upgrades: Upgrades = Arc::default();
-    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let cap = connection_cap(&limits);
+    let permits = Arc::new(Semaphore::new(cap));
     let mut connections = JoinSet::new();
+    let mut backoff: Option<Duration> = None;
     loop {
         let accepted = tokio::select! {
             () = service.stopping.cancelled() => break,
             Some(_) = connections.join_next() => continue,
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(permit) => tokio::select! {
-                    () = service.stopping.cancelled() => break,
-                    accepted = listener.accept() => accepted.map(|accepted| (accepted, permit)),
-                },
-                Err(_) => break,
-            },
+            accepted = listener.accept() => accepted,
         };
-        let ((tcp, peer), permit) = match accepted {
+        let (tcp, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(error) => {
-                // Out of descriptors and the like: back off rather than spin.
-                tracing::warn!(%error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                // Out of descriptors and the like: shed, and back off rather than spin.
+                let pause = match backoff {
+                    None => {
+                        tracing::warn!(%error, cap, "accept failed; closing the oldest unauthenticated connection and backing off");
+                        ACCEPT_BACKOFF.0
+                    }
+                    Some(pause) => (pause * 2).min(ACCEPT_BACKOFF.1),
+                };
+                backoff = Some(pause);
+                service.admission.shed_oldest(None);
+                tokio::time::sleep(pause).await;
                 continue;
+            }
+        };
+        if backoff.take().is_some() {
+            tracing::info!("accepting connections again");
+        }
+        let ticket = match service.admission.admit(Source::of(peer.ip())) {
+            Ok(ticket) => ticket,
+            Err(refusal) => {
+                // Not logged above debug, nor audited: that would be the amplification.
+                tracing::debug!(%peer, ?refusal, "connection refused on accept");
+                drop(tcp);
+                continue;
+            }
+        };
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                // Full: make room by closing the connection that has waited longest without
+                // authenticating, so that a flood cannot lock callers and agents out; with
+                // none to close, wait as in the accept queue.
+                service.admission.shed_oldest(Some(&ticket));
+                tokio::select! {
+                    () = service.stopping.cancelled() => break,
+                    permit = permits.clone().acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => break,
+                    },
+                }
             }
         };
         let connection = Connection {
@@ -101,12 +150,16 @@ pub(super) async fn accept_loop(
             builder: builder.clone(),
             upgrades: upgrades.clone(),
             peer,
+            state: Arc::new(ConnState {
+                ticket: Mutex::new(ticket),
+                permit: Mutex::new(Some(permit)),
+                close: Notify::new(),
+                in_flight: AtomicUsize::new(0),
+                idle_since: Mutex::new(tokio::time::Instant::now()),
+            }),
         };
         let tls = tls.clone();
-        connections.spawn(async move {
-            connection.serve(tcp, tls).await;
-            drop(permit);
-        });
+        connections.spawn(connection.serve(tcp, tls));
     }
     drop(listener);
     while connections.join_next().await.is_some() {}
@@ -123,52 +176,135 @@ struct Connection {
     builder: Arc<auto::Builder<TokioExecutor>>,
     upgrades: Upgrades,
     peer: SocketAddr,
+    state: Arc<ConnState>,
+}
+
+/// What the requests of one connection share with the task serving it.
+struct ConnState {
+    /// Its place in the per-source accounting, until a request authenticates.
+    ticket: Mutex<Ticket>,
+    /// Its slot under the global cap; an upgraded websocket takes it along.
+    permit: Mutex<Option<OwnedSemaphorePermit>>,
+    /// Asks the serving task to close once the answers in progress are sent.
+    close: Notify,
+    /// Requests being answered.
+    in_flight: AtomicUsize,
+    /// When the last answer was given (or the connection accepted).
+    idle_since: Mutex<tokio::time::Instant>,
+}
+
+impl ConnState {
+    fn authenticated(&self) {
+        lock(&self.ticket).authenticated();
+    }
+
+    /// Ends the connection after `response` unless `keep`: keep-alive is for requests that
+    /// proved who sent them.
+    fn answered(
+        &self,
+        version: Version,
+        mut response: Response<Full<Bytes>>,
+        keep: bool,
+    ) -> Response<Full<Bytes>> {
+        if !keep {
+            if version < Version::HTTP_2 {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            self.close.notify_one();
+        }
+        response
+    }
+}
+
+/// Counts a request as in progress while it lives.
+struct InFlight(Arc<ConnState>);
+
+impl InFlight {
+    fn new(state: &Arc<ConnState>) -> InFlight {
+        state.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(state.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        *lock(&self.0.idle_since) = tokio::time::Instant::now();
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Connection {
     async fn serve(self, tcp: TcpStream, tls: Option<tokio_rustls::TlsAcceptor>) {
         let _ = tcp.set_nodelay(true);
         let Some(tls) = tls else {
-            return self.serve_io(TokioIo::new(tcp)).await;
+            return self.serve_io(tcp).await;
         };
         let timeout = secs(self.service.limits.tls_handshake_timeout_secs);
-        match tokio::time::timeout(timeout, tls.accept(tcp)).await {
-            Ok(Ok(stream)) => self.serve_io(TokioIo::new(stream)).await,
-            Ok(Err(error)) => tracing::debug!(peer = %self.peer, %error, "TLS handshake failed"),
-            Err(_) => tracing::debug!(peer = %self.peer, "TLS handshake timed out"),
+        let shed = lock(&self.state.ticket).shed();
+        tokio::select! {
+            accepted = tokio::time::timeout(timeout, tls.accept(tcp)) => match accepted {
+                Ok(Ok(stream)) => self.serve_io(stream).await,
+                Ok(Err(error)) => tracing::debug!(peer = %self.peer, %error, "TLS handshake failed"),
+                Err(_) => tracing::debug!(peer = %self.peer, "TLS handshake timed out"),
+            },
+            () = shed.cancelled() => tracing::debug!(peer = %self.peer, "shed during the TLS handshake"),
         }
     }
 
-    async fn serve_io<I>(self, io: I)
+    async fn serve_io<S>(self, io: S)
     where
-        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let Connection {
             service,
             builder,
             upgrades,
             peer,
+            state,
         } = self;
+        let (io, verdicts) = Framed::new(io);
         let stopping = service.stopping.clone();
-        let header_timeout = secs(service.limits.header_read_timeout_secs);
-        let first_request = Arc::new(tokio::sync::Notify::new());
-        let seen = first_request.clone();
+        let idle_limit = secs(service.limits.header_read_timeout_secs);
+        let shed = lock(&state.ticket).shed();
+        let requests = state.clone();
         let handler = hyper::service::service_fn(move |request| {
-            seen.notify_one();
-            handle(service.clone(), upgrades.clone(), peer, request)
+            let in_flight = InFlight::new(&requests);
+            let exchange = Exchange {
+                service: service.clone(),
+                upgrades: upgrades.clone(),
+                peer,
+                state: requests.clone(),
+                verdicts: verdicts.clone(),
+            };
+            async move {
+                let response = exchange.handle(request).await;
+                drop(in_flight);
+                response
+            }
         });
-        let connection = builder.serve_connection_with_upgrades(io, handler);
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), handler);
         tokio::pin!(connection);
         // hyper times out heads once it knows the HTTP version; this also bounds a peer that
-        // connects and sends (nearly) nothing.
-        let silent = async {
-            if tokio::time::timeout(header_timeout, first_request.notified())
-                .await
-                .is_err()
-            {
-                return;
+        // connects and sends (nearly) nothing, and idle keep-alive connections (HTTP/2 too).
+        let idle = async {
+            loop {
+                let since = *lock(&state.idle_since);
+                let busy = state.in_flight.load(Ordering::SeqCst) > 0;
+                if !busy && since.elapsed() >= idle_limit {
+                    return;
+                }
+                let now = tokio::time::Instant::now();
+                let deadline = since + idle_limit;
+                // While a request runs, look again in a while.
+                let wake = if deadline > now {
+                    deadline
+                } else {
+                    now + idle_limit / 2
+                };
+                tokio::time::sleep_until(wake).await;
             }
-            std::future::pending::<()>().await;
         };
         tokio::select! {
             result = connection.as_mut() => {
@@ -176,61 +312,134 @@ impl Connection {
                     tracing::debug!(%peer, %error, "connection ended with an error");
                 }
             }
-            () = silent => tracing::debug!(%peer, "no request in time; closing"),
+            () = idle => {
+                tracing::debug!(%peer, "idle for {idle_limit:?}; closing");
+            }
+            () = shed.cancelled() => {
+                tracing::debug!(%peer, "unauthenticated connection shed to make room");
+            }
+            () = state.close.notified() => {
+                connection.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(DRAIN, connection.as_mut()).await;
+            }
             () = stopping.cancelled() => {
                 connection.as_mut().graceful_shutdown();
-                let _ = tokio::time::timeout(DRAIN, connection).await;
+                let _ = tokio::time::timeout(DRAIN, connection.as_mut()).await;
             }
         }
     }
 }
 
-/// Answers one request: a websocket upgrade, or an API call.
-async fn handle(
+/// One request and what it needs of its connection.
+struct Exchange {
     service: Arc<Service>,
     upgrades: Upgrades,
     peer: SocketAddr,
-    request: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+    state: Arc<ConnState>,
+    verdicts: Verdicts,
+}
+
+impl Exchange {
+    async fn handle(self, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+        let version = request.version();
+        let framing = match version < Version::HTTP_2 {
+            true => self.verdicts.next(),
+            false => Framing::Plain,
+        };
+        if framing == Framing::Ambiguous {
+            let error = ApiError::new(
+                400,
+                "BadRequest",
+                "the request has two Content-Length headers, or Content-Length and Transfer-Encoding; send exactly one Content-Length",
+            );
+            tracing::info!(peer = %self.peer, code = error.code, reason = %error.message, "request refused");
+            let response = json_response(error.status, error_body(error.code, &error.message));
+            return Ok(self.state.answered(version, response, false));
+        }
+        let (response, authenticated) = handle(&self, request).await;
+        if authenticated {
+            self.state.authenticated();
+        }
+        let keep = authenticated && framing == Framing::Plain;
+        Ok(self.state.answered(version, response, keep))
+    }
+}
+
+/// Answers one request (a websocket upgrade, or an API call), and whether it authenticated.
+async fn handle(exchange: &Exchange, request: Request<Incoming>) -> (Response<Full<Bytes>>, bool) {
+    let service = &exchange.service;
+    let peer = exchange.peer;
     if is_upgrade(&request) {
-        return Ok(upgrade(service, upgrades, peer, request));
+        return upgrade(exchange, request);
     }
     let limits = service.limits;
     let timeout = secs(limits.request_timeout_secs);
     let answer = tokio::time::timeout(timeout, async {
-        let request = read(request, &limits).await?;
-        let (status, body) = service.handle_api(&request, peer);
-        Ok::<_, ApiError>(json_response(status, body))
+        let request = read(request, &limits, service).await?;
+        Ok::<_, ApiError>(service.handle_api(&request.0, peer))
     })
     .await;
-    Ok(match answer {
-        Ok(Ok(response)) => response,
+    match answer {
+        Ok(Ok(answer)) => (
+            json_response(answer.status, answer.body),
+            answer.authenticated,
+        ),
         Ok(Err(error)) => {
             tracing::info!(%peer, code = error.code, reason = %error.message, "request refused");
-            json_response(error.status, error_body(error.code, &error.message))
+            (
+                json_response(error.status, error_body(error.code, &error.message)),
+                false,
+            )
         }
         Err(_) => {
             tracing::info!(%peer, ?timeout, "request refused: not complete in time");
             let message = format!("the request was not complete within {timeout:?}");
-            json_response(408, error_body("RequestTimeout", &message))
+            (
+                json_response(408, error_body("RequestTimeout", &message)),
+                false,
+            )
         }
-    })
+    }
 }
 
-/// Reads the head and the whole body, refusing bodies above the limit before reading them.
-async fn read(request: Request<Incoming>, limits: &Limits) -> Result<ApiRequest, ApiError> {
+/// Reads the head and the whole body, refusing bodies above what the operation allows
+/// ([`Limits::body_limit`]) before reading them, and bodies the global budget of unverified
+/// bytes cannot hold (503 at once). The reservation lasts until the signature is checked.
+async fn read(
+    request: Request<Incoming>,
+    limits: &Limits,
+    service: &Service,
+) -> Result<(ApiRequest, OwnedSemaphorePermit), ApiError> {
     let (parts, body) = request.into_parts();
+    let target = parts
+        .headers
+        .get("x-amz-target")
+        .and_then(|value| value.to_str().ok());
+    let allowed = limits.body_limit(parts.uri.path(), target);
     let too_large = || {
         ApiError::new(
             413,
             "RequestEntityTooLarge",
-            format!("the body is larger than {} bytes", limits.max_body_bytes),
+            format!("the body is larger than the {allowed} bytes this operation allows"),
         )
     };
-    if body.size_hint().lower() > limits.max_body_bytes as u64 {
+    let announced = body.size_hint().lower();
+    if announced > allowed as u64 {
         return Err(too_large());
     }
-    let body = Limited::new(body, limits.max_body_bytes)
+    // Reserve what may arrive: the announced length, or all the operation allows.
+    let reserve = match body.size_hint().exact() {
+        Some(exact) => exact as usize,
+        None => allowed,
+    };
+    let Some(permit) = service.admission.reserve_body(reserve.max(1)) else {
+        return Err(ApiError::new(
+            503,
+            "ServiceUnavailable",
+            "the gateway is reading too many unauthenticated request bodies at once; retry shortly",
+        ));
+    };
+    let body = Limited::new(body, allowed)
         .collect()
         .await
         .map_err(|error| match error.downcast::<hyper::Error>() {
@@ -242,7 +451,7 @@ async fn read(request: Request<Incoming>, limits: &Limits) -> Result<ApiRequest,
             Err(_) => too_large(),
         })?
         .to_bytes();
-    ApiRequest::new(&parts, body)
+    Ok((ApiRequest::new(&parts, body)?, permit))
 }
 
 fn json_response(status: u16, body: Vec<u8>) -> Response<Full<Bytes>> {
@@ -271,15 +480,14 @@ enum Route {
 }
 
 /// Checks and answers a websocket upgrade (`101`), and hands the socket, once hyper lets go
-/// of it, to the relay or the agent registry.
-fn upgrade(
-    service: Arc<Service>,
-    upgrades: Upgrades,
-    peer: SocketAddr,
-    mut request: Request<Incoming>,
-) -> Response<Full<Bytes>> {
+/// of it, to the relay or the agent registry, with the connection's slot under the global
+/// cap. A data channel counts as authenticated once handed over: the relay closes it unless
+/// its opening message carries a valid token within its open timeout.
+fn upgrade(exchange: &Exchange, mut request: Request<Incoming>) -> (Response<Full<Bytes>>, bool) {
+    let service = exchange.service.clone();
+    let peer = exchange.peer;
     let path = request.uri().path().to_owned();
-    let refuse = |error: ApiError| refused(&path, peer, error);
+    let refuse = |error: ApiError| (refused(&path, peer, error), false);
     let route = if let Some(id) = path.strip_prefix(crate::net::relay::PATH_PREFIX) {
         Route::Data(id.to_owned())
     } else if let Some(id) = path.strip_prefix(crate::control::PATH_PREFIX) {
@@ -289,7 +497,8 @@ fn upgrade(
             Err(error) => return refuse(error),
         };
         if let Err(error) = service.authenticate_agent(&head, id, peer) {
-            return json_response(error.status, error_body(error.code, &error.message));
+            let response = json_response(error.status, error_body(error.code, &error.message));
+            return (response, false);
         }
         request = Request::from_parts(parts, body);
         Route::Control(id.to_owned())
@@ -305,6 +514,7 @@ fn upgrade(
     };
     let accept = derive_accept_key(key.as_bytes());
     let upgraded = hyper::upgrade::on(&mut request);
+    let permit = lock(&exchange.state.permit).take();
     let span = match &route {
         Route::Data(id) => service
             .sessions
@@ -313,6 +523,7 @@ fn upgrade(
         Route::Control(id) => tracing::info_span!("control_channel", agent_id = %id),
     };
     let task = async move {
+        let _permit = permit;
         let upgraded = match upgraded.await {
             Ok(upgraded) => upgraded,
             Err(error) => {
@@ -336,7 +547,7 @@ fn upgrade(
         }
     };
     {
-        let mut upgrades = lock(&upgrades);
+        let mut upgrades = lock(&exchange.upgrades);
         while upgrades.try_join_next().is_some() {}
         upgrades.spawn(task.instrument(span));
     }
@@ -348,7 +559,7 @@ fn upgrade(
     if let Ok(accept) = HeaderValue::from_str(&accept) {
         headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     }
-    response
+    (response, true)
 }
 
 fn refused(path: &str, peer: SocketAddr, error: ApiError) -> Response<Full<Bytes>> {

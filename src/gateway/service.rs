@@ -4,14 +4,16 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::admission::{Admission, RefusalAudit, Source};
 use super::agents::Registry;
 use super::auth::{ApiError, ApiRequest, Auth, Call, Caller, Signed};
-use super::config::{ConfigError, GatewayConfig, Limits, Quotas};
+use super::config::{AuditFailure, ConfigError, GatewayConfig, Limits, Quotas};
 use super::quota::StartRate;
 use super::replay::{self, ReplayCache};
 use super::sessions::Sessions;
@@ -40,13 +42,25 @@ pub(super) struct Service {
     pub(super) agents: Registry,
     /// Signatures of single-use calls seen within the clock skew.
     replay: ReplayCache,
-    audit: Mutex<ChainWriter<std::fs::File>>,
+    audit: Mutex<AuditLog>,
     /// The same file as `audit`'s, for fsync.
     audit_file: std::fs::File,
+    /// Whether the last audit write or fsync failed (see [`AuditFailure`]).
+    audit_failed: AtomicBool,
+    audit_failure: AuditFailure,
+    /// What unauthenticated peers may cost.
+    pub(super) admission: Arc<Admission>,
+    refusals: RefusalAudit,
     /// Cancelled when the gateway starts shutting down: stop accepting, start no session.
     pub(super) stopping: CancellationToken,
     /// Cancelled once sessions have ended: close the agents' control channels.
     pub(super) closing_agents: CancellationToken,
+}
+
+/// The audit chain and how many records could not be appended since it last failed.
+struct AuditLog {
+    writer: ChainWriter<std::fs::File>,
+    lost: u64,
 }
 
 /// What [`Service::new`] needs besides the configuration.
@@ -82,8 +96,15 @@ impl Service {
             sessions: Sessions::default(),
             agents: Registry::default(),
             replay: ReplayCache::default(),
-            audit: Mutex::new(parts.audit),
+            audit: Mutex::new(AuditLog {
+                writer: parts.audit,
+                lost: 0,
+            }),
             audit_file: parts.audit_file,
+            audit_failed: AtomicBool::new(false),
+            audit_failure: config.audit_failure,
+            admission: Arc::new(Admission::new(config.limits)),
+            refusals: RefusalAudit::new(&config.limits),
             stopping: CancellationToken::new(),
             closing_agents: CancellationToken::new(),
         }
@@ -115,16 +136,22 @@ impl Service {
         peer: SocketAddr,
     ) -> Result<(), ApiError> {
         let now = wall_ms() / 1000;
-        let refusal = match self.auth().verify_agent(request, &self.region, now) {
+        // Refusals of a signature that did not verify, or was replayed (which proves nothing
+        // about the sender), are audited rate-limited; an agent that signed for another's
+        // channel, one by one.
+        let (refusal, authenticated) = match self.auth().verify_agent(request, &self.region, now) {
             Ok(signed) if signed.signer == agent_id => match self.first_use(&signed, now) {
                 Ok(()) => return Ok(()),
-                Err(error) => error.to_string(),
+                Err(error) => (error.to_string(), false),
             },
-            Ok(signed) => format!(
-                "agent {} may not open the control channel of {agent_id}",
-                signed.signer
+            Ok(signed) => (
+                format!(
+                    "agent {} may not open the control channel of {agent_id}",
+                    signed.signer
+                ),
+                true,
             ),
-            Err(why) => why,
+            Err(why) => (why, false),
         };
         tracing::info!(%agent_id, %peer, reason = %refusal, "control channel refused");
         let mut record = Record::new(EventKind::ApiCall);
@@ -133,7 +160,10 @@ impl Service {
         record.target = Some(agent_id.to_owned());
         record.decision = Some("deny".into());
         record.reason = Some(refusal.clone());
-        self.audit(record);
+        match authenticated {
+            true => self.audit(record),
+            false => self.audit_unauthenticated(record, peer),
+        }
         Err(ApiError::new(403, "AccessDeniedException", refusal))
     }
 
@@ -177,7 +207,13 @@ impl Service {
         record.session_id = Some(session_id.to_owned());
         record.decision = Some("deny".into());
         record.reason = Some(refused.to_string());
-        self.audit(record);
+        // Without a token the gateway issued, nothing is proven: audited rate-limited.
+        match refused {
+            OpenRefused::NoOpening | OpenRefused::BadOpening | OpenRefused::UnknownToken => {
+                self.audit_unauthenticated(record, peer)
+            }
+            _ => self.audit(record),
+        }
     }
 
     /// Checks that `name`'s policies allow `action` on `resources`, noting the allowing
@@ -250,21 +286,162 @@ impl Service {
             .join(super::sessions::recording_name(session_id))
     }
 
-    /// Appends to the audit chain. A failing audit log is logged at error level; the gateway
-    /// keeps serving (fail-open), and the chain shows no gap because nothing was appended.
+    /// Appends to the audit chain. A failed write puts the gateway in the audit-failed state
+    /// (see [`AuditFailure`]), told to the operator once; the next write that succeeds ends
+    /// it, after a `gateway:AuditLogRecovered` record that counts the records lost (the
+    /// chain itself stays whole: nothing was appended in between).
     pub(super) fn audit(&self, record: Record) {
+        self.try_audit(record);
+    }
+
+    /// [`Service::audit`], saying whether the record was written.
+    pub(super) fn try_audit(&self, record: Record) -> bool {
         let event = record.event;
         let mut log = lock(&self.audit);
-        if let Err(error) = log.append(record, wall_ms()) {
-            tracing::error!(event = event.as_str(), %error, "audit log write failed");
+        let result = match log.lost {
+            0 => log.writer.append(record, wall_ms()).map(drop),
+            _ => Self::append_gap(&mut log)
+                .and_then(|()| log.writer.append(record, wall_ms()).map(drop)),
+        };
+        match result {
+            Ok(()) => {
+                drop(log);
+                self.audit_recovered();
+                true
+            }
+            Err(error) => {
+                log.lost += 1;
+                drop(log);
+                self.audit_broke(event.as_str(), &error);
+                false
+            }
         }
     }
 
-    /// Pushes the audit log to stable storage.
+    /// Marks where records are missing from the chain: how many could not be written.
+    fn append_gap(log: &mut AuditLog) -> Result<(), crate::audit::AppendError> {
+        let mut gap = Record::new(EventKind::ApiCall);
+        gap.action = Some("gateway:AuditLogRecovered".into());
+        gap.reason = Some(format!(
+            "{} records could not be written before this one: the audit log was failing",
+            log.lost
+        ));
+        log.writer.append(gap, wall_ms())?;
+        log.lost = 0;
+        Ok(())
+    }
+
+    fn audit_broke(&self, what: &str, error: &dyn std::fmt::Display) {
+        if !self.audit_failed.swap(true, Ordering::SeqCst) {
+            let consequence = match self.audit_failure {
+                AuditFailure::Refuse => {
+                    "refusing new sessions, tokens and key use until it can be written"
+                }
+                _ => "serving on without an audit trail (audit_failure = continue)",
+            };
+            tracing::error!(
+                path = %self.state_dir.join("audit.jsonl").display(),
+                what,
+                %error,
+                "audit log write failed: {consequence}; free space or fix the file system"
+            );
+        }
+    }
+
+    fn audit_recovered(&self) {
+        if self.audit_failed.swap(false, Ordering::SeqCst) {
+            tracing::warn!(
+                "audit log writable again; a gateway:AuditLogRecovered record counts what is missing"
+            );
+        }
+    }
+
+    /// With [`AuditFailure::Refuse`], refuses a call that would start or resume a session,
+    /// mint a token or use a key while the audit log cannot be written. The log is retried
+    /// first (the record counting what is missing, then an fsync), so that the first call
+    /// after the disk recovers is served.
+    pub(super) fn refuse_if_unaudited(&self) -> Result<(), ApiError> {
+        if self.audit_failure == AuditFailure::Continue || !self.audit_failed.load(Ordering::SeqCst)
+        {
+            return Ok(());
+        }
+        let mut log = lock(&self.audit);
+        let probe = Self::append_gap(&mut log);
+        drop(log);
+        match probe {
+            Ok(()) => self.audit_recovered(),
+            Err(error) => self.audit_broke("probe", &error),
+        }
+        self.sync_audit();
+        match self.audit_failed.load(Ordering::SeqCst) {
+            false => Ok(()),
+            true => Err(Self::unaudited()),
+        }
+    }
+
+    /// Whether a call that needs the audit log must fail when its record cannot be written
+    /// ([`AuditFailure::Refuse`]).
+    pub(super) fn audit_fails_closed(&self) -> bool {
+        self.audit_failure == AuditFailure::Refuse
+    }
+
+    /// The refusal of a call that needs the audit log while it cannot be written.
+    pub(super) fn unaudited() -> ApiError {
+        ApiError::new(
+            503,
+            "ServiceUnavailable",
+            "the gateway cannot write its audit log, so it starts no sessions, mints no tokens \
+             and uses no keys; retry once the operator has freed space or fixed the log",
+        )
+    }
+
+    /// Audits the refusal of a request whose signature did not verify (or that had none):
+    /// rate-limited per source (see [`RefusalAudit`]), with summaries of what was not
+    /// recorded one by one.
+    pub(super) fn audit_unauthenticated(&self, record: Record, peer: SocketAddr) {
+        let (write, summary) = self.refusals.refusal(Source::of(peer.ip()));
+        if let Some(summary) = summary {
+            self.audit_summary(summary);
+        }
+        if write {
+            self.audit(record);
+        }
+    }
+
+    fn audit_summary(&self, summary: super::admission::Suppressed) {
+        let mut record = Record::new(EventKind::ApiCall);
+        record.source = Some(summary.source.to_string());
+        record.decision = Some("deny".into());
+        record.reason = Some(format!(
+            "{} more refusals of unauthenticated requests from {} in the last {} s (not recorded one by one)",
+            summary.count, summary.source, summary.secs
+        ));
+        self.audit(record);
+    }
+
+    /// Writes the summaries of refusal intervals that ended; `all` at shutdown.
+    pub(super) fn flush_refusal_summaries(&self, all: bool) {
+        for summary in self.refusals.sweep(all) {
+            self.audit_summary(summary);
+        }
+    }
+
+    /// Writes refusal summaries every interval, so that a flood that stops is counted too.
+    pub(super) async fn summarise_refusals(self: Arc<Self>) {
+        let mut ticks = tokio::time::interval(self.refusals.interval());
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            self.flush_refusal_summaries(false);
+        }
+    }
+
+    /// Pushes the audit log to stable storage; a failure counts as a failed write.
     pub(super) fn sync_audit(&self) {
         let _log = lock(&self.audit);
         if let Err(error) = self.audit_file.sync_all() {
-            tracing::error!(%error, "audit log fsync failed");
+            drop(_log);
+            self.audit_broke("fsync", &error);
         }
     }
 
