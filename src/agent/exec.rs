@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use std::sync::Arc;
 
-use super::recorder::{self, FLUSH_EVERY, Recorder};
+use super::recorder::{FLUSH_EVERY, Recorder};
 use super::shell::{DRAIN, exit_code, refuse};
 use super::{Context, Outcome, account};
 use crate::control::EndReason;
@@ -32,16 +32,8 @@ pub(crate) async fn run(
         Ok(account) => account,
         Err(why) => return refuse(connection, why).await,
     };
-    let mut recorder = match Recorder::start(
-        &request.session_id,
-        (80, 24),
-        recorder::identity(context, request, account.as_ref()),
-        context.outbox.clone(),
-        connection
-            .info()
-            .encrypted
-            .then_some(context.settings.recordings_dir.as_path()),
-    ) {
+    let mut recorder = match Recorder::for_session(context, request, account.as_ref(), &connection)
+    {
         Ok(recorder) => recorder,
         Err(why) => return refuse(connection, why).await,
     };

@@ -60,7 +60,7 @@ pub(crate) struct Recorder {
 }
 
 /// The header's `ssm_session` identity: who ran what, where, as whom.
-pub(crate) fn identity(
+fn identity(
     context: &Context,
     request: &AgentSessionRequest,
     account: Option<&Account>,
@@ -119,6 +119,24 @@ fn create_local(dir: &Path, session_id: &str) -> Result<Local, String> {
 }
 
 impl Recorder {
+    /// The recording of a shell or command session on `connection`, where its encryption
+    /// says (see [`Recorder::start`]), starting at 80×24.
+    pub(crate) fn for_session(
+        context: &Context,
+        request: &AgentSessionRequest,
+        account: Option<&Account>,
+        connection: &crate::net::Connection,
+    ) -> Result<Recorder, String> {
+        let encrypted = connection.info().encrypted;
+        Recorder::start(
+            &request.session_id,
+            (80, 24),
+            identity(context, request, account),
+            context.outbox.clone(),
+            encrypted.then_some(context.settings.recordings_dir.as_path()),
+        )
+    }
+
     /// A recording of session `session_id`: to the gateway through `outbox`, or — for an
     /// `encrypted` session — into `dir` on this host. Err (the session must not run
     /// unrecorded) when the local file cannot be created.

@@ -7,7 +7,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use super::account;
-use super::recorder::{self, FLUSH_EVERY, Recorder};
+use super::recorder::{FLUSH_EVERY, Recorder};
 use super::{Context, Outcome};
 use crate::control::EndReason;
 use crate::document::{AgentSessionRequest, SessionType};
@@ -60,17 +60,8 @@ pub(crate) async fn run(
         let _ = pty_in.write_all(format!("{profile}\n").as_bytes()).await;
     }
 
-    let identity = recorder::identity(context, request, account.as_ref());
-    let mut recorder = match Recorder::start(
-        &request.session_id,
-        (80, 24),
-        identity,
-        context.outbox.clone(),
-        connection
-            .info()
-            .encrypted
-            .then_some(context.settings.recordings_dir.as_path()),
-    ) {
+    let mut recorder = match Recorder::for_session(context, request, account.as_ref(), &connection)
+    {
         Ok(recorder) => recorder,
         Err(why) => return refuse(connection, why).await,
     };
