@@ -112,6 +112,23 @@ async fn closed_within(socket: &mut TcpStream, limit: Duration) -> bool {
     }
 }
 
+/// A connection from another loopback address, `127.0.0.<host>`: another source.
+async fn connect_from(host: u8, authority: &str) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(std::net::SocketAddr::from(([127, 0, 0, host], 0)))
+        .unwrap();
+    socket.connect(authority.parse().unwrap()).await.unwrap()
+}
+
+/// A websocket upgrade request for `path`.
+fn upgrade_request(authority: &str, path: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nhost: {authority}\r\nconnection: upgrade\r\n\
+         upgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+}
+
 fn audit_records(gateway: &Gateway) -> Vec<Value> {
     std::fs::read_to_string(gateway.audit_path())
         .unwrap()
@@ -550,6 +567,119 @@ async fn refused_control_channel_upgrades_are_audited_rate_limited() {
     let text = std::fs::read_to_string(state.join("audit.jsonl")).unwrap();
     assert!(
         text.contains("47 more refusals of unauthenticated requests"),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(state);
+}
+
+#[tokio::test]
+async fn one_source_cannot_take_the_whole_unauthenticated_body_budget() {
+    let (gateway, _dev, state) = gateway_with("body-share", |limits| {
+        // An eighth is 20 000, so a source's share is one StartSession body: 65 536 bytes.
+        limits.max_unauthenticated_body_bytes = 160_000;
+    })
+    .await;
+    let authority = authority(&gateway);
+    let head = format!(
+        "POST / HTTP/1.1\r\nhost: {authority}\r\nx-amz-target: TrentService.Encrypt\r\ncontent-length: 16000\r\n\r\n{{\"KeyId\":"
+    );
+    // Four bodies that never finish hold 64 000 bytes of this source's share…
+    let mut slow = Vec::new();
+    for _ in 0..4 {
+        let mut socket = connect_from(1, &authority).await;
+        socket.write_all(head.as_bytes()).await.unwrap();
+        slow.push(socket);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // …so a fifth is refused at once, though the gateway's budget has room…
+    let mut socket = connect_from(1, &authority).await;
+    socket.write_all(head.as_bytes()).await.unwrap();
+    let answer = read_response(&mut socket, Duration::from_secs(1)).await;
+    let answer = answer.expect("a body over the source's share was waited for");
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    // …which another source still gets (its body is read, so no answer yet).
+    for _ in 0..4 {
+        let mut other = connect_from(2, &authority).await;
+        other.write_all(head.as_bytes()).await.unwrap();
+        assert!(
+            read_response(&mut other, Duration::from_millis(300))
+                .await
+                .is_none(),
+            "another source was refused"
+        );
+        slow.push(other);
+    }
+    drop(gateway);
+    let _ = std::fs::remove_dir_all(state);
+}
+
+#[tokio::test]
+async fn unopened_data_channels_count_against_their_source_until_a_token_is_accepted() {
+    let (gateway, _dev, state) = gateway_with("data-unopened", |limits| {
+        limits.header_read_timeout_secs = 10;
+        limits.max_unauthenticated_per_source = 4;
+    })
+    .await;
+    let authority = authority(&gateway);
+    // Upgraded data channels that never send a token (the relay waits 10 s for one)…
+    let mut held = Vec::new();
+    for i in 0..4 {
+        let mut socket = connect_from(1, &authority).await;
+        let path = format!("/v1/data-channel/nobody-{i:017x}");
+        socket
+            .write_all(upgrade_request(&authority, &path).as_bytes())
+            .await
+            .unwrap();
+        let answer = read_response(&mut socket, Duration::from_secs(3))
+            .await
+            .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 101"), "{answer}");
+        held.push(socket);
+    }
+    // …are still unauthenticated connections of their source: a fifth is closed on accept.
+    let mut extra = connect_from(1, &authority).await;
+    assert!(
+        closed_within(&mut extra, Duration::from_secs(2)).await,
+        "unopened data channels did not count against their source"
+    );
+    let mut other = connect_from(2, &authority).await;
+    assert!(!closed_within(&mut other, Duration::from_millis(300)).await);
+    // Closing them gives the source its room back.
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut again = connect_from(1, &authority).await;
+    assert!(!closed_within(&mut again, Duration::from_millis(300)).await);
+    drop(gateway);
+    let _ = std::fs::remove_dir_all(state);
+}
+
+#[tokio::test]
+async fn a_scan_from_many_addresses_is_audited_up_to_a_total_and_summarised() {
+    let (gateway, _dev, state) = gateway_with("scan", |limits| {
+        limits.refusal_records_per_source = 2;
+        limits.refusal_records_total = 5;
+    })
+    .await;
+    let authority = authority(&gateway);
+    let before = audit_records(&gateway).len();
+    for host in 10..40 {
+        let mut socket = connect_from(host, &authority).await;
+        let junk = api_request(&authority, "AmazonSSM.StartSession", "{}", None);
+        socket.write_all(&junk).await.unwrap();
+        let answer = read_response(&mut socket, Duration::from_secs(3))
+            .await
+            .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    }
+    let one_by_one = audit_records(&gateway)[before..]
+        .iter()
+        .filter(|record| record["decision"] == "deny")
+        .count();
+    assert_eq!(one_by_one, 5);
+    gateway.shutdown().await;
+    let text = std::fs::read_to_string(state.join("audit.jsonl")).unwrap();
+    assert!(
+        text.contains("25 more refusals of unauthenticated requests from sources over the total"),
         "{text}"
     );
     let _ = std::fs::remove_dir_all(state);

@@ -69,6 +69,8 @@ pub(super) fn connection_cap(limits: &Limits) -> usize {
 struct SourceState {
     /// Open connections that have not authenticated.
     unauthenticated: usize,
+    /// Body bytes reserved by its requests not yet authenticated.
+    body_bytes: usize,
     /// Token bucket of new connections.
     tokens: f64,
     refilled: Option<Instant>,
@@ -116,7 +118,9 @@ impl Admission {
         let now = Instant::now();
         let mut state = lock(&self.state);
         if state.sources.len() >= MAX_SOURCES && !state.sources.contains_key(&source) {
-            state.sources.retain(|_, entry| entry.unauthenticated > 0);
+            state
+                .sources
+                .retain(|_, entry| entry.unauthenticated > 0 || entry.body_bytes > 0);
         }
         let entry = state.sources.entry(source).or_default();
         let burst = f64::from(self.limits.connection_burst_per_source.max(1));
@@ -166,12 +170,36 @@ impl Admission {
         }
     }
 
-    /// Reserves `bytes` of the global budget for a body read before authentication; `None`
-    /// when the budget is spent (answer 503 rather than wait: the holders may be slow on
-    /// purpose).
-    pub(super) fn reserve_body(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
-        let bytes = u32::try_from(bytes).ok()?;
-        self.body_bytes.clone().try_acquire_many_owned(bytes).ok()
+    /// Reserves `bytes` of the global budget, and of `source`'s share of it
+    /// ([`Limits::unauthenticated_body_bytes_per_source`]), for a body read before
+    /// authentication; `None` when either is spent (answer 503 rather than wait: the holders
+    /// may be slow on purpose).
+    pub(super) fn reserve_body(
+        self: &Arc<Self>,
+        source: Source,
+        bytes: usize,
+    ) -> Option<BodyReservation> {
+        let share = self.limits.unauthenticated_body_bytes_per_source();
+        let mut state = lock(&self.state);
+        let held = state
+            .sources
+            .get(&source)
+            .map_or(0, |entry| entry.body_bytes);
+        if held.saturating_add(bytes) > share {
+            return None;
+        }
+        let permit = self
+            .body_bytes
+            .clone()
+            .try_acquire_many_owned(u32::try_from(bytes).ok()?)
+            .ok()?;
+        state.sources.entry(source).or_default().body_bytes += bytes;
+        Some(BodyReservation {
+            admission: self.clone(),
+            source,
+            bytes,
+            _permit: permit,
+        })
     }
 
     /// Ends a connection's unauthenticated count; one that authenticated also gets its
@@ -186,6 +214,23 @@ impl Admission {
             if refund {
                 entry.tokens = (entry.tokens + 1.0).min(burst);
             }
+        }
+    }
+}
+
+/// Body bytes reserved until the request's signature is checked.
+pub(super) struct BodyReservation {
+    admission: Arc<Admission>,
+    source: Source,
+    bytes: usize,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for BodyReservation {
+    fn drop(&mut self) {
+        let mut state = lock(&self.admission.state);
+        if let Some(entry) = state.sources.get_mut(&self.source) {
+            entry.body_bytes = entry.body_bytes.saturating_sub(self.bytes);
         }
     }
 }
@@ -225,16 +270,25 @@ impl Drop for Ticket {
 
 /// Rate-limited audit of refusals of unauthenticated requests: per source, the first
 /// [`Limits::refusal_records_per_source`] of each interval are recorded one by one, the rest
-/// counted and written as one summary when the interval ends, so that junk cannot fill the
-/// disk with audit records nor hide in it.
+/// counted and written as one summary when the interval ends; over all sources, at most
+/// [`Limits::refusal_records_total`] are recorded per interval, the rest counted in one
+/// summary for all. Junk can neither fill the disk with audit records nor hide in it.
 pub(super) struct RefusalAudit {
     per_interval: u32,
+    total_per_interval: u32,
     interval: Duration,
-    windows: Mutex<HashMap<Source, Window>>,
+    windows: Mutex<Windows>,
     /// Summaries of windows ended while making room, for the next sweep.
     pending: Mutex<Vec<Suppressed>>,
-    /// Refusals not counted per source because the table was full.
-    overflow: Mutex<u64>,
+}
+
+struct Windows {
+    by_source: HashMap<Source, Window>,
+    /// Over all sources: refusals recorded in the current interval…
+    all: Window,
+    /// …and those not counted per source (over the total, or the table was full), summarised
+    /// for all sources together.
+    overflow: u64,
 }
 
 struct Window {
@@ -243,22 +297,38 @@ struct Window {
     suppressed: u64,
 }
 
-/// Refusals from `source` not recorded one by one during the `secs` seconds before now.
+/// Refusals from `source` (`None`: from any) not recorded one by one during the `secs`
+/// seconds before now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Suppressed {
-    pub(super) source: Source,
+    pub(super) source: Option<Source>,
     pub(super) count: u64,
     pub(super) secs: u64,
 }
 
+impl Window {
+    fn new(now: Instant) -> Window {
+        Window {
+            started: now,
+            recorded: 0,
+            suppressed: 0,
+        }
+    }
+}
+
 impl RefusalAudit {
     pub(super) fn new(limits: &Limits) -> RefusalAudit {
+        let now = Instant::now();
         RefusalAudit {
             per_interval: limits.refusal_records_per_source,
+            total_per_interval: limits.refusal_records_total,
             interval: Duration::from_secs(limits.refusal_audit_interval_secs.max(1)),
-            windows: Mutex::default(),
+            windows: Mutex::new(Windows {
+                by_source: HashMap::new(),
+                all: Window::new(now),
+                overflow: 0,
+            }),
             pending: Mutex::default(),
-            overflow: Mutex::default(),
         }
     }
 
@@ -271,71 +341,80 @@ impl RefusalAudit {
     pub(super) fn refusal(&self, source: Source) -> (bool, Option<Suppressed>) {
         let now = Instant::now();
         let mut windows = lock(&self.windows);
-        let mut summary = None;
-        if windows.len() >= MAX_SOURCES && !windows.contains_key(&source) {
-            let expired = Self::take_expired(self.interval, &mut windows, now);
-            lock(&self.pending).extend(expired);
-            if windows.len() >= MAX_SOURCES {
-                // Too many sources at once to count apart: one window for them all.
-                *lock(&self.overflow) += 1;
-                return (false, None);
-            }
+        let windows = &mut *windows;
+        if now.duration_since(windows.all.started) >= self.interval {
+            windows.all = Window::new(now);
         }
-        let window = windows.entry(source).or_insert(Window {
-            started: now,
-            recorded: 0,
-            suppressed: 0,
-        });
+        if windows.by_source.len() >= MAX_SOURCES && !windows.by_source.contains_key(&source) {
+            let expired = Self::take_expired(self.interval, &mut windows.by_source, now);
+            lock(&self.pending).extend(expired);
+        }
+        let known = windows.by_source.contains_key(&source);
+        let full = windows.by_source.len() >= MAX_SOURCES;
+        if !known && (full || windows.all.recorded >= self.total_per_interval) {
+            // A source not seen this interval, over the total: counted with all the others.
+            windows.overflow += 1;
+            return (false, None);
+        }
+        let window = windows
+            .by_source
+            .entry(source)
+            .or_insert_with(|| Window::new(now));
+        let mut summary = None;
         if now.duration_since(window.started) >= self.interval {
             if window.suppressed > 0 {
                 summary = Some(Suppressed {
-                    source,
+                    source: Some(source),
                     count: window.suppressed,
                     secs: now.duration_since(window.started).as_secs(),
                 });
             }
-            *window = Window {
-                started: now,
-                recorded: 0,
-                suppressed: 0,
-            };
+            *window = Window::new(now);
         }
-        let record = window.recorded < self.per_interval;
+        let record =
+            window.recorded < self.per_interval && windows.all.recorded < self.total_per_interval;
         match record {
-            true => window.recorded += 1,
+            true => {
+                window.recorded += 1;
+                windows.all.recorded += 1;
+            }
             false => window.suppressed += 1,
         }
         (record, summary)
     }
 
     /// Summaries of every interval that has ended (called each interval, and at shutdown
-    /// with `all`), forgetting the sources that went quiet. Refusals from sources beyond
-    /// the table's size are summarised under `0.0.0.0`.
+    /// with `all`), forgetting the sources that went quiet.
     pub(super) fn sweep(&self, all: bool) -> Vec<Suppressed> {
         let now = Instant::now();
         let mut summaries = std::mem::take(&mut *lock(&self.pending));
-        let overflow = std::mem::take(&mut *lock(&self.overflow));
+        let mut windows = lock(&self.windows);
+        let overflow = std::mem::take(&mut windows.overflow);
         if overflow > 0 {
             summaries.push(Suppressed {
-                source: Source(IpAddr::from([0, 0, 0, 0])),
+                source: None,
                 count: overflow,
-                secs: self.interval.as_secs(),
+                secs: now.duration_since(windows.all.started).as_secs(),
             });
         }
-        let mut windows = lock(&self.windows);
         if all {
             summaries.extend(
                 windows
+                    .by_source
                     .drain()
                     .filter(|(_, window)| window.suppressed > 0)
                     .map(|(source, window)| Suppressed {
-                        source,
+                        source: Some(source),
                         count: window.suppressed,
                         secs: now.duration_since(window.started).as_secs(),
                     }),
             );
         } else {
-            summaries.extend(Self::take_expired(self.interval, &mut windows, now));
+            summaries.extend(Self::take_expired(
+                self.interval,
+                &mut windows.by_source,
+                now,
+            ));
         }
         summaries
     }
@@ -353,7 +432,7 @@ impl RefusalAudit {
             }
             if window.suppressed > 0 {
                 summaries.push(Suppressed {
-                    source: *source,
+                    source: Some(*source),
                     count: window.suppressed,
                     secs: elapsed.as_secs(),
                 });
@@ -450,5 +529,52 @@ mod tests {
         let all = audit.sweep(true);
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].count, 7);
+    }
+
+    #[test]
+    fn many_sources_together_are_recorded_up_to_the_total_then_summarised_as_one() {
+        let limits = Limits {
+            refusal_records_per_source: 3,
+            refusal_records_total: 10,
+            ..Limits::default()
+        };
+        let audit = RefusalAudit::new(&limits);
+        let recorded = (0..1000u32)
+            .filter(|i| {
+                let source = Source::of(IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i)));
+                audit.refusal(source).0
+            })
+            .count();
+        assert_eq!(recorded, 10);
+        let summaries = audit.sweep(true);
+        assert_eq!(
+            summaries,
+            vec![Suppressed {
+                source: None,
+                count: 990,
+                secs: 0
+            }]
+        );
+    }
+
+    #[test]
+    fn one_source_holds_at_most_its_share_of_the_unauthenticated_body_budget() {
+        let limits = Limits {
+            max_unauthenticated_body_bytes: 800_000,
+            ..Limits::default()
+        };
+        let share = limits.unauthenticated_body_bytes_per_source();
+        assert_eq!(share, 100_000);
+        let admission = Arc::new(Admission::new(limits));
+        let greedy = Source::of("192.0.2.1".parse().unwrap());
+        let held: Vec<_> = (0..2)
+            .map(|_| admission.reserve_body(greedy, 50_000).unwrap())
+            .collect();
+        assert!(admission.reserve_body(greedy, 1).is_none());
+        let other = Source::of("192.0.2.2".parse().unwrap());
+        let other_held = admission.reserve_body(other, 100_000).unwrap();
+        drop(held);
+        assert!(admission.reserve_body(greedy, 100_000).is_some());
+        drop(other_held);
     }
 }

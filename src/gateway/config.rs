@@ -119,13 +119,20 @@ pub struct Limits {
     /// New connections a source may open in a burst above that rate.
     pub connection_burst_per_source: u32,
     /// Request-body bytes buffered at once, over all connections, before their signatures are
-    /// checked; a request that would go over is answered 503 at once.
+    /// checked; a request that would go over is answered 503 at once. One source may hold an
+    /// eighth of it (but always one body of the largest operation), so that a few hosts
+    /// cannot take it all.
     pub max_unauthenticated_body_bytes: usize,
     /// Refusals of unauthenticated requests from one source written to the audit log one by
     /// one per [`Limits::refusal_audit_interval_secs`]; the rest are counted in one summary
     /// record per interval.
     pub refusal_records_per_source: u32,
-    /// The interval of [`Limits::refusal_records_per_source`].
+    /// Refusals of unauthenticated requests written one by one per interval over all sources
+    /// together; the rest are counted in one summary record, so that a scan from many
+    /// addresses cannot fill the audit log either.
+    pub refusal_records_total: u32,
+    /// The interval of [`Limits::refusal_records_per_source`] and
+    /// [`Limits::refusal_records_total`].
     pub refusal_audit_interval_secs: u64,
 }
 
@@ -142,25 +149,37 @@ impl Default for Limits {
             connection_burst_per_source: 200,
             max_unauthenticated_body_bytes: 16 << 20,
             refusal_records_per_source: 10,
+            refusal_records_total: 1000,
             refusal_audit_interval_secs: 60,
         }
     }
 }
 
+const KIB: usize = 1024;
+/// The largest body any operation allows ([`Limits::body_limit`]'s `StartSession`).
+const LARGEST_OPERATION_BODY: usize = 64 * KIB;
+
 impl Limits {
+    /// What one source may buffer of bodies not yet authenticated: an eighth of the global
+    /// budget, but at least one body of the largest operation.
+    pub(super) fn unauthenticated_body_bytes_per_source(&self) -> usize {
+        (self.max_unauthenticated_body_bytes / 8)
+            .max(LARGEST_OPERATION_BODY.min(self.max_body_bytes))
+            .min(self.max_unauthenticated_body_bytes)
+    }
+
     /// The largest body the operation a request names (by path and `X-Amz-Target`) may have,
     /// known before the body is read or the signature checked, so that an unauthenticated
     /// peer cannot make the gateway buffer more than the operation needs (the table is in
     /// [`Limits::max_body_bytes`]'s documentation).
     pub(super) fn body_limit(&self, path: &str, target: Option<&str>) -> usize {
-        const KIB: usize = 1024;
         let limit = if path.starts_with(crate::net::relay::PATH_PREFIX) {
             // CreateDataChannel: the session id is in the path; the body is `{}` or so.
             KIB
         } else {
             match target.unwrap_or("") {
                 // Document parameters (a command) may be long.
-                "AmazonSSM.StartSession" => 64 * KIB,
+                "AmazonSSM.StartSession" => LARGEST_OPERATION_BODY,
                 "AmazonSSM.ResumeSession" | "AmazonSSM.TerminateSession" => 4 * KIB,
                 "AmazonSSM.DescribeSessions" | "AmazonSSM.DescribeInstanceInformation" => 16 * KIB,
                 // A 4 KiB plaintext or its ciphertext blob, base64, and a context.

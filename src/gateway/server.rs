@@ -2,11 +2,13 @@
 //! TLS) for the JSON API and KMS, and HTTP/1.1 websocket upgrades for the data and control
 //! channels. Every limit on what a peer may send is applied here: TLS handshake, header,
 //! idle and request timeouts, body size per operation and connection counts (see [`Limits`]
-//! and [`super::admission`]). Only connections that authenticated are kept alive.
+//! and [`super::admission`]). Only connections that authenticated are kept alive. What an
+//! unauthenticated peer causes is logged at debug only: the audit log holds it, rate-limited,
+//! and a log line each would be the amplification that rate avoids.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,9 +25,10 @@ use tokio::task::JoinSet;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role as WsRole;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::admission::{Source, Ticket, connection_cap};
+use super::admission::{BodyReservation, Source, Ticket, connection_cap};
 use super::api::{JSON, error_body};
 use super::auth::{ApiError, ApiRequest};
 use super::config::Limits;
@@ -151,7 +154,7 @@ pub(super) async fn accept_loop(
             upgrades: upgrades.clone(),
             peer,
             state: Arc::new(ConnState {
-                ticket: Mutex::new(ticket),
+                ticket: Mutex::new(Some(ticket)),
                 permit: Mutex::new(Some(permit)),
                 close: Notify::new(),
                 in_flight: AtomicUsize::new(0),
@@ -181,8 +184,9 @@ struct Connection {
 
 /// What the requests of one connection share with the task serving it.
 struct ConnState {
-    /// Its place in the per-source accounting, until a request authenticates.
-    ticket: Mutex<Ticket>,
+    /// Its place in the per-source accounting, until a request authenticates (or a data
+    /// channel takes it along).
+    ticket: Mutex<Option<Ticket>>,
     /// Its slot under the global cap; an upgraded websocket takes it along.
     permit: Mutex<Option<OwnedSemaphorePermit>>,
     /// Asks the serving task to close once the answers in progress are sent.
@@ -195,7 +199,16 @@ struct ConnState {
 
 impl ConnState {
     fn authenticated(&self) {
-        lock(&self.ticket).authenticated();
+        if let Some(ticket) = lock(&self.ticket).as_mut() {
+            ticket.authenticated();
+        }
+    }
+
+    /// Cancelled when the connection is shed (never, once it authenticated).
+    fn shed(&self) -> CancellationToken {
+        lock(&self.ticket)
+            .as_ref()
+            .map_or_else(CancellationToken::new, Ticket::shed)
     }
 
     /// Ends the connection after `response` unless `keep`: keep-alive is for requests that
@@ -242,7 +255,7 @@ impl Connection {
             return self.serve_io(tcp).await;
         };
         let timeout = secs(self.service.limits.tls_handshake_timeout_secs);
-        let shed = lock(&self.state.ticket).shed();
+        let shed = self.state.shed();
         tokio::select! {
             accepted = tokio::time::timeout(timeout, tls.accept(tcp)) => match accepted {
                 Ok(Ok(stream)) => self.serve_io(stream).await,
@@ -267,7 +280,7 @@ impl Connection {
         let (io, verdicts) = Framed::new(io);
         let stopping = service.stopping.clone();
         let idle_limit = secs(service.limits.header_read_timeout_secs);
-        let shed = lock(&state.ticket).shed();
+        let shed = state.shed();
         let requests = state.clone();
         let handler = hyper::service::service_fn(move |request| {
             let in_flight = InFlight::new(&requests);
@@ -352,7 +365,7 @@ impl Exchange {
                 "BadRequest",
                 "the request has two Content-Length headers, or Content-Length and Transfer-Encoding; send exactly one Content-Length",
             );
-            tracing::info!(peer = %self.peer, code = error.code, reason = %error.message, "request refused");
+            tracing::debug!(peer = %self.peer, code = error.code, reason = %error.message, "request refused");
             let response = json_response(error.status, error_body(error.code, &error.message));
             return Ok(self.state.answered(version, response, false));
         }
@@ -375,7 +388,7 @@ async fn handle(exchange: &Exchange, request: Request<Incoming>) -> (Response<Fu
     let limits = service.limits;
     let timeout = secs(limits.request_timeout_secs);
     let answer = tokio::time::timeout(timeout, async {
-        let request = read(request, &limits, service).await?;
+        let request = read(request, &limits, service, Source::of(peer.ip())).await?;
         Ok::<_, ApiError>(service.handle_api(&request.0, peer))
     })
     .await;
@@ -385,14 +398,14 @@ async fn handle(exchange: &Exchange, request: Request<Incoming>) -> (Response<Fu
             answer.authenticated,
         ),
         Ok(Err(error)) => {
-            tracing::info!(%peer, code = error.code, reason = %error.message, "request refused");
+            tracing::debug!(%peer, code = error.code, reason = %error.message, "request refused");
             (
                 json_response(error.status, error_body(error.code, &error.message)),
                 false,
             )
         }
         Err(_) => {
-            tracing::info!(%peer, ?timeout, "request refused: not complete in time");
+            tracing::debug!(%peer, ?timeout, "request refused: not complete in time");
             let message = format!("the request was not complete within {timeout:?}");
             (
                 json_response(408, error_body("RequestTimeout", &message)),
@@ -404,12 +417,14 @@ async fn handle(exchange: &Exchange, request: Request<Incoming>) -> (Response<Fu
 
 /// Reads the head and the whole body, refusing bodies above what the operation allows
 /// ([`Limits::body_limit`]) before reading them, and bodies the global budget of unverified
-/// bytes cannot hold (503 at once). The reservation lasts until the signature is checked.
+/// bytes or `source`'s share of it cannot hold (503 at once). The reservation lasts until the
+/// signature is checked.
 async fn read(
     request: Request<Incoming>,
     limits: &Limits,
-    service: &Service,
-) -> Result<(ApiRequest, OwnedSemaphorePermit), ApiError> {
+    service: &Arc<Service>,
+    source: Source,
+) -> Result<(ApiRequest, BodyReservation), ApiError> {
     let (parts, body) = request.into_parts();
     let target = parts
         .headers
@@ -432,11 +447,11 @@ async fn read(
         Some(exact) => exact as usize,
         None => allowed,
     };
-    let Some(permit) = service.admission.reserve_body(reserve.max(1)) else {
+    let Some(permit) = service.admission.reserve_body(source, reserve.max(1)) else {
         return Err(ApiError::new(
             503,
             "ServiceUnavailable",
-            "the gateway is reading too many unauthenticated request bodies at once; retry shortly",
+            "the gateway is reading too many unauthenticated request bodies at once (from this address, or in all); retry shortly",
         ));
     };
     let body = Limited::new(body, allowed)
@@ -481,8 +496,9 @@ enum Route {
 
 /// Checks and answers a websocket upgrade (`101`), and hands the socket, once hyper lets go
 /// of it, to the relay or the agent registry, with the connection's slot under the global
-/// cap. A data channel counts as authenticated once handed over: the relay closes it unless
-/// its opening message carries a valid token within its open timeout.
+/// cap. A data channel also takes the connection's place in the per-source accounting: it
+/// counts as unauthenticated, and may be shed, until the relay accepts the token of its
+/// opening message. The connection is kept (`true`) for the upgrade either way.
 fn upgrade(exchange: &Exchange, mut request: Request<Incoming>) -> (Response<Full<Bytes>>, bool) {
     let service = exchange.service.clone();
     let peer = exchange.peer;
@@ -515,6 +531,10 @@ fn upgrade(exchange: &Exchange, mut request: Request<Incoming>) -> (Response<Ful
     let accept = derive_accept_key(key.as_bytes());
     let upgraded = hyper::upgrade::on(&mut request);
     let permit = lock(&exchange.state.permit).take();
+    let ticket = match &route {
+        Route::Data(_) => lock(&exchange.state.ticket).take(),
+        Route::Control(_) => None,
+    };
     let span = match &route {
         Route::Data(id) => service
             .sessions
@@ -537,11 +557,36 @@ fn upgrade(exchange: &Exchange, mut request: Request<Incoming>) -> (Response<Ful
                 .await;
         match route {
             Route::Data(session_id) => {
-                tracing::info!(%peer, "data channel attached");
-                if let Err(refused) = service.hub.serve(ws, session_id.clone()).await {
-                    service.data_channel_refused(&session_id, peer, &refused);
+                let shed = ticket
+                    .as_ref()
+                    .map_or_else(CancellationToken::new, Ticket::shed);
+                let opened = Arc::new(AtomicBool::new(false));
+                let mut ticket = ticket;
+                let on_open = {
+                    let opened = opened.clone();
+                    move || {
+                        tracing::info!(%peer, "data channel attached");
+                        opened.store(true, Ordering::SeqCst);
+                        if let Some(ticket) = ticket.as_mut() {
+                            ticket.authenticated();
+                        }
+                    }
+                };
+                // Shed only before it opens: once attached, the relay must see it detach.
+                let shed_unopened = async {
+                    shed.cancelled().await;
+                    if opened.load(Ordering::SeqCst) {
+                        std::future::pending::<()>().await;
+                    }
+                };
+                tracing::debug!(%peer, "data channel upgraded");
+                tokio::select! {
+                    served = service.hub.serve_then(ws, session_id.clone(), on_open) => match served {
+                        Ok(()) => tracing::info!(%peer, "data channel detached"),
+                        Err(refused) => service.data_channel_refused(&session_id, peer, &refused),
+                    },
+                    () = shed_unopened => tracing::debug!(%peer, "unopened data channel shed to make room"),
                 }
-                tracing::info!(%peer, "data channel detached");
             }
             Route::Control(agent_id) => service.serve_agent(ws, agent_id, peer).await,
         }
@@ -563,6 +608,6 @@ fn upgrade(exchange: &Exchange, mut request: Request<Incoming>) -> (Response<Ful
 }
 
 fn refused(path: &str, peer: SocketAddr, error: ApiError) -> Response<Full<Bytes>> {
-    tracing::info!(%peer, path, code = error.code, reason = %error.message, "upgrade refused");
+    tracing::debug!(%peer, path, code = error.code, reason = %error.message, "upgrade refused");
     json_response(error.status, error_body(error.code, &error.message))
 }

@@ -153,7 +153,12 @@ impl Service {
             ),
             Err(why) => (why, false),
         };
-        tracing::info!(%agent_id, %peer, reason = %refusal, "control channel refused");
+        match authenticated {
+            true => tracing::info!(%agent_id, %peer, reason = %refusal, "control channel refused"),
+            false => {
+                tracing::debug!(%agent_id, %peer, reason = %refusal, "control channel refused")
+            }
+        }
         let mut record = Record::new(EventKind::ApiCall);
         record.action = Some("ssmmessages:OpenControlChannel".into());
         record.source = Some(peer.to_string());
@@ -200,7 +205,6 @@ impl Service {
         peer: SocketAddr,
         refused: &OpenRefused,
     ) {
-        tracing::info!(%session_id, %peer, reason = %refused, "data channel refused");
         let mut record = Record::new(EventKind::ApiCall);
         record.action = Some("ssmmessages:OpenDataChannel".into());
         record.source = Some(peer.to_string());
@@ -210,9 +214,13 @@ impl Service {
         // Without a token the gateway issued, nothing is proven: audited rate-limited.
         match refused {
             OpenRefused::NoOpening | OpenRefused::BadOpening | OpenRefused::UnknownToken => {
+                tracing::debug!(%session_id, %peer, reason = %refused, "data channel refused");
                 self.audit_unauthenticated(record, peer)
             }
-            _ => self.audit(record),
+            _ => {
+                tracing::info!(%session_id, %peer, reason = %refused, "data channel refused");
+                self.audit(record)
+            }
         }
     }
 
@@ -410,11 +418,15 @@ impl Service {
 
     fn audit_summary(&self, summary: super::admission::Suppressed) {
         let mut record = Record::new(EventKind::ApiCall);
-        record.source = Some(summary.source.to_string());
+        record.source = summary.source.map(|source| source.to_string());
         record.decision = Some("deny".into());
+        let from = summary.source.map_or_else(
+            || "sources over the total".to_owned(),
+            |source| source.to_string(),
+        );
         record.reason = Some(format!(
-            "{} more refusals of unauthenticated requests from {} in the last {} s (not recorded one by one)",
-            summary.count, summary.source, summary.secs
+            "{} more refusals of unauthenticated requests from {from} in the last {} s (not recorded one by one)",
+            summary.count, summary.secs
         ));
         self.audit(record);
     }

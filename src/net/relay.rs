@@ -302,7 +302,21 @@ impl Hub {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        serve_channel(ws, session_id, self.state.clone()).await
+        self.serve_then(ws, session_id, || {}).await
+    }
+
+    /// [`Hub::serve`], calling `opened` once the opening message's token is accepted: until
+    /// then the peer has proved nothing, and a server may count it as unauthenticated.
+    pub async fn serve_then<S>(
+        &self,
+        ws: WebSocketStream<S>,
+        session_id: String,
+        opened: impl FnOnce() + Send,
+    ) -> Result<(), OpenRefused>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        serve_channel(ws, session_id, self.state.clone(), opened).await
     }
 
     /// Which sides of `session_id` are connected now: `(client, agent)`.
@@ -564,7 +578,7 @@ where
         return;
     };
     let Some(session_id) = session_id else { return };
-    if let Err(refused) = serve_channel(ws, session_id, state).await {
+    if let Err(refused) = serve_channel(ws, session_id, state, || {}).await {
         tracing::debug!(%refused, "data channel refused");
     }
 }
@@ -574,6 +588,7 @@ async fn serve_channel<S>(
     mut ws: WebSocketStream<S>,
     session_id: String,
     state: Arc<State>,
+    opened: impl FnOnce() + Send,
 ) -> Result<(), OpenRefused>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -608,6 +623,7 @@ where
             return Err(refused);
         }
     };
+    opened();
     state.start_timers();
     let counter = stats.map(|stats| (stats, side));
     let (sink, mut stream) = ws.split();
