@@ -598,19 +598,32 @@ fn many_flooding_sessions_stay_within_the_relay_memory_budget_and_lose_nothing()
     }
 }
 
-// Finding 14: a refused reload leaves a record.
+// Finding 14: a refused reload leaves a record, which says where the file is wrong but
+// quotes nothing from it (serde's messages can quote a value, and the file holds secrets).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_reload_is_audited() {
     let world = World::start("refused", |_, _| {}).await;
-    std::fs::write(&world.config_path, "{ not a configuration").unwrap();
-    let error = world.gateway.reload().unwrap_err();
-    let refused = world
-        .reloads()
-        .into_iter()
-        .find(|record| record["decision"] == "deny")
-        .expect("no policy.reload deny record");
-    assert_eq!(refused["reason"], error.to_string(), "{refused}");
-    assert!(refused["detail"].as_str().unwrap().contains("refused"));
+    const SECRET: &str = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYSECRETKEY";
+    let syntax = format!("{{\n  \"region\": \"{SECRET}\" {SECRET}\n}}");
+    // A value of the wrong type, which serde quotes in its message.
+    let mut data = serde_json::to_value(&world.config).unwrap();
+    data["token_lifetime_secs"] = json!(SECRET);
+    let data = serde_json::to_string_pretty(&data).unwrap();
+    for (text, category) in [(syntax, "JSON syntax"), (data, "configuration data")] {
+        std::fs::write(&world.config_path, text).unwrap();
+        world.gateway.reload().unwrap_err();
+        let refused = world
+            .reloads()
+            .into_iter()
+            .rfind(|record| record["decision"] == "deny")
+            .expect("no policy.reload deny record");
+        let reason = refused["reason"].as_str().unwrap();
+        assert!(reason.contains(category), "{refused}");
+        assert!(reason.contains(" at line "), "{refused}");
+        assert!(refused["detail"].as_str().unwrap().contains("refused"));
+    }
+    let audit = std::fs::read_to_string(world.gateway.audit_path()).unwrap();
+    assert!(!audit.contains(SECRET), "{audit}");
 }
 
 fn set_mtime(path: &Path, at: SystemTime) {

@@ -303,6 +303,29 @@ pub enum ConfigError {
     Documents(#[source] crate::document::DocumentError),
 }
 
+impl ConfigError {
+    /// The error as the audit log and the log output tell it: for a file serde could not
+    /// read, only the kind of error and where (serde's message can quote a value from the
+    /// file, and the file holds secrets).
+    pub(super) fn redacted(&self) -> String {
+        match self {
+            ConfigError::Parse { path, error } => format!(
+                "{}: {} error at line {}, column {} (details withheld: the file holds secrets)",
+                path.display(),
+                match error.classify() {
+                    serde_json::error::Category::Io => "I/O",
+                    serde_json::error::Category::Syntax => "JSON syntax",
+                    serde_json::error::Category::Data => "configuration data",
+                    serde_json::error::Category::Eof => "unexpected end of file",
+                },
+                error.line(),
+                error.column()
+            ),
+            other => other.to_string(),
+        }
+    }
+}
+
 impl GatewayConfig {
     /// Reads and checks `path`.
     pub fn load(path: &Path) -> Result<GatewayConfig, ConfigError> {

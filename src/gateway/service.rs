@@ -253,10 +253,11 @@ impl Service {
         let config = match GatewayConfig::load(path).and_then(|config| Auth::build(&config)) {
             Ok(auth) => Arc::new(auth),
             Err(error) => {
-                tracing::warn!(path = %path.display(), %error, "reload refused, keeping the old configuration");
+                let reason = error.redacted();
+                tracing::warn!(path = %path.display(), error = %reason, "reload refused, keeping the old configuration");
                 let mut record = Record::new(EventKind::PolicyReload);
                 record.decision = Some("deny".into());
-                record.reason = Some(error.to_string());
+                record.reason = Some(reason);
                 record.detail = Some(format!(
                     "{} refused; the previous configuration stays in force",
                     path.display()
