@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::auth::{ApiError, ApiRequest, Call, Caller, parse};
+use super::auth::{ApiError, ApiRequest, Call, Caller, parse, served};
 use super::random_hex;
 use super::service::Service;
 use super::sessions::NewSession;
@@ -118,6 +118,7 @@ impl Service {
     }
 
     fn dispatch(&self, request: &ApiRequest, call: &mut Call) -> Result<Value, ApiError> {
+        served(&request.path)?;
         if request.method != "POST" {
             return Err(ApiError::new(
                 405,

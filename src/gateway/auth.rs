@@ -123,8 +123,9 @@ struct Endpoint {
     single_use: bool,
 }
 
-/// The agents' endpoints (`/v1/control-channel/`, `/v1/data-channel/`): `ssmmessages`, as
-/// our agent and the stock Go agent sign them; the path, signed, selects the channel.
+/// The agents' endpoints (the `/v1/control-channel/` upgrade, `/v1/data-channel/`):
+/// `ssmmessages`, as our agent and the stock Go agent sign them; the path, signed, selects
+/// the channel.
 const CONTROL_CHANNEL: Endpoint = Endpoint {
     service: "ssmmessages",
     signed_headers: &[],
@@ -132,11 +133,12 @@ const CONTROL_CHANNEL: Endpoint = Endpoint {
 };
 
 impl Endpoint {
-    /// The endpoint `request` is for; operations this gateway does not serve are refused.
+    /// The endpoint `request` is for, by its path: `X-Amz-Target` selects an operation only on
+    /// `/`, so that a header cannot turn a request for another path into one. Other paths and
+    /// operations this gateway does not serve are refused.
     fn of(request: &ApiRequest) -> Result<Endpoint, ApiError> {
-        if request.path.starts_with(crate::net::relay::PATH_PREFIX)
-            || request.path.starts_with(crate::control::PATH_PREFIX)
-        {
+        served(&request.path)?;
+        if request.path.starts_with(crate::net::relay::PATH_PREFIX) {
             return Ok(CONTROL_CHANNEL);
         }
         let target = request.header("x-amz-target").unwrap_or("");
@@ -166,6 +168,22 @@ impl Endpoint {
             signed_headers: self.signed_headers,
         }
     }
+}
+
+/// Refuses (404) a path that serves nothing to a request that is not a websocket upgrade:
+/// the API is on `/`, the agents' `CreateDataChannel` under `/v1/data-channel/`.
+pub(super) fn served(path: &str) -> Result<(), ApiError> {
+    if path == "/" || path.starts_with(crate::net::relay::PATH_PREFIX) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        404,
+        "NotFound",
+        format!(
+            "nothing is served at {:?}: API calls are POST /, channels are websocket upgrades",
+            path.chars().take(128).collect::<String>()
+        ),
+    ))
 }
 
 /// A verified caller.

@@ -154,8 +154,9 @@ impl Limits {
     /// [`Limits::max_body_bytes`]'s documentation).
     pub(super) fn body_limit(&self, path: &str, target: Option<&str>) -> usize {
         const KIB: usize = 1024;
-        let limit = if path.starts_with(crate::net::relay::PATH_PREFIX) {
-            // CreateDataChannel: the session id is in the path; the body is `{}` or so.
+        let limit = if path != "/" {
+            // CreateDataChannel: the session id is in the path; the body is `{}` or so. Other
+            // paths serve nothing, whatever their `X-Amz-Target` says.
             KIB
         } else {
             match target.unwrap_or("") {
