@@ -42,8 +42,8 @@ impl fmt::Display for ApiError {
 
 /// A request as the API, the KMS endpoint and signature checks see it, whatever the HTTP
 /// version: lower-case header names, `host` always present (HTTP/2 carries it as the
-/// `:authority`), the whole (size-limited) body.
-#[derive(Debug)]
+/// `:authority`), the whole (size-limited) body. Its `Debug` shows no credentials, signature,
+/// session token or body (see [`ApiRequest`]'s `Debug`).
 pub(super) struct ApiRequest {
     pub(super) method: String,
     pub(super) path: String,
@@ -87,6 +87,12 @@ impl ApiRequest {
             .map(|(_, value)| value.as_str())
     }
 
+    /// The access key id named in the `Authorization` header's credential scope, unverified.
+    fn claimed_access_key_id(&self) -> Option<&str> {
+        let credential = self.header("authorization")?.split("Credential=").nth(1)?;
+        credential.split('/').next()
+    }
+
     fn signed(&self) -> sigv4::Request<'_> {
         sigv4::Request {
             method: &self.method,
@@ -95,6 +101,22 @@ impl ApiRequest {
             headers: &self.headers,
             body: &self.body,
         }
+    }
+}
+
+/// Logs and panics may print a request: never its signature (a replayable credential while
+/// it is fresh), session token or body (key material, commands), nor its other headers.
+impl fmt::Debug for ApiRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiRequest")
+            .field("method", &self.method)
+            .field("path", &self.path)
+            .field("operation", &self.header("x-amz-target"))
+            .field("access_key_id", &self.claimed_access_key_id())
+            .field("query_len", &self.query.len())
+            .field("headers", &self.headers.len())
+            .field("body_len", &self.body.len())
+            .finish()
     }
 }
 
@@ -413,5 +435,44 @@ impl Auth {
     /// The key id behind a key id, alias or ARN.
     pub(super) fn key_id(&self, name: &str) -> Option<String> {
         self.keys.get(name).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_shows_no_credentials_or_body() {
+        let signature = "f".repeat(64);
+        let request = ApiRequest {
+            method: "POST".into(),
+            path: "/".into(),
+            query: "X-Amz-Signature=presigned-secret".into(),
+            headers: vec![
+                ("host".into(), "gateway".into()),
+                ("x-amz-target".into(), "TrentService.Decrypt".into()),
+                (
+                    "authorization".into(),
+                    format!(
+                        "AWS4-HMAC-SHA256 Credential=AKIAEXAMPLE/20300101/us-east-1/kms/aws4_request, SignedHeaders=host;x-amz-target, Signature={signature}"
+                    ),
+                ),
+                ("x-amz-security-token".into(), "session-token-secret".into()),
+            ],
+            body: Bytes::from_static(br#"{"CiphertextBlob":"body-secret"}"#),
+        };
+        let shown = format!("{request:?}");
+        for secret in [
+            signature.as_str(),
+            "session-token-secret",
+            "body-secret",
+            "presigned-secret",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        for shown_part in ["TrentService.Decrypt", "AKIAEXAMPLE", "body_len: 32"] {
+            assert!(shown.contains(shown_part), "no {shown_part} in {shown}");
+        }
     }
 }
