@@ -290,6 +290,27 @@ impl Service {
                 ),
             ));
         };
+        let mut started = Record::new(EventKind::SessionStart);
+        started.principal = Some(name.to_owned());
+        started.source = call.record.source.clone();
+        started.target = Some(input.target.clone());
+        started.document = Some(document_name.clone());
+        started.session_id = Some(session_id.clone());
+        // What a command session runs is part of the record, with the caller's reason.
+        let command = resolved
+            .command
+            .as_ref()
+            .map(|command| format!("command: {command}"));
+        started.detail = match (input.reason, command) {
+            (Some(reason), Some(command)) => Some(format!("{reason}; {command}")),
+            (reason, command) => reason.or(command),
+        };
+        // Fail-closed: written before the agent hears of the session, so that no agent ever
+        // runs a session the audit log does not have.
+        if !self.try_audit(started) && self.audit_fails_closed() {
+            self.discard(&session_id);
+            return Err(Service::unaudited());
+        }
         let start = StartSession {
             task_id: session_id.clone(),
             content: content.to_string(),
@@ -314,22 +335,6 @@ impl Service {
         }
         let token = self.tokens.issue(&session_id, Role::Client);
         tracing::info!(parent: &span, document = %document_name, %source, "session started");
-        let mut started = Record::new(EventKind::SessionStart);
-        started.principal = Some(name.to_owned());
-        started.source = call.record.source.clone();
-        started.target = Some(input.target.clone());
-        started.document = Some(document_name);
-        started.session_id = Some(session_id.clone());
-        // What a command session runs is part of the record, with the caller's reason.
-        let command = resolved
-            .command
-            .as_ref()
-            .map(|command| format!("command: {command}"));
-        started.detail = match (input.reason, command) {
-            (Some(reason), Some(command)) => Some(format!("{reason}; {command}")),
-            (reason, command) => reason.or(command),
-        };
-        self.audit(started);
         Ok(json!({
             "SessionId": session_id,
             "StreamUrl": self.stream_url(request, &session_id),
