@@ -530,6 +530,48 @@ async fn one_principal_cannot_hold_every_session_or_start_without_limit() {
     assert_eq!(throttled, 2);
 }
 
+// Review of finding 13: the replay cache holds a bounded share per access key, and only
+// signatures of calls that were served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_key_cannot_fill_the_replay_cache_for_everyone() {
+    /// Single-use signatures one access key may hold within the skew window (SECURITY.md).
+    const KEY_SHARE: usize = 2048;
+    let world = World::start("replay-share", |_, _| {}).await;
+    let dev = world.api("dev");
+    let (started, _connection) = world.shell("dev").await;
+    let resume = async |session_id: &str| {
+        dev.call(
+            "ssm",
+            "AmazonSSM.ResumeSession",
+            &json!({"SessionId": session_id}),
+        )
+        .await
+    };
+    // Refused calls take no room: not found, and another principal's session.
+    let (others, _) = world.shell("dev-admin").await;
+    for session_id in ["dev-no-such-session", others.session_id.as_str()] {
+        for _ in 0..10 {
+            let (_, code, message) = refusal(resume(session_id).await);
+            assert_ne!(code, "ThrottlingException", "{message}");
+        }
+    }
+    // The StartSession above, then resumes up to the share: all served.
+    for n in 1..KEY_SHARE {
+        let resumed = resume(&started.session_id).await;
+        assert!(resumed.is_ok(), "resume {n}: {resumed:?}");
+    }
+    let (status, code, message) = refusal(resume(&started.session_id).await);
+    assert_eq!(
+        (status, code.as_str()),
+        (400, "ThrottlingException"),
+        "{message}"
+    );
+    assert!(message.contains("this access key"), "{message}");
+    // Another key still gets in, and so does the agent's CreateDataChannel.
+    let (_, mut connection) = world.shell("dev-admin").await;
+    run_until(&mut connection, "echo other-$((6*7))\n", "other-42").await;
+}
+
 // Finding 12: relay memory across sessions, at the relay core.
 #[test]
 fn many_flooding_sessions_stay_within_the_relay_memory_budget_and_lose_nothing() {

@@ -120,18 +120,28 @@ impl fmt::Debug for ApiRequest {
     }
 }
 
+/// A verified single-use signature, for the replay cache.
+pub(super) struct Once {
+    pub(super) access_key_id: String,
+    pub(super) signature: [u8; 32],
+    pub(super) request_time: u64,
+}
+
 /// Who signed a request, and its signature when the call it makes is single-use.
 pub(super) struct Signed<T> {
     pub(super) signer: T,
-    /// `(signature, request time)`, for the replay cache.
-    pub(super) once: Option<([u8; 32], u64)>,
+    pub(super) once: Option<Once>,
 }
 
 impl<T> Signed<T> {
     fn new(signer: T, verified: &sigv4::Verified, single_use: bool) -> Signed<T> {
         Signed {
             signer,
-            once: single_use.then_some((verified.signature, verified.request_time)),
+            once: single_use.then(|| Once {
+                access_key_id: verified.access_key_id.clone(),
+                signature: verified.signature,
+                request_time: verified.request_time,
+            }),
         }
     }
 }

@@ -120,12 +120,33 @@ impl Service {
 
     /// Verifies the request's signature against principals and agents for this gateway's
     /// region and the operation's service: who is calling. The signature of a call that mints
-    /// a token is accepted once. The API and the KMS endpoint both authenticate here.
-    pub(super) fn authenticate(&self, request: &ApiRequest) -> Result<Caller, ApiError> {
+    /// a token is refused here if it was served before; the call [`Service::claim`]s it once
+    /// it is allowed. The API and the KMS endpoint both authenticate here.
+    pub(super) fn authenticate(&self, request: &ApiRequest) -> Result<Signed<Caller>, ApiError> {
         let now = wall_ms() / 1000;
         let signed = self.auth().verify(request, &self.region, now)?;
-        self.first_use(&signed, now)?;
-        Ok(signed.signer)
+        if let Some(once) = &signed.once {
+            self.replay
+                .check(&once.access_key_id, &once.signature, now)
+                .map_err(replay_refusal)?;
+        }
+        Ok(signed)
+    }
+
+    /// Marks a single-use signature used, once its call passed every check and just before it
+    /// mints a token or starts a session: a refused call takes no room in the replay cache.
+    pub(super) fn claim<T>(&self, signed: &Signed<T>) -> Result<(), ApiError> {
+        let Some(once) = &signed.once else {
+            return Ok(());
+        };
+        self.replay
+            .claim(
+                &once.access_key_id,
+                once.signature,
+                once.request_time,
+                wall_ms() / 1000,
+            )
+            .map_err(replay_refusal)
     }
 
     /// Verifies a control-channel upgrade signed by `agent_id`, once; refusals are audited.
@@ -140,7 +161,7 @@ impl Service {
         // about the sender), are audited rate-limited; an agent that signed for another's
         // channel, one by one.
         let (refusal, authenticated) = match self.auth().verify_agent(request, &self.region, now) {
-            Ok(signed) if signed.signer == agent_id => match self.first_use(&signed, now) {
+            Ok(signed) if signed.signer == agent_id => match self.claim(&signed) {
                 Ok(()) => return Ok(()),
                 Err(error) => (error.to_string(), false),
             },
@@ -165,31 +186,6 @@ impl Service {
             false => self.audit_unauthenticated(record, peer),
         }
         Err(ApiError::new(403, "AccessDeniedException", refusal))
-    }
-
-    /// Refuses a single-use signature seen before, and any when too many are remembered.
-    fn first_use<T>(&self, signed: &Signed<T>, now: u64) -> Result<(), ApiError> {
-        let Some((signature, request_time)) = signed.once else {
-            return Ok(());
-        };
-        match self.replay.first_use(signature, request_time, now) {
-            Ok(()) => Ok(()),
-            Err(replay::Refused::Replayed) => Err(ApiError::new(
-                400,
-                "InvalidSignatureException",
-                "this signed request was already served: a request that mints a token or \
-                 opens a channel is good once; sign a new one",
-            )),
-            Err(replay::Refused::Full) => Err(ApiError::new(
-                400,
-                "ThrottlingException",
-                format!(
-                    "more than {} token-minting requests within the last {} seconds: retry later",
-                    replay::CAPACITY,
-                    crate::sigv4::MAX_CLOCK_SKEW_SECONDS
-                ),
-            )),
-        }
     }
 
     /// Audits a data-channel open the relay refused (bad, expired or reused token, wrong
@@ -475,6 +471,37 @@ impl Service {
         end_live();
         self.closing_agents.cancel();
         wait_until(flush, || !self.agents.any_online()).await;
+    }
+}
+
+/// What a caller is told of a single-use signature the replay cache refused.
+fn replay_refusal(refused: replay::Refused) -> ApiError {
+    let window = crate::sigv4::MAX_CLOCK_SKEW_SECONDS;
+    match refused {
+        replay::Refused::Replayed => ApiError::new(
+            400,
+            "InvalidSignatureException",
+            "this signed request was already served: a request that mints a token or \
+             opens a channel is good once; sign a new one",
+        ),
+        replay::Refused::KeyShare => ApiError::new(
+            400,
+            "ThrottlingException",
+            format!(
+                "this access key made more than {} token-minting requests within the last \
+                 {window} seconds: retry later",
+                replay::KEY_SHARE
+            ),
+        ),
+        replay::Refused::Full => ApiError::new(
+            400,
+            "ThrottlingException",
+            format!(
+                "more than {} token-minting requests within the last {window} seconds: retry \
+                 later",
+                replay::CAPACITY
+            ),
+        ),
     }
 }
 
