@@ -43,7 +43,7 @@ impl fmt::Display for ApiError {
 /// A request as the API, the KMS endpoint and signature checks see it, whatever the HTTP
 /// version: lower-case header names, `host` always present (HTTP/2 carries it as the
 /// `:authority`), the whole (size-limited) body. Its `Debug` shows no credentials, signature,
-/// session token or body (see [`ApiRequest`]'s `Debug`).
+/// session token or body.
 pub(super) struct ApiRequest {
     pub(super) method: String,
     pub(super) path: String,
@@ -218,6 +218,23 @@ pub(super) fn served(path: &str) -> Result<(), ApiError> {
     ))
 }
 
+/// An agent that signed a control-channel upgrade: its id, and the SHA-256 of its id and
+/// the secret it signed with (so that registration can tell the key is still configured
+/// without keeping the secret around).
+pub(super) struct AgentKey {
+    pub(super) id: String,
+    pub(super) digest: [u8; 32],
+}
+
+fn key_digest(id: &str, secret: &str) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(id.as_bytes());
+    hash.update([0]);
+    hash.update(secret.as_bytes());
+    hash.finalize().into()
+}
+
 /// A verified caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Caller {
@@ -365,23 +382,46 @@ impl Auth {
         Ok(Signed::new(caller, &verified, endpoint.single_use))
     }
 
-    /// Which agent signed the control-channel upgrade `request` for `region` at `now`;
-    /// principals' keys are not accepted. An upgrade's signature is good once.
+    /// Which agent signed the control-channel upgrade `request` for `region` at `now`, and
+    /// the digest of the key it signed with; principals' keys are not accepted. An upgrade's
+    /// signature is good once.
     pub(super) fn verify_agent(
         &self,
         request: &ApiRequest,
         region: &str,
         now: u64,
-    ) -> Result<Signed<String>, String> {
+    ) -> Result<Signed<AgentKey>, String> {
         let expected = CONTROL_CHANNEL.expected(region);
-        sigv4::verify(
-            &request.signed(),
-            &expected,
-            |key| self.agents.get(key).cloned(),
-            now,
-        )
-        .map(|verified| Signed::new(verified.access_key_id.clone(), &verified, true))
-        .map_err(|error| format!("{}: {error}", error.aws_code()))
+        let mut digest = None;
+        let lookup = |id: &str| {
+            let secret = self.agents.get(id)?;
+            digest = Some(key_digest(id, secret));
+            Some(secret.clone())
+        };
+        sigv4::verify(&request.signed(), &expected, lookup, now)
+            .map(|verified| {
+                let key = AgentKey {
+                    id: verified.access_key_id.clone(),
+                    // Set whenever the signature verified; all zeros would match no key.
+                    digest: digest.unwrap_or_default(),
+                };
+                Signed::new(key, &verified, true)
+            })
+            .map_err(|error| format!("{}: {error}", error.aws_code()))
+    }
+
+    /// Whether agent `id` is configured now with the key of `digest` (compared in constant
+    /// time): a channel authenticated under a key that a reload removed is not registered.
+    pub(super) fn agent_key_is(&self, id: &str, digest: &[u8; 32]) -> bool {
+        let Some(secret) = self.agents.get(id) else {
+            return false;
+        };
+        let current = key_digest(id, secret);
+        let differing = current
+            .iter()
+            .zip(digest)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        std::hint::black_box(differing) == 0
     }
 
     /// The configured secret of agent `id`, to tell whether a reload changed it.
@@ -484,5 +524,30 @@ mod tests {
         for shown_part in ["TrentService.Decrypt", "AKIAEXAMPLE", "body_len: 32"] {
             assert!(shown.contains(shown_part), "no {shown_part} in {shown}");
         }
+    }
+
+    #[test]
+    fn an_agent_key_matches_only_while_that_secret_is_configured() {
+        let (mut config, dev) = GatewayConfig::dev(
+            "127.0.0.1:0".parse().unwrap(),
+            std::path::Path::new("/nonexistent"),
+        );
+        let auth = Auth::build(&config).unwrap();
+        let digest = key_digest(&dev.agent_id, &dev.agent_secret);
+        assert!(auth.agent_key_is(&dev.agent_id, &digest));
+        assert!(!auth.agent_key_is(&dev.agent_id, &[0; 32]));
+        assert!(!auth.agent_key_is("mi-other", &digest));
+        config.agents[0].secret = "another-secret-another-secret-another-se".into();
+        assert!(
+            !Auth::build(&config)
+                .unwrap()
+                .agent_key_is(&dev.agent_id, &digest)
+        );
+        config.agents.clear();
+        assert!(
+            !Auth::build(&config)
+                .unwrap()
+                .agent_key_is(&dev.agent_id, &digest)
+        );
     }
 }

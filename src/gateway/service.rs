@@ -150,42 +150,57 @@ impl Service {
     }
 
     /// Verifies a control-channel upgrade signed by `agent_id`, once; refusals are audited.
+    /// Returns the digest of the secret it verified with, for [`Service::serve_agent`] to
+    /// register the agent only if the configuration still holds that secret.
     pub(super) fn authenticate_agent(
         &self,
         request: &ApiRequest,
         agent_id: &str,
         peer: SocketAddr,
-    ) -> Result<(), ApiError> {
+    ) -> Result<[u8; 32], ApiError> {
         let now = wall_ms() / 1000;
+        let auth = self.auth();
         // Refusals of a signature that did not verify, or was replayed (which proves nothing
         // about the sender), are audited rate-limited; an agent that signed for another's
         // channel, one by one.
-        let (refusal, authenticated) = match self.auth().verify_agent(request, &self.region, now) {
-            Ok(signed) if signed.signer == agent_id => match self.claim(&signed) {
-                Ok(()) => return Ok(()),
+        let (refusal, authenticated) = match auth.verify_agent(request, &self.region, now) {
+            Ok(signed) if signed.signer.id == agent_id => match self.claim(&signed) {
+                Ok(()) => return Ok(signed.signer.digest),
                 Err(error) => (error.to_string(), false),
             },
             Ok(signed) => (
                 format!(
                     "agent {} may not open the control channel of {agent_id}",
-                    signed.signer
+                    signed.signer.id
                 ),
                 true,
             ),
             Err(why) => (why, false),
         };
+        self.control_channel_refused(agent_id, peer, &refusal, authenticated);
+        Err(ApiError::new(403, "AccessDeniedException", refusal))
+    }
+
+    /// Logs and audits a refused control channel: one by one when the agent proved who it is,
+    /// rate-limited otherwise.
+    pub(super) fn control_channel_refused(
+        &self,
+        agent_id: &str,
+        peer: SocketAddr,
+        refusal: &str,
+        authenticated: bool,
+    ) {
         tracing::info!(%agent_id, %peer, reason = %refusal, "control channel refused");
         let mut record = Record::new(EventKind::ApiCall);
         record.action = Some("ssmmessages:OpenControlChannel".into());
         record.source = Some(peer.to_string());
         record.target = Some(agent_id.to_owned());
         record.decision = Some("deny".into());
-        record.reason = Some(refusal.clone());
+        record.reason = Some(refusal.to_owned());
         match authenticated {
             true => self.audit(record),
             false => self.audit_unauthenticated(record, peer),
         }
-        Err(ApiError::new(403, "AccessDeniedException", refusal))
     }
 
     /// Audits a data-channel open the relay refused (bad, expired or reused token, wrong
