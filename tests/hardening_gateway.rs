@@ -530,6 +530,161 @@ async fn one_principal_cannot_hold_every_session_or_start_without_limit() {
     assert_eq!(throttled, 2);
 }
 
+// Review of finding 13: the replay cache holds a bounded share per access key, and only
+// signatures of calls that were served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_key_cannot_fill_the_replay_cache_for_everyone() {
+    /// Single-use signatures one access key may hold within the skew window (SECURITY.md).
+    const KEY_SHARE: usize = 2048;
+    let world = World::start("replay-share", |_, _| {}).await;
+    let dev = world.api("dev");
+    let (started, _connection) = world.shell("dev").await;
+    let resume = async |session_id: &str| {
+        dev.call(
+            "ssm",
+            "AmazonSSM.ResumeSession",
+            &json!({"SessionId": session_id}),
+        )
+        .await
+    };
+    // Refused calls take no room: not found, and another principal's session.
+    let (others, _) = world.shell("dev-admin").await;
+    for session_id in ["dev-no-such-session", others.session_id.as_str()] {
+        for _ in 0..10 {
+            let (_, code, message) = refusal(resume(session_id).await);
+            assert_ne!(code, "ThrottlingException", "{message}");
+        }
+    }
+    // The StartSession above, then resumes up to the share: all served.
+    for n in 1..KEY_SHARE {
+        let resumed = resume(&started.session_id).await;
+        assert!(resumed.is_ok(), "resume {n}: {resumed:?}");
+    }
+    let (status, code, message) = refusal(resume(&started.session_id).await);
+    assert_eq!(
+        (status, code.as_str()),
+        (400, "ThrottlingException"),
+        "{message}"
+    );
+    assert!(message.contains("this access key"), "{message}");
+    // Another key still gets in, and so does the agent's CreateDataChannel.
+    let (_, mut connection) = world.shell("dev-admin").await;
+    run_until(&mut connection, "echo other-$((6*7))\n", "other-42").await;
+}
+
+// Review of finding 9: an agent removed, or re-keyed, after its control-channel upgrade was
+// authenticated but before it registered (it sends its opening message late) is not
+// registered: the reload cut off only the agents that were online.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_removed_while_its_channel_opens_is_not_registered() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::ClientRequestBuilder;
+
+    let late = [
+        ("mi-removed-late", "removed-late-secret-removed-late-secret"),
+        ("mi-rekeyed-late", "rekeyed-late-secret-rekeyed-late-secret"),
+    ];
+    let world = World::start("opening", |_, config| {
+        for (id, secret) in late {
+            config.agents.push(gateway::AgentIdentity {
+                id: id.into(),
+                secret: secret.into(),
+            });
+        }
+    })
+    .await;
+    let authority = world.gateway.local_addr().to_string();
+    let mut channels = Vec::new();
+    for (id, secret) in late {
+        let path = format!("/v1/control-channel/{id}");
+        let query = "role=subscribe&stream=input";
+        let headers = vec![("host".to_owned(), authority.clone())];
+        let request = ssm_session::sigv4::Request {
+            method: "GET",
+            path: &path,
+            query,
+            headers: &headers,
+            body: b"",
+        };
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let credentials = Credentials::new(id, secret, None);
+        let signature =
+            ssm_session::sigv4::sign(&request, &credentials, "us-east-1", "ssmmessages", now);
+        let uri = format!("ws://{authority}{path}?{query}").parse().unwrap();
+        let mut builder = ClientRequestBuilder::new(uri);
+        for (name, value) in signature {
+            builder = builder.with_header(name, value);
+        }
+        // Upgraded: the signature was accepted.
+        let (ws, _) = tokio_tungstenite::connect_async(builder).await.unwrap();
+        channels.push((id, ws));
+    }
+    let mut config = world.config.clone();
+    config.agents.retain(|agent| agent.id != late[0].0);
+    let rekeyed = config
+        .agents
+        .iter_mut()
+        .find(|agent| agent.id == late[1].0)
+        .unwrap();
+    rekeyed.secret = "a-new-secret-the-late-agent-does-not-know".into();
+    world.reload_with(&config);
+
+    for (id, mut ws) in channels {
+        let opening = ssm_session::control::OpenControlChannelInput {
+            message_schema_version: "1.0".into(),
+            request_id: "00000000-0000-4000-8000-000000000000".into(),
+            agent_version: "3.3.0.0".into(),
+            platform_type: "linux".into(),
+        };
+        ws.send(Message::text(serde_json::to_string(&opening).unwrap()))
+            .await
+            .unwrap();
+        // The gateway closes the channel instead of registering it.
+        let closed = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match ws.next().await {
+                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                    Some(Ok(_)) => {}
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "{id}: the channel stayed open");
+        let listed = world
+            .api("dev-admin")
+            .call("ssm", "AmazonSSM.DescribeInstanceInformation", &json!({}))
+            .await
+            .unwrap();
+        let online = listed["InstanceInformationList"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|instance| instance["InstanceId"] == id && instance["PingStatus"] == "Online");
+        assert!(!online, "{id} is online: {listed}");
+        let audit = world.audit();
+        assert!(
+            !audit
+                .iter()
+                .any(|record| record["event"] == "agent.connect" && record["target"] == id),
+            "{id} was registered"
+        );
+        assert!(
+            audit.iter().any(|record| {
+                record["action"] == "ssmmessages:OpenControlChannel"
+                    && record["target"] == id
+                    && record["decision"] == "deny"
+            }),
+            "no refusal of {id} audited"
+        );
+    }
+    // The agent that stayed configured is still online.
+    assert_eq!(world.ping_status().await, "Online");
+}
+
 // Finding 12: relay memory across sessions, at the relay core.
 #[test]
 fn many_flooding_sessions_stay_within_the_relay_memory_budget_and_lose_nothing() {
@@ -598,19 +753,32 @@ fn many_flooding_sessions_stay_within_the_relay_memory_budget_and_lose_nothing()
     }
 }
 
-// Finding 14: a refused reload leaves a record.
+// Finding 14: a refused reload leaves a record, which says where the file is wrong but
+// quotes nothing from it (serde's messages can quote a value, and the file holds secrets).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_reload_is_audited() {
     let world = World::start("refused", |_, _| {}).await;
-    std::fs::write(&world.config_path, "{ not a configuration").unwrap();
-    let error = world.gateway.reload().unwrap_err();
-    let refused = world
-        .reloads()
-        .into_iter()
-        .find(|record| record["decision"] == "deny")
-        .expect("no policy.reload deny record");
-    assert_eq!(refused["reason"], error.to_string(), "{refused}");
-    assert!(refused["detail"].as_str().unwrap().contains("refused"));
+    const SECRET: &str = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYSECRETKEY";
+    let syntax = format!("{{\n  \"region\": \"{SECRET}\" {SECRET}\n}}");
+    // A value of the wrong type, which serde quotes in its message.
+    let mut data = serde_json::to_value(&world.config).unwrap();
+    data["token_lifetime_secs"] = json!(SECRET);
+    let data = serde_json::to_string_pretty(&data).unwrap();
+    for (text, category) in [(syntax, "JSON syntax"), (data, "configuration data")] {
+        std::fs::write(&world.config_path, text).unwrap();
+        world.gateway.reload().unwrap_err();
+        let refused = world
+            .reloads()
+            .into_iter()
+            .rfind(|record| record["decision"] == "deny")
+            .expect("no policy.reload deny record");
+        let reason = refused["reason"].as_str().unwrap();
+        assert!(reason.contains(category), "{refused}");
+        assert!(reason.contains(" at line "), "{refused}");
+        assert!(refused["detail"].as_str().unwrap().contains("refused"));
+    }
+    let audit = std::fs::read_to_string(world.gateway.audit_path()).unwrap();
+    assert!(!audit.contains(SECRET), "{audit}");
 }
 
 fn set_mtime(path: &Path, at: SystemTime) {

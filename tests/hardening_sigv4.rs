@@ -529,6 +529,50 @@ async fn scopes_for_another_region_service_or_day_are_refused() {
     assert_eq!(refused[0]["decision"], "deny");
 }
 
+// -------------------------------------------------------------------------------- routing
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsigned_target_on_a_channel_path_is_not_an_operation() {
+    let world = World::start("routing").await;
+    let describe = json!({"State": "Active"}).to_string().into_bytes();
+    let call = |path: &str| {
+        Signed::new(
+            &world.host(),
+            path,
+            "AmazonSSM.DescribeSessions",
+            describe.clone(),
+        )
+    };
+    let control = format!("/v1/control-channel/{}", world.target());
+    for path in [control.as_str(), "/other", "/v1/x/", "//"] {
+        // Unsigned, and signed for that path: X-Amz-Target selects an operation on `/` only.
+        let unsigned = call(path);
+        let signed = call(path).sign(&world.admin, "us-east-1", "ssm");
+        let mut get = call(path).sign(&world.admin, "us-east-1", "ssm");
+        get.method = "GET";
+        for request in [unsigned, signed, get] {
+            let answer = send(&world.gateway, &request.wire()).await;
+            assert_eq!(
+                (answer.status, answer.code()),
+                (404, "NotFound"),
+                "{} {path}: {answer:?}",
+                request.method
+            );
+        }
+    }
+    // A data-channel path is CreateDataChannel whatever the header says: for agents only.
+    let data = call("/v1/data-channel/any-session").sign(&world.admin, "us-east-1", "ssmmessages");
+    let answer = send(&world.gateway, &data.wire()).await;
+    assert_eq!(
+        (answer.status, answer.code()),
+        (403, "AccessDeniedException"),
+        "{answer:?}"
+    );
+    // On `/` the same call is served.
+    let served = call("/").sign(&world.admin, "us-east-1", "ssm");
+    assert_eq!(send(&world.gateway, &served.wire()).await.status, 200);
+}
+
 // --------------------------------------------------------------------------------- replay
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -93,11 +93,14 @@ impl Registry {
 
 impl Service {
     /// Runs an authenticated agent's control channel until it drops, is replaced or the
-    /// gateway stops.
+    /// gateway stops. `key` is the digest of the key its upgrade was signed with: unless the
+    /// configuration still holds it when the channel opens, the agent is not registered (a
+    /// reload may have removed or re-keyed it meanwhile, and cut off only what was online).
     pub(super) async fn serve_agent<S>(
         self: Arc<Self>,
         mut ws: WebSocketStream<S>,
         agent_id: String,
+        key: [u8; 32],
         peer: SocketAddr,
     ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -116,6 +119,16 @@ impl Service {
         let (sender, mut outgoing) = mpsc::channel(QUEUE);
         let generation = {
             let mut agents = lock(&self.agents.agents);
+            // Checked under the registry's lock: a reload swaps the configuration first and
+            // then disconnects what is registered, so it either sees this agent or this sees
+            // the new configuration.
+            if !self.auth().agent_key_is(&agent_id, &key) {
+                drop(agents);
+                let why = "its key was removed from the configuration while its channel opened";
+                self.control_channel_refused(&agent_id, peer, why, true);
+                let _ = ws.close(None).await;
+                return;
+            }
             let presence = agents.entry(agent_id.clone()).or_default();
             presence.generation += 1;
             presence.sender = Some(sender);

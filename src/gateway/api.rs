@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::auth::{ApiError, ApiRequest, Call, Caller, parse};
+use super::auth::{ApiError, ApiRequest, Call, Caller, Signed, parse, served};
 use super::random_hex;
 use super::service::Service;
 use super::sessions::NewSession;
@@ -118,6 +118,7 @@ impl Service {
     }
 
     fn dispatch(&self, request: &ApiRequest, call: &mut Call) -> Result<Value, ApiError> {
+        served(&request.path)?;
         if request.method != "POST" {
             return Err(ApiError::new(
                 405,
@@ -125,7 +126,8 @@ impl Service {
                 "only POST requests are served",
             ));
         }
-        let caller = self.authenticate(request)?;
+        let signed = self.authenticate(request)?;
+        let caller = &signed.signer;
         call.record.principal = Some(caller.name().to_owned());
         if needs_audit(request) {
             self.refuse_if_unaudited()?;
@@ -134,7 +136,7 @@ impl Service {
         if let Some(session_id) = request.path.strip_prefix(crate::net::relay::PATH_PREFIX) {
             call.record.action = Some("ssmmessages:CreateDataChannel".into());
             call.record.session_id = Some(session_id.to_owned());
-            return self.create_data_channel(&caller, session_id);
+            return self.create_data_channel(&signed, session_id);
         }
         let target = request.header("x-amz-target").unwrap_or("");
         call.record.action = Some(
@@ -153,15 +155,15 @@ impl Service {
             })?,
         };
         match target {
-            "AmazonSSM.StartSession" => self.start_session(&caller, body, request, call),
-            "AmazonSSM.ResumeSession" => self.resume_session(&caller, body, request, call),
-            "AmazonSSM.TerminateSession" => self.terminate_session(&caller, body, call),
-            "AmazonSSM.DescribeSessions" => self.describe_sessions(&caller, body),
-            "AmazonSSM.DescribeInstanceInformation" => self.describe_instances(&caller),
-            "TrentService.GenerateDataKey" => self.generate_data_key(&caller, body, call),
-            "TrentService.Decrypt" => self.decrypt(&caller, body, call),
-            "TrentService.Encrypt" => self.encrypt(&caller, body, call),
-            "TrentService.DescribeKey" => self.describe_key(&caller, body, call),
+            "AmazonSSM.StartSession" => self.start_session(&signed, body, request, call),
+            "AmazonSSM.ResumeSession" => self.resume_session(&signed, body, request, call),
+            "AmazonSSM.TerminateSession" => self.terminate_session(caller, body, call),
+            "AmazonSSM.DescribeSessions" => self.describe_sessions(caller, body),
+            "AmazonSSM.DescribeInstanceInformation" => self.describe_instances(caller),
+            "TrentService.GenerateDataKey" => self.generate_data_key(caller, body, call),
+            "TrentService.Decrypt" => self.decrypt(caller, body, call),
+            "TrentService.Encrypt" => self.encrypt(caller, body, call),
+            "TrentService.DescribeKey" => self.describe_key(caller, body, call),
             other => Err(ApiError::new(
                 400,
                 "UnknownOperationException",
@@ -172,12 +174,12 @@ impl Service {
 
     fn start_session(
         &self,
-        caller: &Caller,
+        signed: &Signed<Caller>,
         body: Value,
         request: &ApiRequest,
         call: &mut Call,
     ) -> Result<Value, ApiError> {
-        let name = caller.user()?;
+        let name = signed.signer.user()?;
         self.refuse_if_stopping()?;
         let input: StartSessionInput = parse(body)?;
         let document_name = input
@@ -289,6 +291,31 @@ impl Service {
                 ),
             ));
         };
+        if let Err(error) = self.claim(signed) {
+            self.discard(&session_id);
+            return Err(error);
+        }
+        let mut started = Record::new(EventKind::SessionStart);
+        started.principal = Some(name.to_owned());
+        started.source = call.record.source.clone();
+        started.target = Some(input.target.clone());
+        started.document = Some(document_name.clone());
+        started.session_id = Some(session_id.clone());
+        // What a command session runs is part of the record, with the caller's reason.
+        let command = resolved
+            .command
+            .as_ref()
+            .map(|command| format!("command: {command}"));
+        started.detail = match (input.reason, command) {
+            (Some(reason), Some(command)) => Some(format!("{reason}; {command}")),
+            (reason, command) => reason.or(command),
+        };
+        // Fail-closed: written before the agent hears of the session, so that no agent ever
+        // runs a session the audit log does not have.
+        if !self.try_audit(started) && self.audit_fails_closed() {
+            self.discard(&session_id);
+            return Err(Service::unaudited());
+        }
         let start = StartSession {
             task_id: session_id.clone(),
             content: content.to_string(),
@@ -313,22 +340,6 @@ impl Service {
         }
         let token = self.tokens.issue(&session_id, Role::Client);
         tracing::info!(parent: &span, document = %document_name, %source, "session started");
-        let mut started = Record::new(EventKind::SessionStart);
-        started.principal = Some(name.to_owned());
-        started.source = call.record.source.clone();
-        started.target = Some(input.target.clone());
-        started.document = Some(document_name);
-        started.session_id = Some(session_id.clone());
-        // What a command session runs is part of the record, with the caller's reason.
-        let command = resolved
-            .command
-            .as_ref()
-            .map(|command| format!("command: {command}"));
-        started.detail = match (input.reason, command) {
-            (Some(reason), Some(command)) => Some(format!("{reason}; {command}")),
-            (reason, command) => reason.or(command),
-        };
-        self.audit(started);
         Ok(json!({
             "SessionId": session_id,
             "StreamUrl": self.stream_url(request, &session_id),
@@ -400,15 +411,16 @@ impl Service {
 
     fn resume_session(
         &self,
-        caller: &Caller,
+        signed: &Signed<Caller>,
         body: Value,
         request: &ApiRequest,
         call: &mut Call,
     ) -> Result<Value, ApiError> {
-        let name = caller.user()?;
+        let name = signed.signer.user()?;
         self.refuse_if_stopping()?;
         let input: SessionIdInput = parse(body)?;
         self.own_live_session(name, "ssm:ResumeSession", &input.session_id, call)?;
+        self.claim(signed)?;
         let token = self.tokens.issue(&input.session_id, Role::Client);
         if let Some(span) = self.sessions.span(&input.session_id) {
             tracing::info!(parent: &span, "session resumed");
@@ -512,8 +524,12 @@ impl Service {
         Ok(json!({ "InstanceInformationList": list }))
     }
 
-    fn create_data_channel(&self, caller: &Caller, session_id: &str) -> Result<Value, ApiError> {
-        let Caller::Agent(agent_id) = caller else {
+    fn create_data_channel(
+        &self,
+        signed: &Signed<Caller>,
+        session_id: &str,
+    ) -> Result<Value, ApiError> {
+        let Caller::Agent(agent_id) = &signed.signer else {
             return Err(ApiError::new(
                 403,
                 "AccessDeniedException",
@@ -521,9 +537,12 @@ impl Service {
             ));
         };
         match self.sessions.owner_and_target(session_id) {
-            Some((_, target)) if &target == agent_id => Ok(json!({
-                "TokenValue": self.tokens.issue(session_id, Role::Agent),
-            })),
+            Some((_, target)) if &target == agent_id => {
+                self.claim(signed)?;
+                Ok(json!({
+                    "TokenValue": self.tokens.issue(session_id, Role::Agent),
+                }))
+            }
             Some(_) => Err(ApiError::new(
                 403,
                 "AccessDeniedException",

@@ -42,8 +42,8 @@ impl fmt::Display for ApiError {
 
 /// A request as the API, the KMS endpoint and signature checks see it, whatever the HTTP
 /// version: lower-case header names, `host` always present (HTTP/2 carries it as the
-/// `:authority`), the whole (size-limited) body.
-#[derive(Debug)]
+/// `:authority`), the whole (size-limited) body. Its `Debug` shows no credentials, signature,
+/// session token or body.
 pub(super) struct ApiRequest {
     pub(super) method: String,
     pub(super) path: String,
@@ -87,6 +87,12 @@ impl ApiRequest {
             .map(|(_, value)| value.as_str())
     }
 
+    /// The access key id named in the `Authorization` header's credential scope, unverified.
+    fn claimed_access_key_id(&self) -> Option<&str> {
+        let credential = self.header("authorization")?.split("Credential=").nth(1)?;
+        credential.split('/').next()
+    }
+
     fn signed(&self) -> sigv4::Request<'_> {
         sigv4::Request {
             method: &self.method,
@@ -98,18 +104,44 @@ impl ApiRequest {
     }
 }
 
+/// Logs and panics may print a request: never its signature (a replayable credential while
+/// it is fresh), session token or body (key material, commands), nor its other headers.
+impl fmt::Debug for ApiRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiRequest")
+            .field("method", &self.method)
+            .field("path", &self.path)
+            .field("operation", &self.header("x-amz-target"))
+            .field("access_key_id", &self.claimed_access_key_id())
+            .field("query_len", &self.query.len())
+            .field("headers", &self.headers.len())
+            .field("body_len", &self.body.len())
+            .finish()
+    }
+}
+
+/// A verified single-use signature, for the replay cache.
+pub(super) struct Once {
+    pub(super) access_key_id: String,
+    pub(super) signature: [u8; 32],
+    pub(super) request_time: u64,
+}
+
 /// Who signed a request, and its signature when the call it makes is single-use.
 pub(super) struct Signed<T> {
     pub(super) signer: T,
-    /// `(signature, request time)`, for the replay cache.
-    pub(super) once: Option<([u8; 32], u64)>,
+    pub(super) once: Option<Once>,
 }
 
 impl<T> Signed<T> {
     fn new(signer: T, verified: &sigv4::Verified, single_use: bool) -> Signed<T> {
         Signed {
             signer,
-            once: single_use.then_some((verified.signature, verified.request_time)),
+            once: single_use.then(|| Once {
+                access_key_id: verified.access_key_id.clone(),
+                signature: verified.signature,
+                request_time: verified.request_time,
+            }),
         }
     }
 }
@@ -123,8 +155,9 @@ struct Endpoint {
     single_use: bool,
 }
 
-/// The agents' endpoints (`/v1/control-channel/`, `/v1/data-channel/`): `ssmmessages`, as
-/// our agent and the stock Go agent sign them; the path, signed, selects the channel.
+/// The agents' endpoints (the `/v1/control-channel/` upgrade, `/v1/data-channel/`):
+/// `ssmmessages`, as our agent and the stock Go agent sign them; the path, signed, selects
+/// the channel.
 const CONTROL_CHANNEL: Endpoint = Endpoint {
     service: "ssmmessages",
     signed_headers: &[],
@@ -132,11 +165,12 @@ const CONTROL_CHANNEL: Endpoint = Endpoint {
 };
 
 impl Endpoint {
-    /// The endpoint `request` is for; operations this gateway does not serve are refused.
+    /// The endpoint `request` is for, by its path: `X-Amz-Target` selects an operation only on
+    /// `/`, so that a header cannot turn a request for another path into one. Other paths and
+    /// operations this gateway does not serve are refused.
     fn of(request: &ApiRequest) -> Result<Endpoint, ApiError> {
-        if request.path.starts_with(crate::net::relay::PATH_PREFIX)
-            || request.path.starts_with(crate::control::PATH_PREFIX)
-        {
+        served(&request.path)?;
+        if request.path.starts_with(crate::net::relay::PATH_PREFIX) {
             return Ok(CONTROL_CHANNEL);
         }
         let target = request.header("x-amz-target").unwrap_or("");
@@ -166,6 +200,39 @@ impl Endpoint {
             signed_headers: self.signed_headers,
         }
     }
+}
+
+/// Refuses (404) a path that serves nothing to a request that is not a websocket upgrade:
+/// the API is on `/`, the agents' `CreateDataChannel` under `/v1/data-channel/`.
+pub(super) fn served(path: &str) -> Result<(), ApiError> {
+    if path == "/" || path.starts_with(crate::net::relay::PATH_PREFIX) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        404,
+        "NotFound",
+        format!(
+            "nothing is served at {:?}: API calls are POST /, channels are websocket upgrades",
+            path.chars().take(128).collect::<String>()
+        ),
+    ))
+}
+
+/// An agent that signed a control-channel upgrade: its id, and the SHA-256 of its id and
+/// the secret it signed with (so that registration can tell the key is still configured
+/// without keeping the secret around).
+pub(super) struct AgentKey {
+    pub(super) id: String,
+    pub(super) digest: [u8; 32],
+}
+
+fn key_digest(id: &str, secret: &str) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(id.as_bytes());
+    hash.update([0]);
+    hash.update(secret.as_bytes());
+    hash.finalize().into()
 }
 
 /// A verified caller.
@@ -315,23 +382,46 @@ impl Auth {
         Ok(Signed::new(caller, &verified, endpoint.single_use))
     }
 
-    /// Which agent signed the control-channel upgrade `request` for `region` at `now`;
-    /// principals' keys are not accepted. An upgrade's signature is good once.
+    /// Which agent signed the control-channel upgrade `request` for `region` at `now`, and
+    /// the digest of the key it signed with; principals' keys are not accepted. An upgrade's
+    /// signature is good once.
     pub(super) fn verify_agent(
         &self,
         request: &ApiRequest,
         region: &str,
         now: u64,
-    ) -> Result<Signed<String>, String> {
+    ) -> Result<Signed<AgentKey>, String> {
         let expected = CONTROL_CHANNEL.expected(region);
-        sigv4::verify(
-            &request.signed(),
-            &expected,
-            |key| self.agents.get(key).cloned(),
-            now,
-        )
-        .map(|verified| Signed::new(verified.access_key_id.clone(), &verified, true))
-        .map_err(|error| format!("{}: {error}", error.aws_code()))
+        let mut digest = None;
+        let lookup = |id: &str| {
+            let secret = self.agents.get(id)?;
+            digest = Some(key_digest(id, secret));
+            Some(secret.clone())
+        };
+        sigv4::verify(&request.signed(), &expected, lookup, now)
+            .map(|verified| {
+                let key = AgentKey {
+                    id: verified.access_key_id.clone(),
+                    // Set whenever the signature verified; all zeros would match no key.
+                    digest: digest.unwrap_or_default(),
+                };
+                Signed::new(key, &verified, true)
+            })
+            .map_err(|error| format!("{}: {error}", error.aws_code()))
+    }
+
+    /// Whether agent `id` is configured now with the key of `digest` (compared in constant
+    /// time): a channel authenticated under a key that a reload removed is not registered.
+    pub(super) fn agent_key_is(&self, id: &str, digest: &[u8; 32]) -> bool {
+        let Some(secret) = self.agents.get(id) else {
+            return false;
+        };
+        let current = key_digest(id, secret);
+        let differing = current
+            .iter()
+            .zip(digest)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        std::hint::black_box(differing) == 0
     }
 
     /// The configured secret of agent `id`, to tell whether a reload changed it.
@@ -395,5 +485,69 @@ impl Auth {
     /// The key id behind a key id, alias or ARN.
     pub(super) fn key_id(&self, name: &str) -> Option<String> {
         self.keys.get(name).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_shows_no_credentials_or_body() {
+        let signature = "f".repeat(64);
+        let request = ApiRequest {
+            method: "POST".into(),
+            path: "/".into(),
+            query: "X-Amz-Signature=presigned-secret".into(),
+            headers: vec![
+                ("host".into(), "gateway".into()),
+                ("x-amz-target".into(), "TrentService.Decrypt".into()),
+                (
+                    "authorization".into(),
+                    format!(
+                        "AWS4-HMAC-SHA256 Credential=AKIAEXAMPLE/20300101/us-east-1/kms/aws4_request, SignedHeaders=host;x-amz-target, Signature={signature}"
+                    ),
+                ),
+                ("x-amz-security-token".into(), "session-token-secret".into()),
+            ],
+            body: Bytes::from_static(br#"{"CiphertextBlob":"body-secret"}"#),
+        };
+        let shown = format!("{request:?}");
+        for secret in [
+            signature.as_str(),
+            "session-token-secret",
+            "body-secret",
+            "presigned-secret",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        for shown_part in ["TrentService.Decrypt", "AKIAEXAMPLE", "body_len: 32"] {
+            assert!(shown.contains(shown_part), "no {shown_part} in {shown}");
+        }
+    }
+
+    #[test]
+    fn an_agent_key_matches_only_while_that_secret_is_configured() {
+        let (mut config, dev) = GatewayConfig::dev(
+            "127.0.0.1:0".parse().unwrap(),
+            std::path::Path::new("/nonexistent"),
+        );
+        let auth = Auth::build(&config).unwrap();
+        let digest = key_digest(&dev.agent_id, &dev.agent_secret);
+        assert!(auth.agent_key_is(&dev.agent_id, &digest));
+        assert!(!auth.agent_key_is(&dev.agent_id, &[0; 32]));
+        assert!(!auth.agent_key_is("mi-other", &digest));
+        config.agents[0].secret = "another-secret-another-secret-another-se".into();
+        assert!(
+            !Auth::build(&config)
+                .unwrap()
+                .agent_key_is(&dev.agent_id, &digest)
+        );
+        config.agents.clear();
+        assert!(
+            !Auth::build(&config)
+                .unwrap()
+                .agent_key_is(&dev.agent_id, &digest)
+        );
     }
 }

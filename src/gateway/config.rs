@@ -173,8 +173,9 @@ impl Limits {
     /// peer cannot make the gateway buffer more than the operation needs (the table is in
     /// [`Limits::max_body_bytes`]'s documentation).
     pub(super) fn body_limit(&self, path: &str, target: Option<&str>) -> usize {
-        let limit = if path.starts_with(crate::net::relay::PATH_PREFIX) {
-            // CreateDataChannel: the session id is in the path; the body is `{}` or so.
+        let limit = if path != "/" {
+            // CreateDataChannel: the session id is in the path; the body is `{}` or so. Other
+            // paths serve nothing, whatever their `X-Amz-Target` says.
             KIB
         } else {
             match target.unwrap_or("") {
@@ -320,6 +321,29 @@ pub enum ConfigError {
     /// A session document in `documents_dir` is refused.
     #[error("documents: {0}")]
     Documents(#[source] crate::document::DocumentError),
+}
+
+impl ConfigError {
+    /// The error as the audit log and the log output tell it: for a file serde could not
+    /// read, only the kind of error and where (serde's message can quote a value from the
+    /// file, and the file holds secrets).
+    pub(super) fn redacted(&self) -> String {
+        match self {
+            ConfigError::Parse { path, error } => format!(
+                "{}: {} error at line {}, column {} (details withheld: the file holds secrets)",
+                path.display(),
+                match error.classify() {
+                    serde_json::error::Category::Io => "I/O",
+                    serde_json::error::Category::Syntax => "JSON syntax",
+                    serde_json::error::Category::Data => "configuration data",
+                    serde_json::error::Category::Eof => "unexpected end of file",
+                },
+                error.line(),
+                error.column()
+            ),
+            other => other.to_string(),
+        }
+    }
 }
 
 impl GatewayConfig {

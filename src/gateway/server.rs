@@ -490,8 +490,8 @@ fn is_upgrade(request: &Request<Incoming>) -> bool {
 enum Route {
     /// The relay, for this session id.
     Data(String),
-    /// An authenticated agent's control channel.
-    Control(String),
+    /// An authenticated agent's control channel, with the digest of the key it signed with.
+    Control(String, [u8; 32]),
 }
 
 /// Checks and answers a websocket upgrade (`101`), and hands the socket, once hyper lets go
@@ -512,12 +512,15 @@ fn upgrade(exchange: &Exchange, mut request: Request<Incoming>) -> (Response<Ful
             Ok(head) => head,
             Err(error) => return refuse(error),
         };
-        if let Err(error) = service.authenticate_agent(&head, id, peer) {
-            let response = json_response(error.status, error_body(error.code, &error.message));
-            return (response, false);
-        }
+        let digest = match service.authenticate_agent(&head, id, peer) {
+            Ok(digest) => digest,
+            Err(error) => {
+                let response = json_response(error.status, error_body(error.code, &error.message));
+                return (response, false);
+            }
+        };
         request = Request::from_parts(parts, body);
-        Route::Control(id.to_owned())
+        Route::Control(id.to_owned(), digest)
     } else {
         return refuse(ApiError::new(404, "NotFound", "no such websocket endpoint"));
     };
@@ -533,14 +536,14 @@ fn upgrade(exchange: &Exchange, mut request: Request<Incoming>) -> (Response<Ful
     let permit = lock(&exchange.state.permit).take();
     let ticket = match &route {
         Route::Data(_) => lock(&exchange.state.ticket).take(),
-        Route::Control(_) => None,
+        Route::Control(..) => None,
     };
     let span = match &route {
         Route::Data(id) => service
             .sessions
             .span(id)
             .unwrap_or_else(|| tracing::info_span!("data_channel", session_id = %id)),
-        Route::Control(id) => tracing::info_span!("control_channel", agent_id = %id),
+        Route::Control(id, _) => tracing::info_span!("control_channel", agent_id = %id),
     };
     let task = async move {
         let _permit = permit;
@@ -588,7 +591,9 @@ fn upgrade(exchange: &Exchange, mut request: Request<Incoming>) -> (Response<Ful
                     () = shed_unopened => tracing::debug!(%peer, "unopened data channel shed to make room"),
                 }
             }
-            Route::Control(agent_id) => service.serve_agent(ws, agent_id, peer).await,
+            Route::Control(agent_id, digest) => {
+                service.serve_agent(ws, agent_id, digest, peer).await
+            }
         }
     };
     {

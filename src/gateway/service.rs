@@ -120,39 +120,76 @@ impl Service {
 
     /// Verifies the request's signature against principals and agents for this gateway's
     /// region and the operation's service: who is calling. The signature of a call that mints
-    /// a token is accepted once. The API and the KMS endpoint both authenticate here.
-    pub(super) fn authenticate(&self, request: &ApiRequest) -> Result<Caller, ApiError> {
+    /// a token is refused here if it was served before; the call [`Service::claim`]s it once
+    /// it is allowed. The API and the KMS endpoint both authenticate here.
+    pub(super) fn authenticate(&self, request: &ApiRequest) -> Result<Signed<Caller>, ApiError> {
         let now = wall_ms() / 1000;
         let signed = self.auth().verify(request, &self.region, now)?;
-        self.first_use(&signed, now)?;
-        Ok(signed.signer)
+        if let Some(once) = &signed.once {
+            self.replay
+                .check(&once.access_key_id, &once.signature, now)
+                .map_err(replay_refusal)?;
+        }
+        Ok(signed)
+    }
+
+    /// Marks a single-use signature used, once its call passed every check and just before it
+    /// mints a token or starts a session: a refused call takes no room in the replay cache.
+    pub(super) fn claim<T>(&self, signed: &Signed<T>) -> Result<(), ApiError> {
+        let Some(once) = &signed.once else {
+            return Ok(());
+        };
+        self.replay
+            .claim(
+                &once.access_key_id,
+                once.signature,
+                once.request_time,
+                wall_ms() / 1000,
+            )
+            .map_err(replay_refusal)
     }
 
     /// Verifies a control-channel upgrade signed by `agent_id`, once; refusals are audited.
+    /// Returns the digest of the secret it verified with, for [`Service::serve_agent`] to
+    /// register the agent only if the configuration still holds that secret.
     pub(super) fn authenticate_agent(
         &self,
         request: &ApiRequest,
         agent_id: &str,
         peer: SocketAddr,
-    ) -> Result<(), ApiError> {
+    ) -> Result<[u8; 32], ApiError> {
         let now = wall_ms() / 1000;
+        let auth = self.auth();
         // Refusals of a signature that did not verify, or was replayed (which proves nothing
         // about the sender), are audited rate-limited; an agent that signed for another's
         // channel, one by one.
-        let (refusal, authenticated) = match self.auth().verify_agent(request, &self.region, now) {
-            Ok(signed) if signed.signer == agent_id => match self.first_use(&signed, now) {
-                Ok(()) => return Ok(()),
+        let (refusal, authenticated) = match auth.verify_agent(request, &self.region, now) {
+            Ok(signed) if signed.signer.id == agent_id => match self.claim(&signed) {
+                Ok(()) => return Ok(signed.signer.digest),
                 Err(error) => (error.to_string(), false),
             },
             Ok(signed) => (
                 format!(
                     "agent {} may not open the control channel of {agent_id}",
-                    signed.signer
+                    signed.signer.id
                 ),
                 true,
             ),
             Err(why) => (why, false),
         };
+        self.control_channel_refused(agent_id, peer, &refusal, authenticated);
+        Err(ApiError::new(403, "AccessDeniedException", refusal))
+    }
+
+    /// Logs and audits a refused control channel: one by one when the agent proved who it is,
+    /// rate-limited otherwise.
+    pub(super) fn control_channel_refused(
+        &self,
+        agent_id: &str,
+        peer: SocketAddr,
+        refusal: &str,
+        authenticated: bool,
+    ) {
         match authenticated {
             true => tracing::info!(%agent_id, %peer, reason = %refusal, "control channel refused"),
             false => {
@@ -164,36 +201,10 @@ impl Service {
         record.source = Some(peer.to_string());
         record.target = Some(agent_id.to_owned());
         record.decision = Some("deny".into());
-        record.reason = Some(refusal.clone());
+        record.reason = Some(refusal.to_owned());
         match authenticated {
             true => self.audit(record),
             false => self.audit_unauthenticated(record, peer),
-        }
-        Err(ApiError::new(403, "AccessDeniedException", refusal))
-    }
-
-    /// Refuses a single-use signature seen before, and any when too many are remembered.
-    fn first_use<T>(&self, signed: &Signed<T>, now: u64) -> Result<(), ApiError> {
-        let Some((signature, request_time)) = signed.once else {
-            return Ok(());
-        };
-        match self.replay.first_use(signature, request_time, now) {
-            Ok(()) => Ok(()),
-            Err(replay::Refused::Replayed) => Err(ApiError::new(
-                400,
-                "InvalidSignatureException",
-                "this signed request was already served: a request that mints a token or \
-                 opens a channel is good once; sign a new one",
-            )),
-            Err(replay::Refused::Full) => Err(ApiError::new(
-                400,
-                "ThrottlingException",
-                format!(
-                    "more than {} token-minting requests within the last {} seconds: retry later",
-                    replay::CAPACITY,
-                    crate::sigv4::MAX_CLOCK_SKEW_SECONDS
-                ),
-            )),
         }
     }
 
@@ -261,10 +272,11 @@ impl Service {
         let config = match GatewayConfig::load(path).and_then(|config| Auth::build(&config)) {
             Ok(auth) => Arc::new(auth),
             Err(error) => {
-                tracing::warn!(path = %path.display(), %error, "reload refused, keeping the old configuration");
+                let reason = error.redacted();
+                tracing::warn!(path = %path.display(), error = %reason, "reload refused, keeping the old configuration");
                 let mut record = Record::new(EventKind::PolicyReload);
                 record.decision = Some("deny".into());
-                record.reason = Some(error.to_string());
+                record.reason = Some(reason);
                 record.detail = Some(format!(
                     "{} refused; the previous configuration stays in force",
                     path.display()
@@ -486,6 +498,37 @@ impl Service {
         end_live();
         self.closing_agents.cancel();
         wait_until(flush, || !self.agents.any_online()).await;
+    }
+}
+
+/// What a caller is told of a single-use signature the replay cache refused.
+fn replay_refusal(refused: replay::Refused) -> ApiError {
+    let window = crate::sigv4::MAX_CLOCK_SKEW_SECONDS;
+    match refused {
+        replay::Refused::Replayed => ApiError::new(
+            400,
+            "InvalidSignatureException",
+            "this signed request was already served: a request that mints a token or \
+             opens a channel is good once; sign a new one",
+        ),
+        replay::Refused::KeyShare => ApiError::new(
+            400,
+            "ThrottlingException",
+            format!(
+                "this access key made more than {} token-minting requests within the last \
+                 {window} seconds: retry later",
+                replay::KEY_SHARE
+            ),
+        ),
+        replay::Refused::Full => ApiError::new(
+            400,
+            "ThrottlingException",
+            format!(
+                "more than {} token-minting requests within the last {window} seconds: retry \
+                 later",
+                replay::CAPACITY
+            ),
+        ),
     }
 }
 

@@ -221,6 +221,13 @@ fn summary(
 }
 
 impl Service {
+    /// Drops a session StartSession refused after inserting it, before its `session.start`
+    /// record and before the agent heard of it: there is nothing to audit or tell.
+    pub(super) fn discard(&self, id: &str) {
+        lock(&self.sessions.table).live.remove(id);
+        self.hub.end(id, "");
+    }
+
     /// Ends `id` once: tells both data channels (`channel_closed` with `output`) and the agent's
     /// control channel, and writes `session.end`. Later calls for the same id do nothing.
     pub(super) fn end(
