@@ -182,7 +182,12 @@ impl World {
         let connection = self.sessions.connect(&started).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let local = listener.local_addr().unwrap();
-        tokio::spawn(client::run_port_forwarding(connection, listener, |_| {}));
+        tokio::spawn(client::run_port_forwarding(
+            connection,
+            listener,
+            std::future::pending(),
+            |_| {},
+        ));
         (local, started.session_id)
     }
 

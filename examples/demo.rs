@@ -283,7 +283,12 @@ async fn port_forward(sessions: &SessionClient, target: &str) -> Result<f64> {
     let connection = sessions.connect(&started).await?;
     let local = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let local_addr = local.local_addr()?;
-    let forwarding = tokio::spawn(client::run_port_forwarding(connection, local, |_| {}));
+    let forwarding = tokio::spawn(client::run_port_forwarding(
+        connection,
+        local,
+        std::future::pending(),
+        |_| {},
+    ));
 
     let mut socket = tokio::net::TcpStream::connect(local_addr).await?;
     let block: Vec<u8> = (0..1024 * 1024).map(|i| (i * 7 % 251) as u8).collect();

@@ -73,6 +73,28 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// Completes on SIGTERM, SIGHUP (the terminal went away) or SIGINT: what ends a client's
+/// session, which it then ends at the agent rather than leave behind.
+#[cfg(feature = "client")]
+pub async fn session_end_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let wait = |kind: SignalKind, name: &'static str| async move {
+        match signal(kind) {
+            Ok(mut stream) => {
+                stream.recv().await;
+                tracing::info!(signal = name, "ending the session");
+            }
+            // Without a handler the signal's default action still ends the process.
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = wait(SignalKind::terminate(), "SIGTERM") => {}
+        () = wait(SignalKind::hangup(), "SIGHUP") => {}
+        () = wait(SignalKind::interrupt(), "SIGINT") => {}
+    }
+}
+
 /// Raises the soft limit on open files to the hard limit (systemd's default soft limit, 1024,
 /// is too low for a gateway), logging both. Call it after [`init_logging`].
 #[cfg(feature = "gateway")]

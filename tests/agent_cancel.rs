@@ -167,6 +167,7 @@ async fn a_stopping_agent_closes_port_streams_and_reports_them() {
     let forwarding = tokio::spawn(ssm_session::client::run_port_forwarding(
         connection,
         listener,
+        std::future::pending(),
         |_| {},
     ));
     let mut socket = tokio::net::TcpStream::connect(local).await.unwrap();

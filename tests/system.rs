@@ -501,6 +501,7 @@ fn port_forwarding_serves_many_connections_and_refuses_metadata() {
             let forwarding = tokio::spawn(ssm_session::client::run_port_forwarding(
                 connection,
                 listener,
+                std::future::pending(),
                 |_| {},
             ));
             let mut clients = Vec::new();
@@ -1457,4 +1458,449 @@ fn oversized_bodies_and_slow_requests_are_refused_in_bounded_time() {
         drop(gateway);
         let _ = std::fs::remove_dir_all(state);
     });
+}
+
+/// A proxy in front of the gateway for one client, whose network can be cut for good.
+struct Link {
+    port: u16,
+    open: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+    severed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Link {
+    fn start(target: &str) -> Link {
+        use std::sync::atomic::Ordering;
+        let target = target.to_owned();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let severed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (sockets, cut) = (open.clone(), severed.clone());
+        std::thread::spawn(move || {
+            for downstream in listener.incoming().flatten() {
+                // Cut: new connections are dropped, as by a network that is down.
+                if cut.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let Ok(upstream) = std::net::TcpStream::connect(&target) else {
+                    continue;
+                };
+                sockets.lock().unwrap().extend([
+                    downstream.try_clone().unwrap(),
+                    upstream.try_clone().unwrap(),
+                ]);
+                for (mut from, mut to) in [
+                    (
+                        downstream.try_clone().unwrap(),
+                        upstream.try_clone().unwrap(),
+                    ),
+                    (upstream, downstream),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Link {
+            port,
+            open,
+            severed,
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn sever(&self) {
+        self.severed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        for socket in self.open.lock().unwrap().drain(..) {
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+/// A TCP echo service that counts the connections it saw end.
+fn counting_echo_server() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let ended = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = ended.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let count = count.clone();
+            std::thread::spawn(move || {
+                let mut reader = stream.try_clone().unwrap();
+                let mut writer = stream;
+                let _ = std::io::copy(&mut reader, &mut writer);
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            });
+        }
+    });
+    (port, ended)
+}
+
+/// Sockets the process `pid` holds.
+fn sockets_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|entry| {
+                    std::fs::read_link(entry.path())
+                        .is_ok_and(|link| link.to_string_lossy().starts_with("socket:"))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Whether `pid` is a live process (not gone, not a zombie).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let rest = stat[stat.rfind(')')? + 1..].trim_start().to_owned();
+            rest.chars().next()
+        })
+        .is_some_and(|state| state != 'Z')
+}
+
+/// The number after `PID:` in `output`, once the remote side printed one.
+fn remote_pid(output: &str) -> Option<u32> {
+    output.split("PID:").skip(1).find_map(|rest| {
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().ok()
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kill {
+    Sigkill,
+    Sigterm,
+    Sighup,
+    NetworkCut,
+}
+
+/// One client of [`killed_clients_leave_no_session_channel_or_process_behind`].
+struct Victim {
+    kind: &'static str,
+    how: Kill,
+    client: Child,
+    stdin: Option<std::process::ChildStdin>,
+    stdout: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    stderr: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    link: Option<Link>,
+    session_id: String,
+    /// What the session runs on the host: a shell's or command's background job.
+    remote: Option<u32>,
+    _tcp: Option<std::net::TcpStream>,
+}
+
+/// Every session type, its client killed every way: SIGKILL, SIGTERM, SIGHUP and a network
+/// that goes away. Within the resume window, every session has ended with its reason in the
+/// audit log, none is Active in DescribeSessions, the agent holds no data channel or
+/// forwarded connection, and what the sessions ran on the host is gone.
+#[test]
+fn killed_clients_leave_no_session_channel_or_process_behind() {
+    const WINDOW: u64 = 3;
+    let system = System::start_with("kill-clients", |config| {
+        config.limits.resume_window_secs = WINDOW;
+    });
+    let agent_pid = system._agent.0.id();
+    let (echo, echo_ended) = counting_echo_server();
+    let baseline = sockets_of(agent_pid);
+    let echo_parameters = format!(r#"{{"portNumber":["{echo}"],"localPortNumber":["0"]}}"#);
+    let kinds: [(&str, Vec<String>); 3] = [
+        ("shell", vec![]),
+        (
+            "command",
+            vec![
+                "--document-name".into(),
+                "AWS-StartNonInteractiveCommand".into(),
+                "--parameters".into(),
+                r#"{"command":["sleep 300 & echo PID:$!; wait"]}"#.into(),
+            ],
+        ),
+        (
+            "port",
+            vec![
+                "--document-name".into(),
+                "AWS-StartPortForwardingSession".into(),
+                "--parameters".into(),
+                echo_parameters,
+            ],
+        ),
+    ];
+    let mut victims = Vec::new();
+    for (kind, args) in &kinds {
+        for how in [Kill::Sigkill, Kill::Sigterm, Kill::Sighup, Kill::NetworkCut] {
+            let link = (how == Kill::NetworkCut)
+                .then(|| Link::start(system.field("endpoint").trim_start_matches("http://")));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let mut command = Command::new(program("client"));
+            command
+                .arg("start-session")
+                .args(["--target", system.field("agent_id"), "--endpoint-url"])
+                .arg(
+                    link.as_ref()
+                        .map_or(system.field("endpoint").to_owned(), Link::endpoint),
+                )
+                .args(&args)
+                .env("AWS_ACCESS_KEY_ID", system.field("access_key_id"))
+                .env("AWS_SECRET_ACCESS_KEY", system.field("secret_access_key"))
+                .env_remove("AWS_SESSION_TOKEN")
+                .env("RUST_LOG", "info")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            let mut client = command.spawn().unwrap();
+            let stdin = client.stdin.take();
+            let stdout = collect(client.stdout.take().unwrap());
+            let stderr = collect(client.stderr.take().unwrap());
+            victims.push(Victim {
+                kind,
+                how,
+                client,
+                stdin,
+                stdout,
+                stderr,
+                link,
+                session_id: String::new(),
+                remote: None,
+                _tcp: None,
+            });
+        }
+    }
+    // Every session running: its id known, and what it runs on the host started.
+    for victim in &mut victims {
+        wait_for(&victim.stderr, "Starting session with SessionId: ");
+        let stderr = text(&victim.stderr.lock().unwrap());
+        victim.session_id = stderr
+            .split("Starting session with SessionId: ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap()
+            .to_owned();
+        match victim.kind {
+            "shell" => {
+                let stdin = victim.stdin.as_mut().unwrap();
+                stdin.write_all(b"sleep 300 & echo PID:$!\n").unwrap();
+                stdin.flush().unwrap();
+            }
+            "port" => {
+                wait_for(&victim.stdout, "Waiting for connections");
+                let stdout = text(&victim.stdout.lock().unwrap());
+                let port: u16 = stdout
+                    .split("Port ")
+                    .nth(1)
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+                tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                tcp.write_all(b"ping").unwrap();
+                let mut answer = [0; 4];
+                tcp.read_exact(&mut answer).unwrap();
+                assert_eq!(&answer, b"ping");
+                victim._tcp = Some(tcp);
+            }
+            _ => {}
+        }
+        if victim.kind != "port" {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            victim.remote = loop {
+                let seen = text(&victim.stdout.lock().unwrap());
+                // The shell echoes the typed line (with a literal `$!`) before the number.
+                if let Some(pid) = remote_pid(&seen) {
+                    break Some(pid);
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{}: no PID in {seen:?}",
+                    victim.kind
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            assert!(
+                alive(victim.remote.unwrap()),
+                "{} job not running",
+                victim.kind
+            );
+        }
+    }
+    assert!(
+        sockets_of(agent_pid) > baseline,
+        "the agent holds the sessions' channels"
+    );
+
+    let killed_at = Instant::now();
+    for victim in &mut victims {
+        let signal = |name: &str| {
+            let sent = Command::new("kill")
+                .args([name, &victim.client.id().to_string()])
+                .status()
+                .unwrap();
+            assert!(sent.success());
+        };
+        match victim.how {
+            Kill::Sigkill => victim.client.kill().unwrap(),
+            Kill::Sigterm => signal("-TERM"),
+            Kill::Sighup => signal("-HUP"),
+            Kill::NetworkCut => victim.link.as_ref().unwrap().sever(),
+        }
+    }
+    // Ended by the client at once; abandoned ones once the window has passed.
+    let deadline = killed_at + Duration::from_secs(WINDOW + 7);
+    let ended_reason = |audit: &[Value], id: &str| {
+        audit
+            .iter()
+            .find(|record| record["event"] == "session.end" && record["session_id"] == id)
+            .map(|record| record["end_reason"].as_str().unwrap_or_default().to_owned())
+    };
+    loop {
+        let audit = system.audit();
+        let left: Vec<_> = victims
+            .iter()
+            .filter(|victim| ended_reason(&audit, &victim.session_id).is_none())
+            .map(|victim| (victim.kind, victim.how))
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "sessions still live: {left:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let audit = system.audit();
+    for victim in &mut victims {
+        let reason = ended_reason(&audit, &victim.session_id).unwrap();
+        let expected = match victim.how {
+            Kill::Sigterm | Kill::Sighup => "client_exit",
+            Kill::Sigkill | Kill::NetworkCut => "network_lost",
+        };
+        assert_eq!(reason, expected, "{} {:?}", victim.kind, victim.how);
+        if matches!(victim.how, Kill::Sigterm | Kill::Sighup) {
+            let status = wait_exit(&mut victim.client, Duration::from_secs(10));
+            assert!(
+                status.code().is_some(),
+                "{} {:?}: {status}",
+                victim.kind,
+                victim.how
+            );
+        }
+    }
+    let answer = runtime()
+        .block_on(
+            system
+                .api(
+                    system.field("access_key_id"),
+                    system.field("secret_access_key"),
+                )
+                .call(
+                    "ssm",
+                    "AmazonSSM.DescribeSessions",
+                    &serde_json::json!({"State": "Active"}),
+                ),
+        )
+        .unwrap();
+    assert_eq!(answer["Sessions"], serde_json::json!([]), "{answer}");
+    // On the host: no job, no data channel, no forwarded connection.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let jobs: Vec<_> = victims
+            .iter()
+            .filter_map(|victim| victim.remote)
+            .filter(|&pid| alive(pid))
+            .collect();
+        let forwarded_open = 4 - echo_ended.load(std::sync::atomic::Ordering::SeqCst);
+        let sockets = sockets_of(agent_pid);
+        if jobs.is_empty() && forwarded_open == 0 && sockets <= baseline {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "left on the host: jobs {jobs:?}, {forwarded_open} forwarded connections, \
+             {sockets} agent sockets (baseline {baseline})"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The account's `idleSessionTimeout` ends a port session through which nothing flows — a
+/// session type whose agent keeps no idle timer of its own — and the end says why.
+#[test]
+fn an_idle_port_session_ends_at_the_idle_timeout() {
+    let system = System::start_with("idle-port", |config| {
+        let documents = config
+            .documents_dir
+            .clone()
+            .expect("the dev configuration's documents");
+        let preferences = serde_json::json!({
+            "schemaVersion": "1.0",
+            "sessionType": "Standard_Stream",
+            // 0.05 minutes: 3 s.
+            "inputs": {"idleSessionTimeout": "0.05", "runAsEnabled": false}
+        });
+        std::fs::write(
+            documents.join("SSM-SessionManagerRunShell.json"),
+            preferences.to_string(),
+        )
+        .unwrap();
+    });
+    let (echo, echo_ended) = counting_echo_server();
+    let parameters = format!(r#"{{"portNumber":["{echo}"],"localPortNumber":["0"]}}"#);
+    let mut client = system.client_process(
+        &[
+            "--document-name",
+            "AWS-StartPortForwardingSession",
+            "--parameters",
+            &parameters,
+        ],
+        Stdio::piped(),
+    );
+    let stdout = collect(client.stdout.take().unwrap());
+    wait_for(&stdout, "Waiting for connections");
+    let port: u16 = text(&stdout.lock().unwrap())
+        .split("Port ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let started = Instant::now();
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.write_all(b"once").unwrap();
+    let mut answer = [0; 4];
+    tcp.read_exact(&mut answer).unwrap();
+    let status = wait_exit(&mut client, Duration::from_secs(15));
+    let ended = system
+        .audit()
+        .into_iter()
+        .find(|record| record["event"] == "session.end")
+        .expect("a session.end record");
+    assert_eq!(ended["end_reason"], "idle_timeout", "{ended}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "ended early: {ended}"
+    );
+    assert!(
+        ended["detail"]
+            .as_str()
+            .unwrap()
+            .contains("idle timeout (3 s)"),
+        "{ended}"
+    );
+    assert_eq!(status.code(), Some(1), "an idle end interrupts the session");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while echo_ended.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the agent kept the forwarded connection"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

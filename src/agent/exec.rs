@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use std::sync::Arc;
 
+use super::reap::reap;
 use super::recorder::{FLUSH_EVERY, Recorder};
 use super::shell::{DRAIN, exit_code, refuse};
 use super::{Context, Outcome, account};
@@ -44,6 +45,8 @@ pub(crate) async fn run(
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // Its own process group, so that what it starts is reaped with it.
+        .process_group(0)
         .kill_on_drop(true);
     if let Some(account) = &account {
         process
@@ -57,6 +60,7 @@ pub(crate) async fn run(
         Ok(child) => child,
         Err(error) => return refuse(connection, format!("starting the command: {error}")).await,
     };
+    let leader = child.id();
     let (Some(mut stdin), Some(mut stdout), Some(mut stderr)) =
         (child.stdin.take(), child.stdout.take(), child.stderr.take())
     else {
@@ -114,7 +118,7 @@ pub(crate) async fn run(
     // Unread input would hold up the acknowledgements the close waits for.
     drop(reader);
     if let Some(reason) = interrupted {
-        let _ = child.start_kill();
+        reap(leader).await;
         recorder.marker(reason.as_str());
         let recording = recorder.finish(None).await;
         let _ = writer.close().await;
@@ -126,6 +130,7 @@ pub(crate) async fn run(
         };
     }
     let code = child.wait().await.map_or(-1, |status| exit_code(&status));
+    reap(leader).await;
     let recording = recorder.finish(Some(code)).await;
     let _ = writer.send_exit_code(code).await;
     let _ = writer.close().await;

@@ -31,6 +31,7 @@ mod account;
 pub mod config;
 mod exec;
 mod port;
+mod reap;
 mod recorder;
 mod shell;
 

@@ -7,6 +7,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use super::account;
+use super::reap::reap;
 use super::recorder::{FLUSH_EVERY, Recorder};
 use super::{Context, Outcome};
 use crate::control::EndReason;
@@ -52,6 +53,8 @@ pub(crate) async fn run(
         Ok(child) => child,
         Err(error) => return refuse(connection, format!("starting the shell: {error}")).await,
     };
+    // The shell leads its own session (the PTY's setsid): what it starts is reaped with it.
+    let leader = child.id();
     let (mut pty_out, mut pty_in) = pty.into_split();
     if let Some(profile) = &request.session.preferences.shell_profile_linux
         && !profile.trim().is_empty()
@@ -143,7 +146,7 @@ pub(crate) async fn run(
     // Unread input would hold up the acknowledgements the close waits for.
     drop(reader);
     if let Some(mut outcome) = ended {
-        let _ = child.start_kill();
+        reap(leader).await;
         outcome.recording = recorder.finish(None).await;
         let _ = writer.close().await;
         return outcome;
@@ -153,6 +156,8 @@ pub(crate) async fn run(
         None => child.wait().await,
     };
     let code = status.map_or(-1, |status| exit_code(&status));
+    // The shell is gone; what it left running in its session goes with it.
+    reap(leader).await;
     let recording = recorder.finish(Some(code)).await;
     let _ = writer.send_exit_code(code).await;
     let _ = writer.close().await;

@@ -206,15 +206,11 @@ async fn identity(
 /// Runs the session and reports how it ended; the remote exit code, if any.
 async fn run(sessions: SessionClient, started: &StartedSession) -> Result<i32, Error> {
     eprintln!("\nStarting session with SessionId: {}", started.session_id);
-    let interrupted = async {
-        // No handler (or a failing one) must not end the session: wait forever instead.
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
     // On stdout, as the reference prints them (tools wait for these lines).
     let summary = sessions
-        .run_session(started, interrupted, |notice| println!("{notice}"))
+        .run_session(started, cli::session_end_signal(), |notice| {
+            println!("{notice}")
+        })
         .await?;
     if let ssm_session::net::Ending::ChannelClosed { output } = &summary.ending
         && !output.is_empty()

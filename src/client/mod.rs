@@ -17,7 +17,7 @@
 //! let sessions = SessionClient::new(api);
 //! let started = sessions.start_session("mi-0123456789abcdef0", None, BTreeMap::new()).await?;
 //! let connection = sessions.connect(&started).await?;
-//! let summary = client::run_terminal(connection).await?;
+//! let summary = client::run_terminal(connection, std::future::pending()).await?;
 //! std::process::exit(summary.exit_code.unwrap_or(0));
 //! # }
 //! ```
@@ -140,7 +140,7 @@ pub enum Notice {
         /// Where it goes, as the agent named it.
         destination: String,
     },
-    /// The session was ended with `TerminateSession` after the stop signal.
+    /// The session is being ended after the stop signal.
     Exiting {
         /// The session.
         session_id: String,
@@ -177,9 +177,6 @@ pub enum RunError {
     /// The handshake's `localPortNumber` is not a port.
     #[error("the session's localPortNumber {0:?} is not a port number")]
     LocalPort(String),
-    /// `TerminateSession` after Ctrl-C failed.
-    #[error("could not terminate the session: {0}")]
-    Terminate(#[from] ApiCallError),
 }
 
 /// Session calls for one identity at one endpoint.
@@ -291,11 +288,50 @@ impl SessionClient {
 
     /// Connects and runs the session the way its document asks, as the reference client does:
     /// shell-type sessions on this terminal ([`run_terminal`]); local port forwarding on
-    /// `127.0.0.1:<localPortNumber>` from the handshake (any free port when absent), ended
-    /// when `stop` completes (the programs pass Ctrl-C) through `TerminateSession`, telling
+    /// `127.0.0.1:<localPortNumber>` from the handshake (any free port when absent), telling
     /// `notice` what the user should see; other port sessions (SSH) on stdin/stdout
     /// ([`run_standard_stream`]).
+    ///
+    /// When `stop` completes (the programs pass SIGTERM, SIGHUP and SIGINT) the session is
+    /// ended, not abandoned: the close tells the agent the client left, and if that close is
+    /// not acknowledged (the transport is down) `TerminateSession` ends it at the gateway;
+    /// should that fail too, the gateway ends it once the client has been gone for its resume
+    /// window.
     pub async fn run_session(
+        &self,
+        started: &StartedSession,
+        stop: impl Future<Output = ()>,
+        notice: impl FnMut(Notice) + Send + 'static,
+    ) -> Result<SessionSummary, RunError> {
+        let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stopped.clone();
+        let stop = async move {
+            stop.await;
+            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        };
+        let mut summary = self.run_until(started, stop, notice).await?;
+        if !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(summary);
+        }
+        tracing::info!(session_id = %started.session_id, "ended on request");
+        if matches!(
+            summary.ending,
+            net::Ending::DrainTimedOut { .. } | net::Ending::Failed(_)
+        ) && let Err(error) = self.terminate_session(&started.session_id).await
+        {
+            // The agent did not hear of the close, nor the gateway of the end.
+            tracing::warn!(
+                session_id = %started.session_id,
+                %error,
+                "could not end the session: the gateway ends it after its resume window"
+            );
+        }
+        // Ended as asked: no interruption to report.
+        summary.ending = net::Ending::Closed;
+        Ok(summary)
+    }
+
+    async fn run_until(
         &self,
         started: &StartedSession,
         stop: impl Future<Output = ()>,
@@ -311,54 +347,36 @@ impl SessionClient {
                 .map(str::to_owned)
         };
         if info.session_type != SessionType::Port {
-            return Ok(run_terminal(connection).await?);
+            return Ok(run_terminal(connection, stop).await?);
         }
         if PortKind::from_properties(info.properties.as_ref()) != PortKind::LocalPortForwarding {
-            return Ok(run_standard_stream(connection).await?);
+            return Ok(run_standard_stream(connection, stop).await?);
         }
         let local_port = match property("localPortNumber").filter(|port| !port.is_empty()) {
             Some(port) => port.parse().map_err(|_| RunError::LocalPort(port))?,
             None => 0,
         };
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", local_port)).await?;
+        let session_id = started.session_id.clone();
         notice(Notice::PortOpened {
             port: listener.local_addr()?.port(),
-            session_id: started.session_id.clone(),
+            session_id: session_id.clone(),
         });
         let notice = Arc::new(std::sync::Mutex::new(notice));
         let on_stream = notice.clone();
-        let forward = run_port_forwarding(connection, listener, move |event| {
+        let stop = async move {
+            stop.await;
+            (crate::net::runtime::lock(&notice))(Notice::Exiting { session_id });
+        };
+        let summary = run_port_forwarding(connection, listener, stop, move |event| {
             if !event.closed {
                 (crate::net::runtime::lock(&on_stream))(Notice::ConnectionAccepted {
                     destination: event.destination,
                 });
             }
-        });
-        tokio::pin!(forward);
-        tokio::select! {
-            summary = &mut forward => return Ok(summary?),
-            () = stop => {}
-        }
-        // Stopped: end the session for both sides; the gateway's channel_closed ends `forward`.
-        self.terminate_session(&started.session_id).await?;
-        tracing::info!(session_id = %started.session_id, "terminated on request");
-        (crate::net::runtime::lock(&notice))(Notice::Exiting {
-            session_id: started.session_id.clone(),
-        });
-        match tokio::time::timeout(Duration::from_secs(10), forward).await {
-            // Ended as asked: the gateway's "terminated by" is no interruption.
-            Ok(summary) => {
-                let mut summary = summary?;
-                if matches!(summary.ending, net::Ending::ChannelClosed { .. }) {
-                    summary.ending = net::Ending::Closed;
-                }
-                Ok(summary)
-            }
-            Err(_) => Err(RunError::Io(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "the session did not close within 10 s of TerminateSession",
-            ))),
-        }
+        })
+        .await?;
+        Ok(summary)
     }
 }
 

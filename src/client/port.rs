@@ -1,7 +1,7 @@
 //! Local port forwarding at the client: a listener on loopback, each accepted connection one
 //! smux stream (or, with agents too old for smux, one connection at a time in basic mode).
 
-use std::future::pending;
+use std::future::Future;
 use std::time::Instant;
 
 use tokio::net::TcpListener;
@@ -13,11 +13,14 @@ use crate::session::PortKind;
 use crate::smux::{Mux, MuxConfig};
 use crate::version;
 
-/// Forwards connections accepted on `listener` over the session until it ends. `on_stream`
-/// sees every local connection open and close.
+/// Forwards connections accepted on `listener` over the session until it ends, or until
+/// `stop` completes: then what the local connections sent is delivered, they are closed, and
+/// the session is closed, which tells the agent to end it. `on_stream` sees every local
+/// connection open and close.
 pub async fn run_port_forwarding(
     connection: Connection,
     listener: TcpListener,
+    stop: impl Future<Output = ()>,
     on_stream: impl FnMut(forward::StreamEvent) + Send + 'static,
 ) -> std::io::Result<SessionSummary> {
     let started = Instant::now();
@@ -42,9 +45,9 @@ pub async fn run_port_forwarding(
     let end = if local && version::client_uses_mux(&agent_version) {
         let config = MuxConfig::new(!version::client_disables_smux_keepalive(&agent_version));
         let mux = Mux::client(config, std::time::Instant::now());
-        forward::run_mux(reader, writer, mux, streams, pending(), report).await
+        forward::run_mux(reader, writer, mux, streams, stop, report).await
     } else {
-        forward::run_basic(reader, writer, streams, false, pending(), report).await
+        forward::run_basic(reader, writer, streams, false, stop, report).await
     };
     let (sent, received) = *crate::net::runtime::lock(&counters);
     let ending = match end {

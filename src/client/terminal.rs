@@ -1,6 +1,7 @@
 //! The interactive terminal: raw mode while the session runs (restored on every exit path,
 //! panics included), size changes sent on SIGWINCH, every byte — Ctrl-C too — passed through.
 
+use std::future::Future;
 use std::io::{self, IsTerminal, Write};
 use std::os::fd::AsFd;
 use std::time::Instant;
@@ -41,18 +42,39 @@ fn window_size() -> Option<(u32, u32)> {
 }
 
 /// Runs a shell-type session on this process's terminal (or pipes): stdin to the session,
-/// output to stdout, stderr output to stderr. Returns when the session ends.
-pub async fn run_terminal(connection: Connection) -> io::Result<SessionSummary> {
-    run_io(connection, false).await
+/// output to stdout, stderr output to stderr. Returns when the session ends, or ends it — the
+/// agent told, through a close ([`crate::session::Session::close`]) — when `stop` completes
+/// (the programs pass SIGTERM, SIGHUP and SIGINT) or the terminal is gone (its input ends or
+/// fails, or output cannot be written): a client that leaves never leaves its shell behind.
+pub async fn run_terminal(
+    connection: Connection,
+    stop: impl Future<Output = ()>,
+) -> io::Result<SessionSummary> {
+    run_io(connection, false, stop).await
 }
 
 /// Runs a standard-stream port session (SSH `ProxyCommand` style, SPEC §8.5): stdin to the
-/// session, session to stdout; stdin's end ends the session.
-pub async fn run_standard_stream(connection: Connection) -> io::Result<SessionSummary> {
-    run_io(connection, true).await
+/// session, session to stdout; stdin's end, or `stop`, ends the session.
+pub async fn run_standard_stream(
+    connection: Connection,
+    stop: impl Future<Output = ()>,
+) -> io::Result<SessionSummary> {
+    run_io(connection, true, stop).await
 }
 
-async fn run_io(connection: Connection, end_on_eof: bool) -> io::Result<SessionSummary> {
+/// Why the loop below left the session.
+enum Leave {
+    /// The session ended.
+    Ended(Ending),
+    /// We end it: asked to, or our side of the terminal or pipe is gone.
+    Close,
+}
+
+async fn run_io(
+    connection: Connection,
+    end_on_eof: bool,
+    stop: impl Future<Output = ()>,
+) -> io::Result<SessionSummary> {
     let started = Instant::now();
     let interactive = io::stdin().is_terminal();
     let _raw = match interactive {
@@ -71,7 +93,8 @@ async fn run_io(connection: Connection, end_on_eof: bool) -> io::Result<SessionS
     let mut stdin_open = true;
     let (mut sent, mut received) = (0u64, 0u64);
     let mut exit_code = None;
-    let ending = loop {
+    tokio::pin!(stop);
+    let leave = loop {
         tokio::select! {
             read = stdin.read(&mut input), if stdin_open => match read {
                 Ok(n) if n > 0 => {
@@ -80,23 +103,12 @@ async fn run_io(connection: Connection, end_on_eof: bool) -> io::Result<SessionS
                         stdin_open = false;
                     }
                 }
-                _ => {
-                    stdin_open = false;
-                    if end_on_eof {
-                        // The flag is acknowledged before the channel closes.
-                        let _ = writer.send_flag(crate::payload::Flag::TerminateSession).await;
-                        drop(reader);
-                        let ending = writer.close().await.unwrap_or(Ending::Closed);
-                        return Ok(SessionSummary {
-                            exit_code,
-                            ending,
-                            bytes_sent: sent,
-                            bytes_received: received,
-                            duration: started.elapsed(),
-                        });
-                    }
-                }
+                // A terminal's input ends or fails when the terminal is gone; a pipe's end is
+                // the end of the input, which ends standard-stream sessions only.
+                _ if interactive || end_on_eof => break Leave::Close,
+                _ => stdin_open = false,
             },
+            () = &mut stop => break Leave::Close,
             _ = resized.recv() => {
                 if let Some((cols, rows)) = window_size() {
                     let _ = writer.resize(cols, rows).await;
@@ -105,23 +117,36 @@ async fn run_io(connection: Connection, end_on_eof: bool) -> io::Result<SessionS
             incoming = reader.recv() => match incoming {
                 Some(Incoming::Data(bytes)) => {
                     received += bytes.len() as u64;
-                    stdout.write_all(&bytes).await?;
-                    stdout.flush().await?;
+                    let written = async {
+                        stdout.write_all(&bytes).await?;
+                        stdout.flush().await
+                    };
+                    if written.await.is_err() {
+                        break Leave::Close;
+                    }
                 }
                 Some(Incoming::Stderr(bytes)) => {
                     received += bytes.len() as u64;
                     let mut stderr = io::stderr();
-                    stderr.write_all(&bytes)?;
-                    stderr.flush()?;
+                    if stderr.write_all(&bytes).and_then(|()| stderr.flush()).is_err() {
+                        break Leave::Close;
+                    }
                 }
                 Some(Incoming::ExitCode(code)) => exit_code = Some(code.0),
-                Some(Incoming::Ended(ending)) => break ending,
-                None => break reader.ending().cloned().unwrap_or(Ending::Closed),
+                Some(Incoming::Ended(ending)) => break Leave::Ended(ending),
+                None => break Leave::Ended(reader.ending().cloned().unwrap_or(Ending::Closed)),
                 Some(_) => {}
             },
         }
     };
-    drop(writer);
+    let ending = match leave {
+        Leave::Ended(ending) => ending,
+        Leave::Close => {
+            // Unread input would hold up the acknowledgements the close waits for.
+            drop(reader);
+            writer.close().await.unwrap_or(Ending::Closed)
+        }
+    };
     Ok(SessionSummary {
         exit_code,
         ending,

@@ -14,6 +14,7 @@ use super::service::Service;
 use super::sessions::NewSession;
 use crate::audit::{EventKind, Record};
 use crate::control::{ControlMessage, StartSession};
+use crate::document::SessionType;
 use crate::policy::{document_arn, session_arn, target_arn};
 use crate::session::Role;
 
@@ -248,12 +249,24 @@ impl Service {
         let owner_arn = format!("arn:aws:iam::{}:user/{name}", self.account);
         // The account's session preferences choose run-as for every session type, as in AWS:
         // the agent runs command documents as this user too.
-        let run_as = auth
+        let account_preferences = auth
             .documents()
             .get(DEFAULT_DOCUMENT)
-            .and_then(|preferences| preferences.preferences().ok())
+            .and_then(|preferences| preferences.preferences().ok());
+        let run_as = account_preferences
+            .as_ref()
             .filter(|preferences| preferences.run_as_enabled)
-            .and_then(|preferences| preferences.run_as_default_user);
+            .and_then(|preferences| preferences.run_as_default_user.clone());
+        // Shell documents carry their own idle timeout; port and command documents have none,
+        // and the account's applies, as in AWS.
+        let idle_timeout = match resolved.session_type {
+            SessionType::Port | SessionType::NonInteractiveCommands => account_preferences
+                .as_ref()
+                .map_or(resolved.preferences.idle_session_timeout, |preferences| {
+                    preferences.idle_session_timeout
+                }),
+            _ => resolved.preferences.idle_session_timeout,
+        };
         let content =
             document.agent_message_content(&resolved, &session_id, run_as.as_deref(), &owner_arn);
         let stats = self.hub.register(&session_id);
@@ -272,8 +285,9 @@ impl Service {
                 session_type: document.session_type(),
                 // The agent keeps these recordings itself (agent::recorder): chunks that an
                 // older agent still streams are not written in plaintext here.
-                encrypted: resolved.session_type != crate::document::SessionType::Port
+                encrypted: resolved.session_type != SessionType::Port
                     && resolved.preferences.kms_key_id.is_some(),
+                idle_timeout,
                 source,
                 reason: input.reason.clone(),
                 stats,

@@ -134,6 +134,12 @@ pub struct Limits {
     /// The interval of [`Limits::refusal_records_per_source`] and
     /// [`Limits::refusal_records_total`].
     pub refusal_audit_interval_secs: u64,
+    /// How long a session waits for a side whose data channel is gone (a client on a
+    /// network that dropped, an agent that restarts) before it ends — `network_lost` for the
+    /// client, `agent_lost` for the agent — and its processes with it. A side that never
+    /// connects counts from the session's start. Long enough for a laptop to change networks
+    /// and resume; short enough that a killed client's shell does not run on for long.
+    pub resume_window_secs: u64,
 }
 
 impl Default for Limits {
@@ -151,6 +157,7 @@ impl Default for Limits {
             refusal_records_per_source: 10,
             refusal_records_total: 1000,
             refusal_audit_interval_secs: 60,
+            resume_window_secs: 180,
         }
     }
 }

@@ -182,6 +182,9 @@ impl Gateway {
                 auth,
                 hub: Hub::new(RelayConfig {
                     total_limit: config.quotas.relay_memory_bytes,
+                    // The session's end, not the relay, decides when its queues go.
+                    abandon_after: Duration::from_secs(config.limits.resume_window_secs.max(1))
+                        + Duration::from_secs(60),
                     ..RelayConfig::new(tokens.clone())
                 }),
                 tokens,
@@ -192,7 +195,7 @@ impl Gateway {
         ));
         let mut tasks = JoinSet::new();
         tasks.spawn(server::accept_loop(listener, tls, service.clone()));
-        tasks.spawn(service.clone().watch_abandoned());
+        tasks.spawn(service.clone().watch_left_behind());
         tasks.spawn(service.clone().summarise_refusals());
         if let Some(path) = config_path {
             tasks.spawn(watch_config(path, service.clone()));

@@ -1,5 +1,6 @@
 //! Live sessions: who started what where, how each one ends (exactly once), revocation after a
-//! policy change, and sessions whose both ends vanished.
+//! policy change, and sessions left behind: a side gone longer than the resume window, or no
+//! traffic for the idle timeout.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;
@@ -21,9 +22,7 @@ use crate::document::SessionType;
 use crate::net::relay::ChannelStats;
 use crate::net::runtime::random_uuid;
 
-/// A session whose both data channels have been gone this long is over (`network_lost`).
-const ABANDONED_AFTER: Duration = Duration::from_secs(60);
-/// How often abandonment is checked.
+/// How often absent sides and idle sessions are checked.
 const CHECK_INTERVAL: Duration = Duration::from_millis(500);
 /// Ended sessions kept for `DescribeSessions --state History`.
 const HISTORY: usize = 1000;
@@ -44,7 +43,15 @@ struct LiveSession {
     /// Every event of the session is logged in this span.
     span: tracing::Span,
     stats: Arc<ChannelStats>,
-    absent_since: Option<Instant>,
+    /// Since when the client's data channel has been gone (from the start until it opens).
+    client_absent_since: Option<Instant>,
+    /// Since when the agent's data channel has been gone.
+    agent_absent_since: Option<Instant>,
+    /// The document's (or the account's) `idleSessionTimeout`.
+    idle_timeout: Duration,
+    /// Bytes relayed both ways when last checked, and since when that total stood still.
+    relayed: u64,
+    still_since: Instant,
     recording: Option<std::fs::File>,
     recording_bytes: u64,
     recording_chunks: u64,
@@ -64,6 +71,8 @@ pub(super) struct NewSession<'a> {
     pub(super) session_type: SessionType,
     /// KMS-encrypted: the gateway never stores its recording in plaintext.
     pub(super) encrypted: bool,
+    /// Ended after this long without a message either way, whatever the session type.
+    pub(super) idle_timeout: Duration,
     pub(super) source: SocketAddr,
     pub(super) reason: Option<String>,
     pub(super) stats: Arc<ChannelStats>,
@@ -125,7 +134,11 @@ impl Sessions {
                 started: Instant::now(),
                 span: span.clone(),
                 stats: new.stats,
-                absent_since: None,
+                client_absent_since: Some(Instant::now()),
+                agent_absent_since: Some(Instant::now()),
+                idle_timeout: new.idle_timeout,
+                relayed: 0,
+                still_since: Instant::now(),
                 recording: None,
                 recording_bytes: 0,
                 recording_chunks: 0,
@@ -484,35 +497,69 @@ impl Service {
         revoked
     }
 
-    /// Ends sessions whose both data channels have been gone for [`ABANDONED_AFTER`].
-    pub(super) async fn watch_abandoned(self: Arc<Self>) {
+    /// Ends sessions left behind: a side whose data channel has been gone longer than
+    /// [`Limits::resume_window_secs`](super::Limits::resume_window_secs), or no message
+    /// relayed either way for the session's idle timeout (for every session type: the
+    /// agent's own shell timeout counts client input only).
+    pub(super) async fn watch_left_behind(self: Arc<Self>) {
+        let window = Duration::from_secs(self.limits.resume_window_secs.max(1));
         loop {
             tokio::time::sleep(CHECK_INTERVAL).await;
-            let now = Instant::now();
-            let mut abandoned = Vec::new();
-            {
-                let mut table = lock(&self.sessions.table);
-                for (id, session) in table.live.iter_mut() {
-                    let (client, agent) = self.hub.connected(id);
-                    if client || agent {
-                        session.absent_since = None;
-                        continue;
-                    }
-                    let since = *session.absent_since.get_or_insert(now);
-                    if now.duration_since(since) >= ABANDONED_AFTER {
-                        abandoned.push(id.clone());
-                    }
-                }
-            }
-            for id in abandoned {
-                self.end(
-                    &id,
-                    EndReason::NetworkLost,
-                    None,
-                    "both ends of the session were disconnected for too long",
-                );
+            for (id, reason, why) in self.left_behind(Instant::now(), window) {
+                self.end(&id, reason, None, &why);
             }
         }
+    }
+
+    fn left_behind(&self, now: Instant, window: Duration) -> Vec<(String, EndReason, String)> {
+        let mut table = lock(&self.sessions.table);
+        let mut over = Vec::new();
+        for (id, session) in table.live.iter_mut() {
+            let (client, agent) = self.hub.connected(id);
+            let gone_for = |absent_since: &mut Option<Instant>, connected: bool| {
+                match connected {
+                    true => *absent_since = None,
+                    false => _ = absent_since.get_or_insert(now),
+                }
+                absent_since.map(|since| now.duration_since(since))
+            };
+            let client_gone = gone_for(&mut session.client_absent_since, client);
+            let agent_gone = gone_for(&mut session.agent_absent_since, agent);
+            let relayed = session.stats.client_to_agent.load(Ordering::Relaxed)
+                + session.stats.agent_to_client.load(Ordering::Relaxed);
+            if relayed != session.relayed {
+                session.relayed = relayed;
+                session.still_since = now;
+            }
+            let window_text = format!("{} s", window.as_secs());
+            let ended = if agent_gone.is_some_and(|gone| gone >= window) {
+                Some((
+                    EndReason::AgentLost,
+                    format!("the agent did not reconnect within the resume window ({window_text})"),
+                ))
+            } else if client_gone.is_some_and(|gone| gone >= window) {
+                Some((
+                    EndReason::NetworkLost,
+                    format!(
+                        "the client did not reconnect within the resume window ({window_text})"
+                    ),
+                ))
+            } else if now.duration_since(session.still_since) >= session.idle_timeout {
+                Some((
+                    EndReason::IdleTimeout,
+                    format!(
+                        "no traffic for the idle timeout ({} s)",
+                        session.idle_timeout.as_secs()
+                    ),
+                ))
+            } else {
+                None
+            };
+            if let Some((reason, why)) = ended {
+                over.push((id.clone(), reason, why));
+            }
+        }
+        over
     }
 }
 

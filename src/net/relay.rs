@@ -83,10 +83,15 @@ pub struct RelayConfig {
     pub total_limit: usize,
     /// How long a new connection may take for TLS, the upgrade, and its opening message, each.
     pub open_timeout: Duration,
+    /// How long a session's queues are kept while neither side is connected
+    /// ([`crate::relay::Config::abandon_after`]); a gateway that ends sessions itself keeps
+    /// them longer than its resume window.
+    pub abandon_after: Duration,
 }
 
 impl RelayConfig {
-    /// Plain `ws://`, 4 MiB soft and 16 MiB hard queue limits, 256 MiB in all, 10 s to open.
+    /// Plain `ws://`, 4 MiB soft and 16 MiB hard queue limits, 256 MiB in all, 10 s to open,
+    /// queues of a session without connections kept 60 s.
     pub fn new(tokens: Arc<TokenTable>) -> Self {
         RelayConfig {
             tokens,
@@ -95,6 +100,7 @@ impl RelayConfig {
             hard_limit: 16 << 20,
             total_limit: 256 << 20,
             open_timeout: Duration::from_secs(10),
+            abandon_after: relay::Config::default().abandon_after,
         }
     }
 }
@@ -259,6 +265,7 @@ impl Hub {
             soft_limit: config.soft_limit,
             hard_limit: config.hard_limit,
             total_limit: config.total_limit,
+            abandon_after: config.abandon_after,
             ..relay::Config::default()
         };
         let core = relay::Relay::new(

@@ -60,6 +60,24 @@ pub(super) enum Handshake {
     Agent(AgentHandshake),
 }
 
+impl Handshake {
+    /// Client role, handshake done, and an agent that ends the session on `TerminateSession`
+    /// (docs/PROTOCOL.md, version rules): a deliberate close can tell it the client left.
+    pub(super) fn agent_takes_terminate_flag(&self) -> bool {
+        match self {
+            Handshake::Client(client) => {
+                matches!(client.phase, ClientPhase::Complete)
+                    && client
+                        .info
+                        .peer_version
+                        .as_deref()
+                        .is_some_and(crate::version::agent_supports_terminate_flag)
+            }
+            Handshake::Agent(_) => false,
+        }
+    }
+}
+
 pub(super) struct ClientHandshake {
     config: ClientConfig,
     phase: ClientPhase,
@@ -505,6 +523,15 @@ impl Session {
         let response = std::mem::take(response);
         client.phase = ClientPhase::Answered;
         self.queue_stream(now, PayloadType::HandshakeResponse, &response.to_json());
+        // The agent ends a session whose action failed; the application hears why from us.
+        for failed in response
+            .processed_client_actions
+            .iter()
+            .filter(|action| action.action_status == crate::payload::ActionStatus::FAILED)
+        {
+            let error = SessionError::Handshake(failed.error.clone());
+            self.events.push_back(Event::Error(error));
+        }
     }
 
     pub(super) fn client_key_ready(&mut self, now: Instant, key: Result<DataKey, String>) {

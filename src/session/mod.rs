@@ -680,9 +680,19 @@ impl Session {
     /// Ends the session gracefully: nothing new is accepted, and once everything sent is
     /// acknowledged (or [`Limits::drain_timeout`] passes) the agent reports `Terminating` and
     /// [`Event::Closed`] follows.
+    ///
+    /// A client's close is how its agent learns the client left: it sends `TerminateSession`
+    /// last (to agents newer than 2.3.722.0, which end the session on it; older ones, like a
+    /// lost transport, wait for the gateway's resume window to end it), and the agent sees
+    /// [`Event::Flag`]`(`[`Flag::TerminateSession`]`)`.
     pub fn close(&mut self, now: Instant) {
         self.clock = self.wall_at(now);
         if self.state == State::Open {
+            if self.handshake.agent_takes_terminate_flag() {
+                // Past the send window: four bytes, once, and the close waits for its ack.
+                let flag = Flag::TerminateSession.to_bytes();
+                self.queue_stream(now, PayloadType::Flag, &flag);
+            }
             self.state = State::Closing {
                 deadline: now + self.limits.drain_timeout,
             };
