@@ -121,6 +121,17 @@
 //! `src/net/driver.rs` runs the same loop against a real websocket; [`session::Session`] lists
 //! every input and command.
 //!
+//! # How a session ends
+//!
+//! A lost websocket is not an end: [`transport_lost`](session::Session::transport_lost) and
+//! [`transport_restored`](session::Session::transport_restored) carry the session over to a
+//! new one, resending what was not acknowledged. A session ends when an end
+//! [closes](session::Session::close) it — a client's close sends `TerminateSession` last, which
+//! is how its agent learns the client left: it sees
+//! [`Event::Flag`](session::Event::Flag)`(TerminateSession)` and ends what it runs — or when
+//! the gateway sends `channel_closed` ([`CloseReason::ChannelClosed`](session::CloseReason)):
+//! after `TerminateSession`, a revocation, or a side gone longer than its resume window.
+//!
 //! # Layers
 //!
 //! The core is what `default-features = false` builds: no async runtime, no I/O.

@@ -1043,3 +1043,71 @@ fn a_client_kms_failure_reaches_the_agent_as_a_failed_action() {
     let failure = handshake_failure(&events).unwrap_or_default();
     assert!(failure.contains("AccessDeniedException"), "{events:?}");
 }
+
+#[test]
+fn a_client_close_tells_the_agent_the_client_left() {
+    use ssm_session::payload::Flag;
+    let mut duo = Duo::new(compat_client(), compat_agent("Standard_Stream"));
+    duo.agent.close(duo.now);
+    duo.exchange();
+    assert!(duo.agent.is_closed());
+    assert!(
+        !duo.client_events
+            .iter()
+            .any(|e| matches!(e, Event::Flag(_))),
+        "an agent's close sends no flag"
+    );
+
+    for (version, told) in [("3.3.1957.0", true), ("2.3.722.0", false)] {
+        let mut agent = compat_agent("NonInteractiveCommands");
+        agent.agent_version = version.into();
+        let mut duo = Duo::new(compat_client(), agent);
+        duo.exchange();
+        assert!(handshake_done(&duo.client_events));
+        duo.client.close(duo.now);
+        assert_eq!(
+            duo.client.is_closed(),
+            !told,
+            "{version}: a flag sent holds the close until its ack"
+        );
+        duo.exchange();
+        let heard = duo
+            .agent_events
+            .iter()
+            .any(|e| matches!(e, Event::Flag(Flag::TerminateSession)));
+        assert_eq!(heard, told, "agent {version}");
+        assert!(duo.client.is_closed(), "{version}");
+    }
+}
+
+#[test]
+fn a_client_that_cannot_run_the_session_type_hears_why() {
+    let now = Instant::now();
+    let mut client = Session::client(compat_client(), now, WALL, Box::new(SeededEntropy::new(1)));
+    let mut agent = Session::agent(
+        compat_agent("Port"),
+        now,
+        WALL,
+        Box::new(SeededEntropy::new(2)),
+    );
+    let request = std::iter::from_fn(|| agent.poll_transmit())
+        .map(|m| decode(&m))
+        .find(|f| f.payload_type == PayloadType::HandshakeRequest)
+        .unwrap();
+    let misspelt = String::from_utf8(request.payload.to_vec())
+        .unwrap()
+        .replace("\"Port\"", "\"Prot\"");
+    let request = Frame {
+        payload: misspelt.into_bytes().into(),
+        ..request
+    };
+    client.handle_message(now, WALL, request.to_bytes().unwrap());
+    let events: Vec<Event> = std::iter::from_fn(|| client.poll_event()).collect();
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            Event::Error(SessionError::Handshake(text)) if text.contains("Unknown session type Prot")
+        )),
+        "{events:?}"
+    );
+}
