@@ -1613,8 +1613,17 @@ fn killed_clients_leave_no_session_channel_or_process_behind() {
     let (echo, echo_ended) = counting_echo_server();
     let baseline = sockets_of(agent_pid);
     let echo_parameters = format!(r#"{{"portNumber":["{echo}"],"localPortNumber":["0"]}}"#);
-    let kinds: [(&str, Vec<String>); 3] = [
+    let kinds: [(&str, Vec<String>); 4] = [
         ("shell", vec![]),
+        (
+            "interactive command",
+            vec![
+                "--document-name".into(),
+                "AWS-StartInteractiveCommand".into(),
+                "--parameters".into(),
+                r#"{"command":["sleep 300 & echo PID:$!; wait"]}"#.into(),
+            ],
+        ),
         (
             "command",
             vec![
