@@ -173,45 +173,73 @@
 //! `frame` (decode and encode frames), `simulate` (a session over a lossy emulated network),
 //! `throughput` (bytes through one session on loopback) and `aws` (a session with real AWS).
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs, unreachable_pub)]
 
 #[cfg(feature = "agent")]
+#[cfg_attr(docsrs, doc(cfg(feature = "agent")))]
 pub mod agent;
 #[cfg(any(feature = "gateway", feature = "agent", feature = "fuzzing"))]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(any(feature = "gateway", feature = "agent", feature = "fuzzing")))
+)]
 pub mod audit;
 #[cfg(feature = "api-client")]
+#[cfg_attr(docsrs, doc(cfg(feature = "api-client")))]
 pub mod aws;
 #[cfg(feature = "aws-kms")]
+#[cfg_attr(docsrs, doc(cfg(feature = "aws-kms")))]
 pub mod aws_sdk;
 #[cfg(feature = "programs")]
+#[cfg_attr(docsrs, doc(cfg(feature = "programs")))]
 pub mod cli;
 #[cfg(feature = "client")]
+#[cfg_attr(docsrs, doc(cfg(feature = "client")))]
 pub mod client;
 #[cfg(any(feature = "gateway", feature = "agent", feature = "fuzzing"))]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(any(feature = "gateway", feature = "agent", feature = "fuzzing")))
+)]
 pub mod control;
 pub mod crypto;
 #[cfg(any(feature = "gateway", feature = "agent", feature = "fuzzing"))]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(any(feature = "gateway", feature = "agent", feature = "fuzzing")))
+)]
 pub mod document;
 mod entropy;
 #[cfg(any(feature = "agent", feature = "client"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "agent", feature = "client"))))]
 pub mod forward;
 mod frame;
 #[cfg(feature = "fuzzing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "fuzzing")))]
 #[doc(hidden)]
 pub mod fuzzing;
 #[cfg(feature = "gateway")]
+#[cfg_attr(docsrs, doc(cfg(feature = "gateway")))]
 pub mod gateway;
 pub mod kms;
 #[cfg(feature = "net")]
+#[cfg_attr(docsrs, doc(cfg(feature = "net")))]
 pub mod net;
 pub mod payload;
 #[cfg(any(feature = "gateway", feature = "fuzzing"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "gateway", feature = "fuzzing"))))]
 pub mod policy;
 pub mod relay;
 pub mod session;
 #[cfg(any(feature = "gateway", feature = "api-client", feature = "fuzzing"))]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(any(feature = "gateway", feature = "api-client", feature = "fuzzing")))
+)]
 pub mod sigv4;
 #[cfg(feature = "sim")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sim")))]
 pub mod sim;
 pub mod smux;
 pub mod version;
