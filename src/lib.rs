@@ -128,7 +128,7 @@
 //! * [`session`] — the data channel in either role: sequence numbers, acknowledgements,
 //!   retransmission (RFC 6298), a bounded send window with back-pressure, the handshake,
 //!   AES-256-GCM encryption with KMS data keys, and our own negotiated extensions.
-//! * [`Frame`] — the 120-byte-header binary frame that carries every message (SPEC §2).
+//! * [`Frame`] — the 120-byte-header binary frame that carries every message (PROTOCOL.md §3).
 //!   [`Frame::decode`] never panics and names every rejection in [`DecodeError`];
 //!   [`Header::parse`] reads the fixed fields alone.
 //! * [`payload`] — typed payloads with JSON byte-identical to the Go peers', decoded as

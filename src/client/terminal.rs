@@ -46,7 +46,7 @@ pub async fn run_terminal(connection: Connection) -> io::Result<SessionSummary> 
     run_io(connection, false).await
 }
 
-/// Runs a standard-stream port session (SSH `ProxyCommand` style, SPEC §8.5): stdin to the
+/// Runs a standard-stream port session (SSH `ProxyCommand` style, PROTOCOL.md §9.5): stdin to the
 /// session, session to stdout; stdin's end ends the session.
 pub async fn run_standard_stream(connection: Connection) -> io::Result<SessionSummary> {
     run_io(connection, true).await
