@@ -2,6 +2,11 @@
 //! channel: the protocol the `session-manager-plugin` client and the `amazon-ssm-agent` speak
 //! through the gateway.
 //!
+//! The protocol itself is described in [docs/PROTOCOL.md], whose section numbers the comments
+//! in this crate cite as "PROTOCOL.md §N".
+//!
+//! [docs/PROTOCOL.md]: https://github.com/ssm-session/ssm-session/blob/main/docs/PROTOCOL.md
+//!
 //! A [`session::Session`] is one end of a data channel as a state machine. It never touches a
 //! socket, a clock or a random source: the caller passes in what happened and the time, and
 //! polls for what to do, so the same inputs always give the same outputs. Tests, the
