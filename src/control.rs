@@ -1,14 +1,14 @@
-//! The control channel between an agent and the gateway (SPEC §10): the agent's opening
+//! The control channel between an agent and the gateway (PROTOCOL.md §11): the agent's opening
 //! message and the binary messages both ways, as typed values.
 //!
-//! Messages travel in the ordinary frame of SPEC §2 (sequence 0, no payload type) over a
+//! Messages travel in the ordinary frame of PROTOCOL.md §3 (sequence 0, no payload type) over a
 //! websocket the agent dials out to `/v1/control-channel/<agent-id>`:
 //!
 //! | direction | MessageType | payload |
 //! |---|---|---|
-//! | gateway → agent | `interactive_shell` | [`StartSession`]: the document content of SPEC §10.2 |
+//! | gateway → agent | `interactive_shell` | [`StartSession`]: the document of PROTOCOL.md §11.2 |
 //! | gateway → agent | `channel_closed` | [`ChannelClosed`]: stop the session |
-//! | agent → gateway | `agent_task_complete` | [`SessionReport`]: SPEC §10.4 plus exit code, end reason and the summary of a recording kept on the agent |
+//! | agent → gateway | `agent_task_complete` | [`SessionReport`]: PROTOCOL.md §11.3, with our fields |
 //! | agent → gateway | `agent_session_recording` | [`RecordingChunk`]: asciicast lines of a plaintext session, streamed live |
 //! | agent → gateway | `agent_port_stream` | [`StreamReport`]: a forwarded TCP stream opened or closed |
 //!
@@ -46,7 +46,7 @@ pub enum ControlError {
     Unexpected(String),
 }
 
-/// The agent's first text message (SPEC §10.1), minus the token: the upgrade is signed.
+/// The agent's first text message (PROTOCOL.md §11.1), minus the token: the upgrade is signed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct OpenControlChannelInput {
@@ -66,7 +66,7 @@ pub struct OpenControlChannelInput {
 pub struct StartSession {
     /// The session id.
     pub task_id: String,
-    /// The SPEC §10.2 `Content` (document name and content, parameters, run-as, owner), as
+    /// The PROTOCOL.md §11.2 `Content` (document name and content, parameters, run-as, owner), as
     /// a JSON string, exactly as AWS nests it.
     pub content: String,
     /// `interactive_shell`.
@@ -78,7 +78,7 @@ pub struct StartSession {
 /// How a session ended: the audit log's closed set, which the agent reports as it saw it.
 pub use crate::audit::EndReason;
 
-/// Agent → gateway: a session finished (SPEC §10.4, plus our fields).
+/// Agent → gateway: a session finished (PROTOCOL.md §11.3, plus our fields).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct SessionReport {

@@ -1,4 +1,4 @@
-//! Session encryption (SPEC §7.5): AES-256-GCM with the 64-byte KMS data key split per
+//! Session encryption (PROTOCOL.md §8.4): AES-256-GCM with the 64-byte KMS data key split per
 //! direction, payloads laid out as `nonce (12) ‖ ciphertext ‖ tag (16)`, no associated data.
 //!
 //! Improvements over the reference that stay compatible on the wire: we send with a counter
@@ -165,8 +165,8 @@ fn nonce_of(payload: &[u8]) -> Result<[u8; NONCE_LEN], CryptoError> {
     Ok(nonce)
 }
 
-/// The agent's nonce counter (SPEC §7.5): three 32-bit little-endian words, incremented as one
-/// little-endian 96-bit integer.
+/// The agent's nonce counter (PROTOCOL.md §8.4): three 32-bit little-endian words, incremented as
+/// one little-endian 96-bit integer.
 fn increment_le96(nonce: &mut [u8; NONCE_LEN]) {
     for byte in nonce.iter_mut() {
         let (next, carry) = byte.overflowing_add(1);

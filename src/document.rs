@@ -1,5 +1,5 @@
 //! Session documents: which kind of session a StartSession request starts and with what
-//! settings (SPEC §8.1, §9, §10.2).
+//! settings (PROTOCOL.md §9.1, §10, §11.2).
 //!
 //! A StartSession request names a document (default [`DEFAULT_DOCUMENT`]) and passes
 //! `Parameters` as a map of name → list of strings. The gateway looks the document up in a
@@ -255,7 +255,7 @@ impl Document {
     }
 
     /// The `Content` of the `interactive_shell` message that starts `resolved` on an agent
-    /// (SPEC §10.2): `DocumentName`, `DocumentContent` (with substituted properties),
+    /// (PROTOCOL.md §11.2): `DocumentName`, `DocumentContent` (with substituted properties),
     /// `SessionId`, `Parameters` (strings, or lists for `StringList`), `RunAsUser` (empty when
     /// `None`) and `SessionOwner`. Keys come out sorted; order carries no meaning.
     pub fn agent_message_content(

@@ -1,5 +1,5 @@
 //! Randomness is passed into the session core, never drawn inside it, so tests and the
-//! simulator replay exactly (SPEC §2.3 ids, §7 nonces and challenges).
+//! simulator replay exactly (PROTOCOL.md §3.3 ids, §8 nonces and challenges).
 
 /// A source of random bytes for message ids, nonces and challenges.
 pub trait Entropy: Send {

@@ -1,6 +1,6 @@
 //! Port forwarding over a session, for both ends: the smux-multiplexed mode (many TCP
-//! connections, SPEC §8.4) run by [`crate::smux::Mux`] directly over the session's byte stream,
-//! and the basic mode (one connection at a time, SPEC §8.3).
+//! connections, PROTOCOL.md §9.4) run by [`crate::smux::Mux`] directly over the session's byte
+//! stream, and the basic mode (one connection at a time, PROTOCOL.md §9.3).
 //!
 //! One task owns the mux (or the basic-mode connection) and never waits on a write: the
 //! session's write side runs in its own task, and so does the write side of every TCP
@@ -531,7 +531,7 @@ struct Basic {
     bytes_in: u64,
 }
 
-/// Basic mode (SPEC §8.3), one TCP connection at a time. The client (`Streams::Accept`)
+/// Basic mode (PROTOCOL.md §9.3), one TCP connection at a time. The client (`Streams::Accept`)
 /// forwards each local connection in turn and sends `DisconnectToPort` when it closes; the
 /// agent (`Streams::Dial`) dials when data arrives and again after `DisconnectToPort`.
 /// `end_on_tcp_close` ends the session with the connection (standard-stream sessions). On

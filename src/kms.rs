@@ -1,4 +1,4 @@
-//! Key management outside the session core (SPEC §7.2–7.3).
+//! Key management outside the session core (PROTOCOL.md §8.2).
 //!
 //! The session never calls KMS: it emits [`crate::session::Event::KeyRequest`] and is answered
 //! with a command. A [`KeyProvider`] is what applications and adapters answer with; [`LocalKms`]

@@ -2,6 +2,11 @@
 //! channel: the protocol the `session-manager-plugin` client and the `amazon-ssm-agent` speak
 //! through the gateway.
 //!
+//! The protocol itself is described in [docs/PROTOCOL.md], whose section numbers the comments
+//! in this crate cite as "PROTOCOL.md §N".
+//!
+//! [docs/PROTOCOL.md]: https://github.com/ssm-session/ssm-session/blob/main/docs/PROTOCOL.md
+//!
 //! A [`session::Session`] is one end of a data channel as a state machine. It never touches a
 //! socket, a clock or a random source: the caller passes in what happened and the time, and
 //! polls for what to do, so the same inputs always give the same outputs. Tests, the
@@ -139,7 +144,7 @@
 //! * [`session`] — the data channel in either role: sequence numbers, acknowledgements,
 //!   retransmission (RFC 6298), a bounded send window with back-pressure, the handshake,
 //!   AES-256-GCM encryption with KMS data keys, and our own negotiated extensions.
-//! * [`Frame`] — the 120-byte-header binary frame that carries every message (SPEC §2).
+//! * [`Frame`] — the 120-byte-header binary frame that carries every message (PROTOCOL.md §3).
 //!   [`Frame::decode`] never panics and names every rejection in [`DecodeError`];
 //!   [`Header::parse`] reads the fixed fields alone.
 //! * [`payload`] — typed payloads with JSON byte-identical to the Go peers', decoded as
@@ -184,45 +189,73 @@
 //! `frame` (decode and encode frames), `simulate` (a session over a lossy emulated network),
 //! `throughput` (bytes through one session on loopback) and `aws` (a session with real AWS).
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs, unreachable_pub)]
 
 #[cfg(feature = "agent")]
+#[cfg_attr(docsrs, doc(cfg(feature = "agent")))]
 pub mod agent;
 #[cfg(any(feature = "gateway", feature = "agent", feature = "fuzzing"))]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(any(feature = "gateway", feature = "agent", feature = "fuzzing")))
+)]
 pub mod audit;
 #[cfg(feature = "api-client")]
+#[cfg_attr(docsrs, doc(cfg(feature = "api-client")))]
 pub mod aws;
 #[cfg(feature = "aws-kms")]
+#[cfg_attr(docsrs, doc(cfg(feature = "aws-kms")))]
 pub mod aws_sdk;
 #[cfg(feature = "programs")]
+#[cfg_attr(docsrs, doc(cfg(feature = "programs")))]
 pub mod cli;
 #[cfg(feature = "client")]
+#[cfg_attr(docsrs, doc(cfg(feature = "client")))]
 pub mod client;
 #[cfg(any(feature = "gateway", feature = "agent", feature = "fuzzing"))]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(any(feature = "gateway", feature = "agent", feature = "fuzzing")))
+)]
 pub mod control;
 pub mod crypto;
 #[cfg(any(feature = "gateway", feature = "agent", feature = "fuzzing"))]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(any(feature = "gateway", feature = "agent", feature = "fuzzing")))
+)]
 pub mod document;
 mod entropy;
 #[cfg(any(feature = "agent", feature = "client"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "agent", feature = "client"))))]
 pub mod forward;
 mod frame;
 #[cfg(feature = "fuzzing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "fuzzing")))]
 #[doc(hidden)]
 pub mod fuzzing;
 #[cfg(feature = "gateway")]
+#[cfg_attr(docsrs, doc(cfg(feature = "gateway")))]
 pub mod gateway;
 pub mod kms;
 #[cfg(feature = "net")]
+#[cfg_attr(docsrs, doc(cfg(feature = "net")))]
 pub mod net;
 pub mod payload;
 #[cfg(any(feature = "gateway", feature = "fuzzing"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "gateway", feature = "fuzzing"))))]
 pub mod policy;
 pub mod relay;
 pub mod session;
 #[cfg(any(feature = "gateway", feature = "api-client", feature = "fuzzing"))]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(any(feature = "gateway", feature = "api-client", feature = "fuzzing")))
+)]
 pub mod sigv4;
 #[cfg(feature = "sim")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sim")))]
 pub mod sim;
 pub mod smux;
 pub mod version;

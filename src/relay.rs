@@ -3,7 +3,7 @@
 //! them with the protocol's own messages. No sockets, clock or randomness inside:
 //! `net::relay` drives it over websockets and `sim` in virtual time.
 //!
-//! # Flow control (SPEC §4.5, §6.6)
+//! # Flow control (PROTOCOL.md §5.5, §7.5)
 //!
 //! Each side has a queue of messages toward it. A connected side is sent `pause_publication`
 //! while its peer is absent or while the queue toward the peer holds more than
@@ -659,7 +659,7 @@ impl Slot {
     }
 }
 
-/// The `channel_closed` payload that ends `session_id` (SPEC §4.4), on a data channel or the
+/// The `channel_closed` payload that ends `session_id` (PROTOCOL.md §5.4), on a data channel or the
 /// agent's control channel.
 pub fn channel_closed(
     session_id: &str,
@@ -694,8 +694,8 @@ pub fn channel_closed_frame(
     )
 }
 
-/// A `pause_publication` / `start_publication` frame. No peer reads the payload (SPEC §4.5,
-/// §15): ours names the message and the session, as `channel_closed` does.
+/// A `pause_publication` / `start_publication` frame. No peer reads the payload (PROTOCOL.md §5.5,
+/// §16): ours names the message and the session, as `channel_closed` does.
 fn publication_frame(
     message_type: MessageType,
     session_id: &str,

@@ -1,4 +1,4 @@
-//! smux protocol version 1 frames (SPEC §8.4), the multiplexing layer of port-forwarding
+//! smux protocol version 1 frames (PROTOCOL.md §9.4), the multiplexing layer of port-forwarding
 //! sessions in mux mode.
 //!
 //! The Output payloads of a session, concatenated in sequence order, form one byte stream per

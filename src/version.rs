@@ -1,11 +1,11 @@
-//! The version-gating rules both ends apply to the other's self-reported version (SPEC §8.2,
-//! §12). Each end decides alone, so a compatible implementation must compare exactly as the
+//! The version-gating rules both ends apply to the other's self-reported version (PROTOCOL.md §9.2,
+//! §14). Each end decides alone, so a compatible implementation must compare exactly as the
 //! reference does.
 
 use std::cmp::Ordering;
 
 /// The version this client reports in its HandshakeResponse and to `--version`: above every
-/// gate of SPEC §12 (mux without smux keep-alive, separated output), and above the AWS CLI's
+/// gate of PROTOCOL.md §14 (mux without smux keep-alive, separated output), and above the AWS CLI's
 /// `1.2.497.0`, so the CLI passes the StartSession answer in an environment variable, and at
 /// the AWS CLI's recommended minimum (`1.2.764.0` in awscli 1.46), so it does not warn that
 /// the plugin is outdated on every session.

@@ -161,7 +161,7 @@ impl Replay {
             PayloadType::ExitCode => self
                 .session
                 .send_exit_code(now, ExitCode::decode(&plaintext).unwrap()),
-            // Deviation: the Go client rewrites a lone LF to CR even in port data (SPEC §13.32);
+            // Deviation: the Go client turns a lone LF into CR, port data too (PROTOCOL.md §15.4);
             // the session core never alters payloads.
             _ if self.name == "client_send" && plaintext == b"\r" => {
                 self.session.send(now, b"\n").map(|_| ())
@@ -261,7 +261,7 @@ impl Replay {
         }
         if self.name == "client_receive_order" {
             // Deviation: the duplicate of step 10 is acknowledged again (the Go client stays
-            // silent, which can make a Go agent retransmit it forever, SPEC §14.7).
+            // silent, which can make a Go agent retransmit it forever, PROTOCOL.md §15.3).
             let reack = self
                 .sent
                 .pop_front()

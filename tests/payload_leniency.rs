@@ -1,4 +1,4 @@
-//! Payload decoding accepts what Go's encoding/json accepts (SPEC §4, §13.21).
+//! Payload decoding accepts what Go's encoding/json accepts (PROTOCOL.md §5.1).
 
 use ssm_session::payload::{
     Acknowledge, ActionStatus, ChannelClosed, HandshakeComplete, HandshakeRequest,

@@ -240,7 +240,7 @@ fn the_hard_limit_stops_reading_a_peer_that_does_not_pause() {
     let hard = network.relay.hard_limit;
     let mut pair = pair(network, 5);
     assert!(pair.run_until(|p| p.handshake_done(), 100_000));
-    // The client resumes on every acknowledgement (SPEC §6.6), so the pause holds it only
+    // The client resumes on every acknowledgement (PROTOCOL.md §7.5), so the pause holds it only
     // briefly and its window is far larger than the hard limit.
     pair.client_source = bytes(800_000, 7);
     let mut largest = 0;

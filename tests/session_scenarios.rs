@@ -1,4 +1,4 @@
-//! Scenario tests of the session engine, one per SPEC §5–7 rule, in virtual time with full
+//! Scenario tests of the session engine, one per PROTOCOL.md §6–8 rule, in virtual time with full
 //! control over which message reaches which side.
 
 use std::time::{Duration, Instant};
@@ -501,7 +501,7 @@ fn pause_publication_holds_messages_until_start_publication() {
 #[test]
 fn client_takes_a_malformed_start_publication_as_go_does() {
     // HeaderLength 0, CreatedDate 0 and a wrong digest: the Go client accepts start/pause
-    // publication unconditionally (SPEC §4 step 3). Nothing in it is read, so no error either.
+    // publication unconditionally (PROTOCOL.md §3.9). Nothing in it is read, so no error either.
     let mut duo = Duo::new(compat_client(), compat_agent("Standard_Stream"));
     duo.exchange();
     duo.client_events.clear();
@@ -946,7 +946,7 @@ fn any_acknowledgement_ends_a_pause() {
     assert_eq!(
         resumed.len(),
         1,
-        "the acknowledgement resumed publication (SPEC §6.6)"
+        "the acknowledgement resumed publication (PROTOCOL.md §7.5)"
     );
     duo.deliver_to_client(&resumed);
     assert_eq!(stream_bytes(&duo.client_events), b"firstsecond");
@@ -997,7 +997,7 @@ fn port_sessions_are_never_encrypted() {
     assert_eq!(
         request.requested_client_actions.len(),
         1,
-        "SessionType only (SPEC §7.1)"
+        "SessionType only (PROTOCOL.md §8.1)"
     );
     duo.deliver_to_client(&out);
     duo.exchange();

@@ -1024,7 +1024,7 @@ fn aws_cli_runs_sessions_through_this_client_as_its_plugin() {
     );
 }
 
-/// The plugin as the AWS CLI runs it (SPEC §11) with `StartSession` already answered, in an
+/// The plugin as the AWS CLI runs it (PROTOCOL.md §13) with `StartSession` already answered, in an
 /// environment with no credentials at all.
 fn plugin_without_credentials(
     system: &System,

@@ -12,7 +12,7 @@
 //!   (resolved once and dialled at exactly the addresses checked; link-local and metadata
 //!   addresses refused unless [`AgentSettings::allow_link_local`]; a refusal reaches the
 //!   client as the session's `channel_closed` output);
-//!   smux-multiplexed or basic as the versions decide (SPEC §8.2).
+//!   smux-multiplexed or basic as the versions decide (PROTOCOL.md §9.2).
 //!
 //! # Examples
 //!
@@ -62,7 +62,7 @@ use crate::net::{self, Connection, Options, TlsConfig, TokenError};
 use crate::session::AgentConfig;
 use crate::sigv4::{self, Credentials};
 
-/// The version this agent reports (above every gate of SPEC §12).
+/// The version this agent reports (above every gate of PROTOCOL.md §14).
 pub const AGENT_VERSION: &str = "3.3.1957.0";
 /// Control messages waiting while the control channel is down; beyond this, recording chunks
 /// are dropped (the recording marks the gap) and reports wait.

@@ -1,6 +1,6 @@
 //! `session-manager-plugin`: the Session Manager client, two ways.
 //!
-//! * The AWS CLI's plugin contract (SPEC §11): on `PATH` under this name, `aws ssm
+//! * The AWS CLI's plugin contract (PROTOCOL.md §13): on `PATH` under this name, `aws ssm
 //!   start-session` runs it with the `StartSession` answer — against AWS or against a gateway
 //!   (`--endpoint-url`). A plain shell, a command or a port forward needs no credentials, as
 //!   with the reference plugin; KMS-encrypted sessions and `ResumeSession` after a lost

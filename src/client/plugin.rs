@@ -1,4 +1,4 @@
-//! The `session-manager-plugin` argument contract (SPEC §11). `aws ssm start-session` calls
+//! The `session-manager-plugin` argument contract (PROTOCOL.md §13). `aws ssm start-session` calls
 //! `StartSession` itself and then runs the program named `session-manager-plugin` with the
 //! answer; a program that accepts these arguments can be installed under that name.
 //!
@@ -52,7 +52,7 @@ pub const RESPONSE_VARIABLE_PREFIX: &str = "AWS_SSM_START_SESSION_RESPONSE";
 /// What the reference prints when run with no arguments.
 pub const INSTALLED_MESSAGE: &str = "\nThe Session Manager plugin was installed successfully. Use the AWS CLI to start a session.\n";
 
-/// The reference's refusal of KMS encryption for a CLI without the profile argument (SPEC §7.2).
+/// The reference's KMS refusal for a CLI without the profile argument (PROTOCOL.md §8.2).
 pub const LEGACY_CLI_KMS_ERROR: &str = "Installed version of CLI does not support Session Manager encryption feature. Please upgrade to the latest version of your CLI (e.g., AWS CLI).";
 
 /// What the arguments ask for.

@@ -53,8 +53,8 @@ pub async fn run_terminal(
     run_io(connection, false, stop).await
 }
 
-/// Runs a standard-stream port session (SSH `ProxyCommand` style, SPEC §8.5): stdin to the
-/// session, session to stdout; stdin's end, or `stop`, ends the session.
+/// Runs a standard-stream port session (SSH `ProxyCommand` style, PROTOCOL.md §9.5): stdin to
+/// the session, session to stdout; stdin's end, or `stop`, ends the session.
 pub async fn run_standard_stream(
     connection: Connection,
     stop: impl Future<Output = ()>,

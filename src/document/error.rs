@@ -128,7 +128,7 @@ pub enum DocumentError {
         /// What is accepted.
         expected: String,
     },
-    /// The agent's session request (SPEC §10.2 `Content`) is malformed.
+    /// The agent's session request (PROTOCOL.md §11.2 `Content`) is malformed.
     #[error("session request: {problem}")]
     AgentRequest {
         /// What is missing or wrong.

@@ -1,5 +1,5 @@
 //! Typed views of a resolved document: shell preferences (`inputs`), the port target and the
-//! command (`properties`), and the agent's side of the SPEC §10.2 start message.
+//! command (`properties`), and the agent's side of the PROTOCOL.md §11.2 start message.
 
 use std::time::Duration;
 
@@ -17,7 +17,7 @@ const MAX_DURATION_MINUTES: u32 = 1440;
 /// Fraction digits accepted in a minutes value (nanosecond-of-a-minute precision is plenty).
 const MAX_FRACTION_DIGITS: usize = 9;
 
-/// The session preferences a document's `inputs` carry (SPEC §9.4) that this crate acts on.
+/// The session preferences a document's `inputs` carry (PROTOCOL.md §10.4) that this crate acts on.
 ///
 /// Timeouts are minutes as in AWS (`"20"`), with one extension: fractional minutes such as
 /// `"0.05"` (3 s) are accepted so tests can use short timeouts. AWS's official agent accepts
@@ -44,7 +44,7 @@ const MAX_FRACTION_DIGITS: usize = 9;
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ShellPreferences {
-    /// `kmsKeyId`: encrypt the data channel with this key (SPEC §7); empty means off.
+    /// `kmsKeyId`: encrypt the data channel with this key (PROTOCOL.md §8); empty means off.
     pub kms_key_id: Option<String>,
     /// `runAsEnabled`: run the shell as the principal's `RunAsUser` or `runAsDefaultUser`.
     pub run_as_enabled: bool,
@@ -204,7 +204,7 @@ fn parse_minutes(text: &str, max: u32) -> Option<Duration> {
 
 pub use crate::session::PortKind;
 
-/// Where a `Port` session connects, read from its resolved `properties` (SPEC §8.1).
+/// Where a `Port` session connects, read from its resolved `properties` (PROTOCOL.md §9.1).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PortTarget {
@@ -275,7 +275,7 @@ fn property_error(fields: &Map<String, Value>, key: &str, expected: &str) -> Doc
     }
 }
 
-/// The `linux` entry of a command document's resolved `properties` (SPEC §9.4): the command
+/// The `linux` entry of a command document's resolved `properties` (PROTOCOL.md §10.4): the command
 /// line and `runAsElevated`. This crate's agent runs on Linux, so the `windows` and `macos`
 /// entries travel to the agent but are not read.
 fn command_from_properties(properties: &Value) -> Result<(String, bool), DocumentError> {
@@ -329,7 +329,7 @@ pub struct ResolvedSession {
     /// The document's `sessionType`.
     pub session_type: SessionType,
     /// The whole document content with parameters substituted in `properties` and `inputs`:
-    /// the SPEC §10.2 `DocumentContent`.
+    /// the PROTOCOL.md §11.2 `DocumentContent`.
     pub content: Value,
     /// The resolved `properties` (JSON `null` when the document has none, as for shells).
     pub properties: Value,
@@ -378,7 +378,7 @@ impl ResolvedSession {
     }
 }
 
-/// The agent's reading of an `interactive_shell` message's `Content` (SPEC §10.2): the
+/// The agent's reading of an `interactive_shell` message's `Content` (PROTOCOL.md §11.2): the
 /// message's own fields around the [`ResolvedSession`] it carries.
 ///
 /// Lenient as the Go agent: key case is ignored, unknown keys are skipped, `DocumentContent`

@@ -1,5 +1,5 @@
-//! Opening one websocket to the stream URL and sending the opening text message (SPEC §3, §4.1,
-//! §4.2). Errors are sorted into refusals (final) and failures (worth retrying).
+//! Opening one websocket to the stream URL and sending the opening text message (PROTOCOL.md §4,
+//! §5.2). Errors are sorted into refusals (final) and failures (worth retrying).
 
 use std::time::Duration;
 

@@ -143,7 +143,7 @@ async fn start_in(
     ))
 }
 
-/// The first text message of every connection (SPEC §4.1, §4.2).
+/// The first text message of every connection (PROTOCOL.md §5.2).
 enum Opening {
     Client {
         client_id: String,

@@ -2,7 +2,7 @@
 //! `/v1/data-channel/<session-id>`, checks each opening token, pairs the client's and the
 //! agent's connection of a session and forwards their messages without reading them.
 //!
-//! Flow control uses the protocol's own messages (SPEC §6.6): while one side is absent, or
+//! Flow control uses the protocol's own messages (PROTOCOL.md §7.5): while one side is absent, or
 //! while the messages queued toward it pass [`RelayConfig::soft_limit`], the other side is
 //! sent `pause_publication`; `start_publication` follows when the queue has drained to half
 //! that. The relay keeps reading (so pings are answered) until a queue reaches
@@ -674,7 +674,7 @@ enum Ended {
 }
 
 /// Which side the opening message is from, if its token is valid for this session. Both
-/// openings read as the agent's shape; only the agent's names an instance (SPEC §4.1, §4.2).
+/// openings read as the agent's shape; only the agent's names an instance (PROTOCOL.md §5.2).
 fn opening_side(state: &State, session_id: &str, text: &[u8]) -> Result<Role, OpenRefused> {
     let opening =
         AgentOpenDataChannelInput::from_json(text).map_err(|_| OpenRefused::BadOpening)?;

@@ -1,4 +1,4 @@
-//! The acknowledgement of one stream message (SPEC §4.3).
+//! The acknowledgement of one stream message (PROTOCOL.md §5.3).
 
 use super::gojson::go_struct;
 use crate::Frame;

@@ -1,5 +1,5 @@
 //! Messages about the channel rather than the session: opening it, its state, its closing
-//! (SPEC §4.1, §4.2, §4.4, §4.6).
+//! (PROTOCOL.md §5.2, §5.4, §5.6).
 
 use std::fmt;
 
@@ -11,7 +11,7 @@ use super::gojson::go_struct;
 pub const MESSAGE_SCHEMA_VERSION: &str = "1.0";
 
 go_struct! {
-    /// The client's first websocket TEXT message on every (re)connect (SPEC §4.1).
+    /// The client's first websocket TEXT message on every (re)connect (PROTOCOL.md §5.2).
     ///
     /// Its `Debug` output hides the token.
     #[derive(Clone, PartialEq, Eq, Default)]
@@ -30,7 +30,7 @@ go_struct! {
 }
 
 go_struct! {
-    /// The agent's first websocket TEXT message (SPEC §4.2).
+    /// The agent's first websocket TEXT message (PROTOCOL.md §5.2).
     ///
     /// Its `Debug` output hides the token.
     #[derive(Clone, PartialEq, Eq, Default)]
@@ -73,7 +73,7 @@ impl fmt::Debug for AgentOpenDataChannelInput {
 }
 
 go_struct! {
-    /// Payload of `channel_closed` from the gateway (SPEC §4.4), in the client's field order.
+    /// `channel_closed` payload from the gateway (PROTOCOL.md §5.4), in the client's field order.
     ///
     /// Decoding also accepts the agent's shape (other order, no `Output`) and a numeric
     /// `CreatedDate`, whose format the reference code never shows.
@@ -111,7 +111,7 @@ fn string_or_number<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String
 }
 
 go_struct! {
-    /// Payload of `agent_session_state`, agent → gateway (SPEC §4.6).
+    /// Payload of `agent_session_state`, agent → gateway (PROTOCOL.md §5.6).
     #[derive(Debug, Clone, PartialEq, Eq, Default)]
     pub struct AgentSessionState {
         /// 1.

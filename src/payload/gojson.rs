@@ -1,5 +1,5 @@
 //! JSON the way Go's `encoding/json` writes and reads it, so our payloads are byte-identical to
-//! the reference peers' and we accept everything they accept (SPEC §4).
+//! the reference peers' and we accept everything they accept (PROTOCOL.md §5).
 //!
 //! Writing: struct fields in declaration order, `null` for absent values, `<`, `>`, `&`, U+2028
 //! and U+2029 escaped as `\u003c` etc., `[]byte` as padded standard base64.

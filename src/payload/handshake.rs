@@ -1,5 +1,5 @@
-//! The handshake payloads (SPEC §4.9–4.12): what the agent asks, what the client answers, the
-//! completion notice and the encryption challenge.
+//! The handshake payloads (PROTOCOL.md §5.8–5.10): what the agent asks, what the client answers,
+//! the completion notice and the encryption challenge.
 
 use std::fmt;
 use std::time::Duration;
@@ -53,7 +53,7 @@ go_struct! {
     /// first, then `KMSEncryption` when the session is encrypted.
     #[derive(Debug, Clone, PartialEq, Default)]
     pub struct HandshakeRequest {
-        /// The agent's version; drives the client's feature choices (SPEC §12).
+        /// The agent's version; drives the client's feature choices (PROTOCOL.md §14).
         "AgentVersion" => pub agent_version: String,
         /// The actions, in the order they must be answered.
         "RequestedClientActions" => pub requested_client_actions: Vec<RequestedClientAction>,
@@ -154,7 +154,7 @@ go_struct! {
     /// PayloadType 6, client → agent: one processed action per requested one, in order.
     #[derive(Debug, Clone, PartialEq, Default)]
     pub struct HandshakeResponse {
-        /// The client's 4-part version; the agent gates features on it (SPEC §12).
+        /// The client's 4-part version; the agent gates features on it (PROTOCOL.md §14).
         "ClientVersion" => pub client_version: String,
         /// The answers, in request order.
         "ProcessedClientActions" => pub processed_client_actions: Vec<ProcessedClientAction>,
@@ -195,7 +195,7 @@ impl HandshakeResponse {
     }
 
     /// Records an action the client does not know, byte for byte as the Go client does: status
-    /// 0 with the Unsupported code 3 in `ActionResult` (SPEC §13.15). Any status but 1 makes
+    /// 0 with the Unsupported code 3 in `ActionResult` (PROTOCOL.md §15.2). Any status but 1 makes
     /// the Go agent fail the session.
     pub fn push_unsupported(&mut self, action_type: &str) {
         let error = format!("Unsupported action {action_type}");

@@ -1,4 +1,4 @@
-//! Typed payloads (SPEC §4): the JSON control messages and the small binary ones.
+//! Typed payloads (PROTOCOL.md §5): the JSON control messages and the small binary ones.
 //!
 //! Every JSON type implements [`JsonPayload`]: [`JsonPayload::to_json`] gives the exact bytes
 //! the Go peers emit (field order, `null`s, base64, HTML escaping) and [`JsonPayload::from_json`]

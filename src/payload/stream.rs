@@ -1,4 +1,4 @@
-//! Small stream payloads: terminal size, flags and exit codes (SPEC §4.7, §4.8, §4.13).
+//! Small stream payloads: terminal size, flags and exit codes (PROTOCOL.md §5.7).
 
 use std::fmt;
 

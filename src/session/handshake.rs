@@ -1,4 +1,4 @@
-//! The handshake (SPEC §5, §7.2–7.4): the agent asks, the client answers every action in
+//! The handshake (PROTOCOL.md §6, §8.2–8.3): the agent asks, the client answers every action in
 //! order, the keys are exchanged through KMS outside the core, the challenge proves both ends
 //! hold them. Our own extension action rides along; Go clients decline it.
 
@@ -31,7 +31,7 @@ pub struct HandshakeInfo {
     pub session_type: SessionType,
     /// The document properties (`Port` sessions).
     pub properties: Option<serde_json::Value>,
-    /// The peer's self-reported version, when it sent one (the version gates of SPEC §12
+    /// The peer's self-reported version, when it sent one (the version gates of PROTOCOL.md §14
     /// take it as input).
     pub peer_version: Option<String>,
     /// Text to show the user (HandshakeComplete's `CustomerMessage`).
@@ -40,7 +40,7 @@ pub struct HandshakeInfo {
     pub encrypted: bool,
     /// Whether our own extensions are on.
     pub extensions: bool,
-    /// No handshake took place: the type was inferred from the first Output (SPEC §13.17).
+    /// No handshake took place: the type was inferred from the first Output (PROTOCOL.md §6.3).
     pub legacy: bool,
 }
 
@@ -386,7 +386,7 @@ impl Session {
                 true
             }
             Ok(_) => {
-                // Not acknowledged: the client resends, and the step times out (SPEC §7.6).
+                // Not acknowledged: the client resends, and the step times out (PROTOCOL.md §8.5).
                 self.events.push_back(Event::Error(SessionError::Handshake(
                     "encryption challenge mismatch".into(),
                 )));
@@ -619,8 +619,8 @@ impl Session {
     }
 
     /// A non-handshake message before the handshake finished: kept and delivered after it (the
-    /// Go agent acknowledges and throws such input away, SPEC §13.26), except that a client
-    /// that has seen no handshake at all takes the first Output as the legacy start (§5.2).
+    /// Go agent acknowledges and throws such input away, PROTOCOL.md §15.3), except that a client
+    /// that has seen no handshake at all takes the first Output as the legacy start (§6.3).
     pub(super) fn before_handshake(&mut self, frame: Frame, acked: bool) -> bool {
         if let Handshake::Client(client) = &mut self.handshake
             && matches!(client.phase, ClientPhase::Waiting)

@@ -1,5 +1,5 @@
 //! What kind of session a data channel carries: the document's `sessionType`, and for `Port`
-//! sessions how the client forwards (SPEC §8.2). Both ends and the gateway decide by these.
+//! sessions how the client forwards (PROTOCOL.md §9.2). Both ends and the gateway decide by these.
 
 use std::fmt;
 
@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 pub enum SessionType {
     /// `Standard_Stream`: an interactive shell (the default of shell documents and of the
-    /// legacy no-handshake path, SPEC §5.2).
+    /// legacy no-handshake path, PROTOCOL.md §6.3).
     #[default]
     #[serde(rename = "Standard_Stream")]
     StandardStream,
@@ -62,7 +62,7 @@ impl fmt::Display for SessionType {
     }
 }
 
-/// How the client and agent treat a `Port` session (SPEC §8.2), from the `type` property.
+/// How the client and agent treat a `Port` session (PROTOCOL.md §9.2), from the `type` property.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum PortKind {

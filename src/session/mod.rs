@@ -1,4 +1,4 @@
-//! One data channel as a deterministic state machine, for either role (SPEC §5–7).
+//! One data channel as a deterministic state machine, for either role (PROTOCOL.md §6–8).
 //!
 //! See [`Session`] for the run loop.
 
@@ -31,7 +31,7 @@ use send::SendBuffer;
 pub use handshake::HandshakeInfo;
 pub use kind::{PortKind, SessionType};
 
-/// Payload size the reference peers use and every peer accepts (SPEC §14.1).
+/// Payload size the reference peers use and every peer accepts (PROTOCOL.md §7.8).
 pub const COMPAT_MAX_PAYLOAD: usize = 1024;
 /// Largest plaintext chunk once our extensions are negotiated.
 pub const EXTENDED_MAX_PAYLOAD: usize = 64 * 1024;
@@ -85,7 +85,7 @@ impl Default for Limits {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ClientConfig {
-    /// The 4-part version reported to the agent, which gates features on it (SPEC §12).
+    /// The 4-part version reported to the agent, which gates features on it (PROTOCOL.md §14).
     pub client_version: String,
     /// The session id (`aws:ssm:SessionId` in the KMS context).
     pub session_id: String,
@@ -118,7 +118,7 @@ impl ClientConfig {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct AgentConfig {
-    /// The version reported to the client, which gates features on it (SPEC §12).
+    /// The version reported to the client, which gates features on it (PROTOCOL.md §14).
     pub agent_version: String,
     /// The session id.
     pub session_id: String,
@@ -325,7 +325,7 @@ struct PendingAck {
 }
 
 /// One data channel as a state machine: the reliability, flow control, handshake and
-/// encryption of SPEC §5–7, with no I/O, clock or randomness inside.
+/// encryption of PROTOCOL.md §6–8, with no I/O, clock or randomness inside.
 ///
 /// # Run loop
 ///
@@ -573,7 +573,7 @@ impl Session {
             MessageType::PausePublication => self.paused = true,
             MessageType::StartPublication => self.resume(now),
             MessageType::ChannelClosed => {
-                // The client closes even when the payload does not parse (SPEC §4.4).
+                // The client closes even when the payload does not parse (PROTOCOL.md §5.4).
                 let closed = ChannelClosed::from_json(&frame.payload).unwrap_or_default();
                 self.finish(CloseReason::ChannelClosed(closed));
             }
@@ -761,7 +761,7 @@ impl Session {
         }
     }
 
-    /// Whether we encrypt payloads of this type: exactly those the reference encrypts (SPEC §7.5).
+    /// Whether we encrypt payloads of this type: those the reference encrypts (PROTOCOL.md §8.4).
     fn we_encrypt(&self, payload_type: PayloadType) -> bool {
         match self.role {
             Role::Client => payload_type == PayloadType::Output,
@@ -938,7 +938,7 @@ impl Session {
     // ----- receiving -----------------------------------------------------------------------
 
     fn on_ack(&mut self, now: Instant, frame: &Frame) {
-        // Any acknowledgement means the peer is back: the agent clears its pause (SPEC §6.2).
+        // Any acknowledgement means the peer is back: the agent ends its pause (PROTOCOL.md §7.5).
         self.resume(now);
         let Some(ack) = self.read_json::<Acknowledge>(frame) else {
             return;
@@ -985,7 +985,7 @@ impl Session {
     }
 
     fn on_stream(&mut self, now: Instant, frame: Frame) {
-        // Any stream data means the peer is back: clear the pause (SPEC §6.6).
+        // Any stream data means the peer is back: clear the pause (PROTOCOL.md §7.5).
         self.resume(now);
         match self.recv.arrive(&frame) {
             Arrival::Duplicate => {
@@ -1022,7 +1022,7 @@ impl Session {
                 | PayloadType::EncChallengeRequest
         );
         if self.role == Role::Client && handshake_type {
-            // The Go client acknowledges handshake messages before handling them (SPEC §13.22).
+            // The Go client acknowledges handshake messages first (PROTOCOL.md §15.3).
             self.send_ack(&frame);
             self.recv.advance();
             self.stats.messages_received += 1;
@@ -1062,7 +1062,7 @@ impl Session {
         }
     }
 
-    /// Whether the peer encrypts payloads of this type (SPEC §7.5).
+    /// Whether the peer encrypts payloads of this type (PROTOCOL.md §8.4).
     fn peer_encrypts(&self, payload_type: PayloadType) -> bool {
         match self.role {
             Role::Client => matches!(
@@ -1189,7 +1189,7 @@ impl Session {
         }
     }
 
-    /// Local end of the session: the agent reports `Terminating` (SPEC §4.6).
+    /// Local end of the session: the agent reports `Terminating` (PROTOCOL.md §5.6).
     fn finish_local(&mut self, reason: CloseReason) {
         if let Handshake::Agent(agent) = &self.handshake {
             let session_id = agent.session_id().to_owned();

@@ -1,5 +1,5 @@
 //! Incoming stream messages: the next expected sequence number and a bounded buffer of those
-//! that arrived early (SPEC §6.3).
+//! that arrived early (PROTOCOL.md §7.3).
 
 use std::collections::BTreeMap;
 

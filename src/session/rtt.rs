@@ -1,5 +1,5 @@
 //! Round-trip time estimation and retransmission timeout (RFC 6298), seeded with the reference
-//! constants (SPEC §6.4): SRTT 100 ms, RTTVAR 0, RTO 200 ms, granularity 10 ms, RTO ≤ 1 s.
+//! constants (PROTOCOL.md §7.4): SRTT 100 ms, RTTVAR 0, RTO 200 ms, granularity 10 ms, RTO ≤ 1 s.
 //! Unlike the reference, samples come only from messages sent once (Karn's rule) and each
 //! retransmission of a message doubles its own timeout.
 

@@ -1,5 +1,5 @@
-//! Outgoing stream messages kept until acknowledged (SPEC §6.4), bounded in messages and bytes.
-//! Nothing is ever evicted: when full, the application is told to wait.
+//! Outgoing stream messages kept until acknowledged (PROTOCOL.md §7.4), bounded in messages and
+//! bytes. Nothing is ever evicted: when full, the application is told to wait.
 
 use std::collections::VecDeque;
 use std::time::Instant;

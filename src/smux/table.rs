@@ -1,5 +1,5 @@
 //! A sans-IO smux v1 session: the stream table both ends run directly over the session's byte
-//! stream (the reference bridges smux onto the data channel through a socket pair, SPEC §14.20).
+//! stream (the reference bridges smux onto the data channel via a socket pair, PROTOCOL.md §9.4).
 //!
 //! Peer behaviour follows xtaci/smux v1.5, the library both Go peers use: a SYN for an id that
 //! is open is ignored, data and FIN for an id that is not open are dropped, and only a bad
@@ -24,8 +24,8 @@ pub type StreamId = u32;
 #[non_exhaustive]
 pub struct MuxConfig {
     /// Send a NOP every 10 s and declare the mux dead after 30 s without input. Both ends must
-    /// agree or the one sending NOPs kills the session (SPEC §8.4); decide it from the peer's
-    /// version with [`crate::version::client_disables_smux_keepalive`] or
+    /// agree or the one sending NOPs kills the session (PROTOCOL.md §9.4); decide it from the
+    /// peer's version with [`crate::version::client_disables_smux_keepalive`] or
     /// [`crate::version::agent_disables_smux_keepalive`].
     pub keep_alive: bool,
     /// Most data per PSH frame (xtaci's MaxFrameSize, 32 KiB), clamped to 1..=65 535.
@@ -124,7 +124,7 @@ pub enum MuxError {
     /// [`MuxConfig::max_streams`] streams are open already; close one first.
     #[error("{0} smux streams are open already")]
     TooManyStreams(usize),
-    /// Only the client side opens streams (SPEC §8.4).
+    /// Only the client side opens streams (PROTOCOL.md §9.4).
     #[error("only the smux client opens streams")]
     NotClient,
     /// All odd 32-bit ids have been used; a new mux session is needed (xtaci's ErrGoAway).
