@@ -347,6 +347,9 @@ impl HttpKms {
 }
 
 fn kms_error(error: ApiCallError) -> KmsError {
+    if let ApiCallError::Credentials { .. } = error {
+        return KmsError::NoCredentials(error.to_string());
+    }
     match error.code() {
         Some("InvalidCiphertextException") => KmsError::InvalidCiphertext,
         Some("AccessDeniedException") => KmsError::AccessDenied(error.to_string()),

@@ -12,7 +12,7 @@
 //! | 74 | [`ConnectionLost`](ExitCode::ConnectionLost) | the data channel was lost and could not be resumed, or the terminal or local listener failed |
 //! | 75 | [`Interrupted`](ExitCode::Interrupted) | the gateway ended the session before the target reported an exit code (terminated elsewhere, access revoked, timed out, agent gone) |
 //! | 76 | [`Protocol`](ExitCode::Protocol) | the endpoint speaks something else than the URL says (`http://` vs `https://`), answered what is not an API answer, or the session handshake failed |
-//! | 77 | [`Credentials`](ExitCode::Credentials) | no AWS credentials, or the service did not accept them (`UnrecognizedClientException`, `InvalidSignatureException`, `ExpiredTokenException`, …) |
+//! | 77 | [`Credentials`](ExitCode::Credentials) | no AWS credentials (also for a KMS call), or the service did not accept them (`UnrecognizedClientException`, `InvalidSignatureException`, `ExpiredTokenException`, …) |
 //! | 78 | [`Config`](ExitCode::Config) | configuration: a bad endpoint URL, an unusable CA file, a gateway certificate that the trusted CAs do not sign |
 //!
 //! A remote command can exit with any of these numbers too; the programs then print no
@@ -37,6 +37,7 @@
 use std::error::Error;
 
 use crate::aws::{ApiCallError, CredentialsError};
+use crate::kms::KmsError;
 use crate::net::http::HttpError;
 use crate::net::{CaFileError, NetError, TlsMismatch, TokenError};
 
@@ -128,6 +129,13 @@ fn classify(error: &(dyn Error + 'static)) -> Option<Class> {
     }
     if error.is::<CredentialsError>() {
         return Some(Final(ExitCode::Credentials));
+    }
+    if let Some(error) = error.downcast_ref::<KmsError>() {
+        return match error {
+            KmsError::NoCredentials(_) => Some(Final(ExitCode::Credentials)),
+            KmsError::AccessDenied(_) => Some(Final(ExitCode::Unavailable)),
+            _ => None,
+        };
     }
     if error.is::<CaFileError>() {
         return Some(Final(ExitCode::Config));

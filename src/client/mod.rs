@@ -116,6 +116,22 @@ impl SessionSummary {
     }
 }
 
+impl SessionSummary {
+    /// The status a client program should exit with: the remote exit code when there was
+    /// one; [`ExitCode::ConnectionLost`](exit::ExitCode::ConnectionLost) (74) when the
+    /// transport failed, [`ExitCode::Interrupted`](exit::ExitCode::Interrupted) (75) when the
+    /// gateway ended the session first; else 0. Unlike [`exit_status`](Self::exit_status),
+    /// an interrupted session does not look like a remote `exit 1`.
+    pub fn program_exit_code(&self) -> i32 {
+        match (self.exit_code, &self.ending) {
+            (Some(code), _) => code,
+            (None, _) if self.interrupted().is_none() => 0,
+            (None, net::Ending::Failed(_)) => exit::ExitCode::ConnectionLost.code(),
+            (None, _) => exit::ExitCode::Interrupted.code(),
+        }
+    }
+}
+
 impl fmt::Display for SessionSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -128,7 +144,12 @@ impl fmt::Display for SessionSummary {
         if let Some(code) = self.exit_code {
             write!(f, ", exit code {code}")?;
         }
-        write!(f, " ({})", self.ending)
+        match &self.ending {
+            // The ordinary ends (the target's `exit`, or this side's close) need no comment.
+            net::Ending::ChannelClosed { output } if output.is_empty() => Ok(()),
+            net::Ending::Closed => Ok(()),
+            ending => write!(f, " ({ending})"),
+        }
     }
 }
 
