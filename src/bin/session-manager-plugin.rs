@@ -386,9 +386,13 @@ impl WatchedKms {
     fn explain(&self, error: RunError) -> Error {
         let kms = self.failed.lock().ok().and_then(|mut failed| failed.take());
         match (error, kms) {
-            (RunError::Connect(NetError::Session(session)), Some(kms)) => {
-                Box::new(KmsFailed { session, kms })
-            }
+            // The session fails, or the gateway ends it, after the KMS error.
+            (
+                RunError::Connect(
+                    error @ (NetError::Session(_) | NetError::EndedDuringHandshake(_)),
+                ),
+                Some(kms),
+            ) => Box::new(KmsFailed { error, kms }),
             (error, _) => Box::new(error),
         }
     }
@@ -415,9 +419,9 @@ impl KeyProvider for WatchedKms {
 
 /// A handshake that failed because of the KMS.
 #[derive(Debug, thiserror::Error)]
-#[error("{session}")]
+#[error("{error}")]
 struct KmsFailed {
-    session: ssm_session::session::SessionError,
+    error: NetError,
     #[source]
     kms: KmsError,
 }
