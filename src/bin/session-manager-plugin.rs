@@ -168,14 +168,14 @@ fn main() {
             }
         };
         logging(args.log_format);
-        let outcome = match args.command {
-            Command::StartSession(start) => runtime().block_on(start_session(start)),
-            Command::TerminateSession(terminate) => {
-                runtime().block_on(terminate_session(terminate))
-            }
-            Command::DescribeSessions(describe) => runtime().block_on(describe_sessions(describe)),
-        };
-        exit_with(outcome);
+        // Exits while the runtime still exists: dropping it would wait for the blocking read
+        // of stdin.
+        let runtime = runtime();
+        exit_with(match args.command {
+            Command::StartSession(start) => runtime.block_on(start_session(start)),
+            Command::TerminateSession(terminate) => runtime.block_on(terminate_session(terminate)),
+            Command::DescribeSessions(describe) => runtime.block_on(describe_sessions(describe)),
+        });
     }
     // The answer's variable is read and removed before any thread exists, so that the token
     // does not reach child processes.
