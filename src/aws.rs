@@ -1,6 +1,11 @@
 //! Signed JSON calls to a gateway (or anything speaking the AWS JSON 1.1 protocol), and a
 //! [`KeyProvider`] that asks a KMS endpoint over them.
 //!
+//! Available with the `api-client` feature, which `client` and `agent` bring in; credentials
+//! come from a [`CredentialSource`] ([`SharedFileCredentials`] without the AWS SDK, the SDK's
+//! chain with `aws-kms`). Transport errors say what to change when the URL's scheme or the
+//! trusted CA is wrong ([`TlsMismatch`](crate::net::TlsMismatch)).
+//!
 //! # Examples
 //!
 //! ```no_run

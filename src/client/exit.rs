@@ -17,7 +17,8 @@
 //!
 //! A remote command can exit with any of these numbers too; the programs then print no
 //! `Error:` line. A local failure always ends with a line `Error: …` on stderr that says what
-//! went wrong, so scripts that must tell the two apart can look at it.
+//! went wrong (a session cut short: `The session was ended before the target finished it
+//! (…)`), so scripts that must tell the two apart can look at it.
 //!
 //! # Examples
 //!
