@@ -492,3 +492,35 @@ impl Drop for Agent {
         let _ = self.0.wait();
     }
 }
+
+/// The websocket dialer explains the same mismatches as the API client.
+#[test]
+fn data_channel_dials_explain_tls_mismatches() {
+    use ssm_session::net::{self, NetError, Options, TlsMismatch};
+    use ssm_session::session::ClientConfig;
+    let runtime = runtime();
+    let plain = Dev::start(&runtime, "ws-plain", false);
+    let tls = Dev::start(&runtime, "ws-tls", true);
+    let dial = |endpoint: &str| {
+        let url = ssm_session::net::http::Endpoint::parse(endpoint)
+            .unwrap()
+            .websocket_url("/v1/data-channel/s-1");
+        let config = ClientConfig::new("s-1", "mi-1");
+        runtime.block_on(net::connect(&url, "token", config, Options::default()))
+    };
+    let mismatch = |result: Result<net::Connection, NetError>| match result {
+        Err(NetError::Connect(cause)) => cause
+            .downcast_ref::<TlsMismatch>()
+            .cloned()
+            .unwrap_or_else(|| panic!("not a TLS mismatch: {cause}")),
+        Err(other) => panic!("{other}"),
+        Ok(_) => panic!("connected"),
+    };
+    let untrusted = mismatch(dial(tls.endpoint()));
+    assert!(
+        matches!(&untrusted, TlsMismatch::UntrustedCertificate { reason, .. } if reason == "UnknownIssuer"),
+        "{untrusted}"
+    );
+    let wrong = plain.endpoint().replacen("http://", "https://", 1);
+    assert_eq!(mismatch(dial(&wrong)), TlsMismatch::PlainText);
+}
