@@ -1,6 +1,11 @@
 //! Signed JSON calls to a gateway (or anything speaking the AWS JSON 1.1 protocol), and a
 //! [`KeyProvider`] that asks a KMS endpoint over them.
 //!
+//! Available with the `api-client` feature, which `client` and `agent` bring in; credentials
+//! come from a [`CredentialSource`] ([`SharedFileCredentials`] without the AWS SDK, the SDK's
+//! chain with `aws-kms`). Transport errors say what to change when the URL's scheme or the
+//! trusted CA is wrong ([`TlsMismatch`](crate::net::TlsMismatch)).
+//!
 //! # Examples
 //!
 //! ```no_run
@@ -278,12 +283,39 @@ impl ApiClient {
                 code: field("__type")
                     .map(|code| code.rsplit('#').next().unwrap_or_default().to_owned())
                     .unwrap_or_else(|| format!("HTTP {}", answer.status)),
-                message: field("message")
-                    .or_else(|| field("Message"))
-                    .unwrap_or_else(|| String::from_utf8_lossy(&answer.body).into_owned()),
+                message: field("message").or_else(|| field("Message")).unwrap_or_else(|| {
+                    match json {
+                        Some(_) => "the error names no message".to_owned(),
+                        None => format!(
+                            "not an AWS JSON error, is {} a Session Manager endpoint? The answer begins: {}",
+                            self.url,
+                            excerpt(&answer.body)
+                        ),
+                    }
+                }),
             });
         }
-        json.ok_or_else(|| ApiCallError::Answer(String::from_utf8_lossy(&answer.body).into_owned()))
+        json.ok_or_else(|| ApiCallError::Answer(format!("not JSON: {}", excerpt(&answer.body))))
+    }
+}
+
+/// At most the first line (or an HTML page's title) and 120 characters of `body`.
+fn excerpt(body: &[u8]) -> String {
+    const MAX: usize = 120;
+    let text = String::from_utf8_lossy(body);
+    let lower = text.to_ascii_lowercase();
+    let title = lower.find("<title>").and_then(|start| {
+        let start = start + "<title>".len();
+        let end = start + lower[start..].find("</title>")?;
+        text.get(start..end)
+    });
+    let line = title
+        .or_else(|| text.lines().map(str::trim).find(|line| !line.is_empty()))
+        .unwrap_or("(empty)")
+        .trim();
+    match line.char_indices().nth(MAX) {
+        Some((at, _)) => format!("{}…", &line[..at]),
+        None => line.to_owned(),
     }
 }
 
@@ -320,6 +352,9 @@ impl HttpKms {
 }
 
 fn kms_error(error: ApiCallError) -> KmsError {
+    if let ApiCallError::Credentials { .. } = error {
+        return KmsError::NoCredentials(error.to_string());
+    }
     match error.code() {
         Some("InvalidCiphertextException") => KmsError::InvalidCiphertext,
         Some("AccessDeniedException") => KmsError::AccessDenied(error.to_string()),
@@ -499,6 +534,16 @@ fn ini_section(text: &str, section: &str) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn excerpts_of_non_json_bodies_are_short() {
+        let page = b"<!DOCTYPE html>\n<html><head><TITLE>501 Not Implemented</TITLE></head>\n<body>...</body></html>";
+        assert_eq!(excerpt(page), "501 Not Implemented");
+        assert_eq!(excerpt(b"\n\n  first line  \nsecond"), "first line");
+        assert_eq!(excerpt(b""), "(empty)");
+        let long = "x".repeat(500);
+        assert_eq!(excerpt(long.as_bytes()).chars().count(), 121);
+    }
 
     const CREDENTIALS: &str = "[default]\naws_access_key_id = AKIDDEFAULT\naws_secret_access_key = s1\n\n# comment\n[dev]\naws_access_key_id=AKIDDEV\naws_secret_access_key=s2\naws_session_token = tok\n";
     const CONFIG: &str = "[default]\nregion = eu-west-1\n[profile ops]\naws_access_key_id = AKIDOPS\naws_secret_access_key = s3\n[profile sso]\nsso_start_url = https://x\n";

@@ -60,6 +60,9 @@ pub enum KmsError {
     /// The caller may not use the key.
     #[error("AccessDeniedException: {0}")]
     AccessDenied(String),
+    /// The KMS call needs credentials and there are none (or they were not accepted).
+    #[error("{0}")]
+    NoCredentials(String),
     /// Anything else (transport, service errors), as text.
     #[error("{0}")]
     Other(String),

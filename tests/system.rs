@@ -1094,9 +1094,10 @@ fn plugin_runs_a_plain_shell_without_credentials() {
     let encrypted = plugin_without_credentials(&system, &start(Some(DEV_ENCRYPTED_SHELL)))
         .spawn()
         .unwrap();
+    // 77: the credentials KMS needed are missing (`ExitCode::Credentials`).
     let output = wait_with_timeout(encrypted, Duration::from_secs(30));
     let stderr = text(&output.stderr);
-    assert_eq!(output.status.code(), Some(255), "{stderr}");
+    assert_eq!(output.status.code(), Some(77), "{stderr}");
     assert!(
         stderr.contains("TrentService.GenerateDataKey needs AWS credentials")
             && stderr.contains("AWS_ACCESS_KEY_ID"),

@@ -1,6 +1,14 @@
-//! The user side: `StartSession` / `ResumeSession` / `TerminateSession` against a gateway,
-//! then the session itself as an interactive terminal ([`run_terminal`]) or a local port
-//! forwarder ([`run_port_forwarding`]).
+//! The user side: `StartSession` / `ResumeSession` / `TerminateSession` /
+//! `DescribeSessions` against a gateway, then the session itself as an interactive terminal
+//! ([`run_terminal`]) or a local port forwarder ([`run_port_forwarding`]), and the exit
+//! statuses of client programs ([`exit`]).
+//!
+//! Available with the `client` feature alone (`default-features = false, features =
+//! ["client"]`): it brings in the API client, the websocket transport, `rustix` for the
+//! terminal and tokio's stdio and signals, but no PTY, process spawning, certificate
+//! generation or gateway code. `ResumeSession` after a lost connection signs with the
+//! [`ApiClient`]'s [`CredentialSource`](crate::aws::CredentialSource) (e.g.
+//! [`SharedFileCredentials`](crate::aws::SharedFileCredentials)), asked only when needed.
 //!
 //! # Examples
 //!
@@ -22,6 +30,7 @@
 //! # }
 //! ```
 
+pub mod exit;
 pub mod plugin;
 mod port;
 mod terminal;
@@ -107,6 +116,22 @@ impl SessionSummary {
     }
 }
 
+impl SessionSummary {
+    /// The status a client program should exit with: the remote exit code when there was
+    /// one; [`ExitCode::ConnectionLost`](exit::ExitCode::ConnectionLost) (74) when the
+    /// transport failed, [`ExitCode::Interrupted`](exit::ExitCode::Interrupted) (75) when the
+    /// gateway ended the session first; else 0. Unlike [`exit_status`](Self::exit_status),
+    /// an interrupted session does not look like a remote `exit 1`.
+    pub fn program_exit_code(&self) -> i32 {
+        match (self.exit_code, &self.ending) {
+            (Some(code), _) => code,
+            (None, _) if self.interrupted().is_none() => 0,
+            (None, net::Ending::Failed(_)) => exit::ExitCode::ConnectionLost.code(),
+            (None, _) => exit::ExitCode::Interrupted.code(),
+        }
+    }
+}
+
 impl fmt::Display for SessionSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -119,7 +144,12 @@ impl fmt::Display for SessionSummary {
         if let Some(code) = self.exit_code {
             write!(f, ", exit code {code}")?;
         }
-        write!(f, " ({})", self.ending)
+        match &self.ending {
+            // The ordinary ends (the target's `exit`, or this side's close) need no comment.
+            net::Ending::ChannelClosed { output } if output.is_empty() => Ok(()),
+            net::Ending::Closed => Ok(()),
+            ending => write!(f, " ({ending})"),
+        }
     }
 }
 
@@ -162,6 +192,105 @@ impl fmt::Display for Notice {
             }
         }
     }
+}
+
+/// Which sessions [`SessionClient::describe_sessions`] lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum SessionState {
+    /// Sessions now connected.
+    #[default]
+    Active,
+    /// Sessions that have ended.
+    History,
+}
+
+impl SessionState {
+    /// The API's name: `Active` or `History`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionState::Active => "Active",
+            SessionState::History => "History",
+        }
+    }
+}
+
+impl fmt::Display for SessionState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for SessionState {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "Active" | "active" => Ok(SessionState::Active),
+            "History" | "history" => Ok(SessionState::History),
+            other => Err(format!("{other:?} is not Active or History")),
+        }
+    }
+}
+
+/// A `DescribeSessions` filter, as in the AWS API: `key` one of `InvokedAfter`,
+/// `InvokedBefore`, `Target`, `Owner`, `Status`, `SessionId`. A gateway may ignore filters it
+/// does not implement.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SessionFilter {
+    /// The filter's name.
+    pub key: String,
+    /// The value to match.
+    pub value: String,
+}
+
+impl SessionFilter {
+    /// The filter `key` = `value`.
+    pub fn new(key: impl Into<String>, value: impl Into<String>) -> SessionFilter {
+        SessionFilter {
+            key: key.into(),
+            value: value.into(),
+        }
+    }
+}
+
+/// One session as `DescribeSessions` describes it (the AWS `Session` shape; fields a server
+/// leaves out are `None`). It serializes back to the same JSON names.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+#[non_exhaustive]
+pub struct SessionDescription {
+    /// The session id.
+    pub session_id: String,
+    /// The managed node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// `Connected`, `Terminated`, `Failed`, …
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// When it started, in seconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_date: Option<f64>,
+    /// When it ended, in seconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_date: Option<f64>,
+    /// The ARN of the user who started it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// Its session document.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub document_name: Option<String>,
+    /// The reason given at StartSession.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DescribeSessionsPage {
+    #[serde(default)]
+    sessions: Vec<SessionDescription>,
+    #[serde(default)]
+    next_token: Option<String>,
 }
 
 /// Why [`SessionClient::run_session`] failed.
@@ -257,6 +386,63 @@ impl SessionClient {
             )
             .await
             .map(drop)
+    }
+
+    /// `DescribeSessions`: the caller's sessions in `state`, narrowed by `filters`, every page
+    /// of the answer (`NextToken`) gathered.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use ssm_session::aws::{ApiClient, SharedFileCredentials};
+    /// use ssm_session::client::{SessionClient, SessionFilter, SessionState};
+    /// use ssm_session::net::TlsConfig;
+    /// use std::sync::Arc;
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let credentials = Arc::new(SharedFileCredentials::new(None));
+    /// let api = ApiClient::with_credentials(
+    ///     "https://gateway.example:8443",
+    ///     "us-east-1",
+    ///     credentials,
+    ///     TlsConfig::from_pem_file("dev-ca.pem")?,
+    /// )?;
+    /// let sessions = SessionClient::new(api);
+    /// let on_one_host = [SessionFilter::new("Target", "mi-0123456789abcdef0")];
+    /// for session in sessions.describe_sessions(SessionState::Active, &on_one_host).await? {
+    ///     println!("{} {:?} since {:?}", session.session_id, session.status, session.start_date);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn describe_sessions(
+        &self,
+        state: SessionState,
+        filters: &[SessionFilter],
+    ) -> Result<Vec<SessionDescription>, ApiCallError> {
+        let mut sessions = Vec::new();
+        let mut next_token: Option<String> = None;
+        loop {
+            let mut request = json!({ "State": state.as_str() });
+            if !filters.is_empty() {
+                request["Filters"] = json!(filters);
+            }
+            if let Some(token) = &next_token {
+                request["NextToken"] = json!(token);
+            }
+            let answer = self
+                .api
+                .call("ssm", "AmazonSSM.DescribeSessions", &request)
+                .await?;
+            let page: DescribeSessionsPage = serde_json::from_value(answer).map_err(|error| {
+                ApiCallError::Answer(format!("not a DescribeSessions answer: {error}"))
+            })?;
+            sessions.extend(page.sessions);
+            match page.next_token.filter(|token| !token.is_empty()) {
+                // A server that repeats its token would otherwise keep this loop going.
+                Some(token) if next_token.as_ref() != Some(&token) => next_token = Some(token),
+                _ => return Ok(sessions),
+            }
+        }
     }
 
     /// Opens the data channel of `started`, resuming through `ResumeSession` after transport

@@ -39,7 +39,14 @@ pub(crate) async fn dial(
     );
     let (mut ws, _response) = match tokio::time::timeout(timeout, connect).await {
         Err(_) => return Err(NetError::ConnectTimeout(timeout)),
-        Ok(result) => result.map_err(classify)?,
+        Ok(result) => result.map_err(|error| match &error {
+            // Untrusted certificate, or a `wss://` URL for a plain-text server.
+            tungstenite::Error::Io(io) => match super::TlsMismatch::diagnose(io, tls) {
+                Some(mismatch) => NetError::Connect(Box::new(mismatch)),
+                None => classify(error),
+            },
+            _ => classify(error),
+        })?,
     };
     ws.send(Message::text(opening)).await.map_err(classify)?;
     Ok(ws)

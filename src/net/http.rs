@@ -12,7 +12,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
-use super::TlsConfig;
+use super::{TlsConfig, TlsMismatch};
 
 /// Largest answer body accepted (API answers are a few hundred bytes; KMS blobs a few KiB).
 pub(crate) const MAX_BODY: usize = 1 << 20;
@@ -39,6 +39,10 @@ pub enum HttpError {
     /// No complete answer in time.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
+    /// The URL's scheme does not match what the endpoint speaks, or its certificate is not
+    /// trusted: the message says what to change.
+    #[error(transparent)]
+    Tls(#[from] super::TlsMismatch),
 }
 
 /// Why an endpoint URL is unusable.
@@ -153,7 +157,24 @@ async fn exchange(
     let tcp = TcpStream::connect((endpoint.host.as_str(), endpoint.port)).await?;
     let _ = tcp.set_nodelay(true);
     if !endpoint.tls {
-        return send(TokioIo::new(tcp), false, request).await;
+        let first = Arc::new(std::sync::OnceLock::new());
+        let sniffed = Sniff {
+            inner: tcp,
+            first: first.clone(),
+        };
+        return send(TokioIo::new(sniffed), false, request)
+            .await
+            .map_err(|error| match error {
+                // A TLS server answers a plain request with an alert record (or nothing).
+                HttpError::Http(_)
+                    if first
+                        .get()
+                        .is_some_and(|bytes: &Vec<u8>| TlsMismatch::looks_like_tls(bytes)) =>
+                {
+                    HttpError::Tls(TlsMismatch::SpeaksTls)
+                }
+                other => other,
+            });
     }
     let name = rustls::pki_types::ServerName::try_from(endpoint.host.clone())
         .map_err(|_| HttpError::ServerName(endpoint.host.clone()))?;
@@ -161,9 +182,60 @@ async fn exchange(
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(name, tcp)
-        .await?;
+        .await
+        .map_err(|error| match TlsMismatch::diagnose(&error, tls) {
+            Some(mismatch) => HttpError::Tls(mismatch),
+            None => HttpError::Io(error),
+        })?;
     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
     send(TokioIo::new(stream), h2, request).await
+}
+
+/// A plain connection that keeps the first bytes the server sent, to tell a TLS server's
+/// alert from a malformed HTTP answer.
+struct Sniff {
+    inner: TcpStream,
+    first: Arc<std::sync::OnceLock<Vec<u8>>>,
+}
+
+impl tokio::io::AsyncRead for Sniff {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let read = &buf.filled()[before..];
+        if !read.is_empty() && self.first.get().is_none() {
+            let _ = self.first.set(read[..read.len().min(8)].to_vec());
+        }
+        poll
+    }
+}
+
+impl tokio::io::AsyncWrite for Sniff {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// Aborts the connection task when the exchange ends, whichever way it ends.

@@ -61,7 +61,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use handle::{Connection, Counters, Ending, Incoming, ReadHalf, WriteHalf};
-pub use tls::{TlsConfig, server_config};
+pub use tls::{CaFileError, TlsConfig, TlsMismatch, server_config};
 
 use crate::kms::KeyProvider;
 use crate::session::{AgentConfig, ClientConfig, SessionError};

@@ -22,6 +22,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 #[derive(Clone, Debug)]
 pub struct TlsConfig {
     client: Arc<rustls::ClientConfig>,
+    trust: Arc<str>,
 }
 
 impl Default for TlsConfig {
@@ -29,7 +30,7 @@ impl Default for TlsConfig {
     fn default() -> Self {
         let mut roots = RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        Self::from_roots(roots)
+        Self::from_roots(roots, "the built-in Mozilla roots (webpki-roots)".into())
     }
 }
 
@@ -42,7 +43,29 @@ impl TlsConfig {
         for root in roots {
             store.add(root)?;
         }
-        Ok(Self::from_roots(store))
+        let trust = format!("{} certificate(s) given by the program", store.len());
+        Ok(Self::from_roots(store, trust.into()))
+    }
+
+    /// Trusts only the certificates in the PEM file at `path` (`--ca-cert`, `AWS_CA_BUNDLE`);
+    /// errors and [`TlsConfig::trust`] name the file.
+    pub fn from_pem_file(path: impl AsRef<std::path::Path>) -> Result<Self, CaFileError> {
+        let path = path.as_ref();
+        let pem = std::fs::read(path).map_err(|error| CaFileError {
+            path: path.to_owned(),
+            reason: error.to_string(),
+        })?;
+        let mut config = Self::with_root_pem(&pem).map_err(|error| CaFileError {
+            path: path.to_owned(),
+            reason: error.to_string(),
+        })?;
+        config.trust = format!("the CA file {}", path.display()).into();
+        Ok(config)
+    }
+
+    /// Which roots are trusted, for messages: "the CA file …", "the built-in Mozilla roots …".
+    pub fn trust(&self) -> &str {
+        &self.trust
     }
 
     /// Trusts only the certificates in `pem` (one or more `CERTIFICATE` blocks).
@@ -57,7 +80,7 @@ impl TlsConfig {
         Self::with_roots(roots)
     }
 
-    fn from_roots(roots: RootCertStore) -> Self {
+    fn from_roots(roots: RootCertStore, trust: Box<str>) -> Self {
         let client = rustls::ClientConfig::builder_with_provider(Arc::new(default_provider()))
             .with_safe_default_protocol_versions()
             .expect("the ring provider supports the default protocol versions")
@@ -65,11 +88,89 @@ impl TlsConfig {
             .with_no_client_auth();
         TlsConfig {
             client: Arc::new(client),
+            trust: trust.into(),
         }
     }
 
     pub(crate) fn client(&self) -> Arc<rustls::ClientConfig> {
         self.client.clone()
+    }
+}
+
+/// A CA file (`--ca-cert`, `AWS_CA_BUNDLE`) that cannot be used.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("cannot use the CA file {}: {reason}", path.display())]
+pub struct CaFileError {
+    /// The file.
+    pub path: std::path::PathBuf,
+    /// Why (unreadable, not PEM, no certificate).
+    pub reason: String,
+}
+
+/// A connection that failed because the two ends do not agree on TLS, said in terms of what
+/// to change: the URL's scheme, or the CA to trust.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsMismatch {
+    /// The server's certificate chain does not end at a trusted root.
+    #[error(
+        "the gateway's certificate is not signed by a trusted CA ({reason}): pass --ca-cert FILE or set AWS_CA_BUNDLE (currently: {trust})"
+    )]
+    UntrustedCertificate {
+        /// rustls' reason, e.g. `UnknownIssuer`.
+        reason: String,
+        /// What was trusted ([`TlsConfig::trust`]).
+        trust: String,
+    },
+    /// The certificate was refused for another reason (name, expiry, usage).
+    #[error("the gateway's certificate was refused: {reason} (trusting {trust})")]
+    BadCertificate {
+        /// rustls' reason, e.g. `NotValidForName`.
+        reason: String,
+        /// What was trusted ([`TlsConfig::trust`]).
+        trust: String,
+    },
+    /// An `https://` (`wss://`) URL, but the server answered in plain text.
+    #[error("the endpoint speaks plain HTTP, not TLS: use http:// (not https://)")]
+    PlainText,
+    /// An `http://` (`ws://`) URL, but the server answered with TLS records.
+    #[error("the endpoint speaks TLS: use https:// (not http://)")]
+    SpeaksTls,
+}
+
+impl TlsMismatch {
+    /// What a failed TLS handshake (`rustls::Error`, or an `io::Error` carrying one) means, if
+    /// it is one of the mismatches above.
+    pub fn diagnose(error: &(dyn std::error::Error + 'static), tls: &TlsConfig) -> Option<Self> {
+        let rustls_error = match error.downcast_ref::<std::io::Error>() {
+            Some(io) => io.get_ref()?.downcast_ref::<rustls::Error>()?,
+            None => error.downcast_ref::<rustls::Error>()?,
+        };
+        let trust = tls.trust().to_owned();
+        match rustls_error {
+            rustls::Error::InvalidCertificate(
+                reason @ (rustls::CertificateError::UnknownIssuer
+                | rustls::CertificateError::BadSignature
+                | rustls::CertificateError::UnhandledCriticalExtension),
+            ) => Some(TlsMismatch::UntrustedCertificate {
+                reason: format!("{reason:?}"),
+                trust,
+            }),
+            rustls::Error::InvalidCertificate(reason) => Some(TlsMismatch::BadCertificate {
+                reason: format!("{reason:?}"),
+                trust,
+            }),
+            rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType) => {
+                Some(TlsMismatch::PlainText)
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether the first bytes a server sent on a plain connection are a TLS record (an alert
+    /// or a handshake message, version 3.x): the server expected TLS.
+    pub fn looks_like_tls(first: &[u8]) -> bool {
+        matches!(first, [0x15 | 0x16, 0x03, 0x00..=0x04, ..])
     }
 }
 
