@@ -291,7 +291,18 @@ pub async fn run(
                     "cannot reach the gateway; retrying in {retry}"
                 ),
             }
-            tokio::time::sleep(delay).await;
+            // A stop during a long back-off (refusals wait up to minutes) is seen at once.
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = context.stop.cancelled(), if !stopping => {}
+            }
+            if context.stop.is_cancelled()
+                && unsent.is_empty()
+                && outbox.is_empty()
+                && lock(&context.running).is_empty()
+            {
+                return;
+            }
         }
     };
     tokio::pin!(serve, shutdown);

@@ -111,6 +111,8 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             (dev.config.clone(), dev.config_path.clone(), Some(dev))
         }
     };
+    // A --dev --state-dir set-up listens where it did before: say so when that is taken.
+    let saved_port = dev.is_some() && args.listen.is_none() && args.state_dir.is_some();
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
@@ -120,7 +122,20 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(files) = tls_files {
         config.tls = Some(files);
     }
-    let gateway = Gateway::start(config.clone(), Some(config_path.clone())).await?;
+    let gateway = match Gateway::start(config.clone(), Some(config_path.clone())).await {
+        Err(gateway::GatewayError::Io { source, .. })
+            if saved_port && source.kind() == std::io::ErrorKind::AddrInUse =>
+        {
+            return Err(format!(
+                "{} (saved in {} by the first start) is in use, by another gateway on this \
+                 --state-dir or another program: stop it, or pass --listen to serve elsewhere",
+                config.listen,
+                config_path.display()
+            )
+            .into());
+        }
+        started => started?,
+    };
     tracing::info!(
         listen = %gateway.local_addr(),
         endpoint = gateway.endpoint(),

@@ -362,7 +362,7 @@ fn write_agent_secrets(
 /// (default 127.0.0.1) unless `listen` names a port — and keeps its credentials in
 /// `state_dir/dev-setup.json` (0600); later calls load `gateway.json` and those credentials
 /// instead, so the endpoint, agent ids and secrets, keys, KMS master key and certificate
-/// stay the same. The saved port must be free: a clear error says when it is not.
+/// stay the same (the saved port must be free when the gateway starts).
 /// `agents` (at least 1) agent identities are configured, generated as needed; `tls` adds a
 /// certificate to a set-up that had none.
 pub fn open_dev(
@@ -416,20 +416,8 @@ pub fn open_dev(
     if changed {
         config.save(&config_path)?;
     }
-    match listen {
-        Some(listen) => config.listen = listen,
-        None => {
-            // Bind once to tell a taken port from other failures, with what to do about it.
-            std::net::TcpListener::bind(config.listen).map_err(|source| GatewayError::Io {
-                what: format!(
-                    "{} saved in {} is not free (another gateway on this --state-dir?): stop \
-                     what listens there, or pass --listen to serve elsewhere",
-                    config.listen,
-                    config_path.display()
-                ),
-                source,
-            })?;
-        }
+    if let Some(listen) = listen {
+        config.listen = listen;
     }
     let agents = write_agent_secrets(state_dir, &config)?;
     Ok(DevEnvironment {
