@@ -17,7 +17,7 @@
 //! ```
 //! use std::time::Duration;
 //! use ssm_session::agent::backoff::{Backoff, Failure};
-//! use ssm_session::entropy::SystemEntropy;
+//! use ssm_session::SystemEntropy;
 //!
 //! let mut backoff = Backoff::default();
 //! let first = backoff.next(Failure::Refused, &mut SystemEntropy::new());
@@ -203,9 +203,9 @@ mod tests {
             Duration::from_millis(500)
         );
         assert_eq!(backoff.next(Failure::Refused, &mut Fixed(500)), secs(1) + secs(1) / 2);
-        // 65535 % 1001 = 470.
+        // 65535 % 1001 = 470: 2 s + 2 s × 0.47.
         let delay = backoff.next(Failure::Refused, &mut Fixed(u16::MAX));
-        assert_eq!(delay, secs(2) + Duration::from_millis(1880));
+        assert_eq!(delay, secs(2) + Duration::from_millis(940));
         let mut system = crate::entropy::SystemEntropy::new();
         for _ in 0..100 {
             let delay = Backoff::default().next(Failure::Refused, &mut system);

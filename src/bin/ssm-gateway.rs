@@ -49,10 +49,10 @@ struct Args {
     /// directory under the temporary directory).
     #[arg(long, env = "SSM_GATEWAY_STATE_DIR")]
     state_dir: Option<PathBuf>,
-    /// How many agent identities the development set-up has (with --dev; more are added to
-    /// an existing --state-dir, none removed).
-    #[arg(long, requires = "dev", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=100))]
-    agents: u16,
+    /// How many agent identities the development set-up has (with --dev, default 1; more are
+    /// added to an existing --state-dir, none removed).
+    #[arg(long, requires = "dev", value_parser = clap::value_parser!(u16).range(1..=100))]
+    agents: Option<u16>,
     /// PEM certificate chain to serve https/wss with, leaf first.
     #[arg(long, env = "SSM_GATEWAY_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -94,7 +94,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let (mut config, config_path, dev) = match args.config {
         Some(path) => (GatewayConfig::load(&path)?, path, None),
         None => {
-            let agents = usize::from(args.agents);
+            let agents = usize::from(args.agents.unwrap_or(1));
             // With --state-dir, kept: the next start with it loads the same set-up; without,
             // a new one in a new directory each time.
             let dir = match args.state_dir.clone() {
