@@ -27,7 +27,6 @@ use crate::net::{Ending, Incoming, NetError, ReadHalf, WriteHalf};
 use crate::payload::Flag;
 use crate::smux::{Mux, MuxEvent, StreamId};
 
-
 /// What the client says when the agent could not connect to the destination port: where the
 /// reason is (the agent logs it, and the gateway's audit log has the stream report).
 const CONNECT_TO_PORT_FAILED: &str = "connection to the destination port failed: the agent \

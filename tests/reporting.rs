@@ -92,7 +92,13 @@ async fn a_refused_agent_logs_the_reason_and_backs_off() {
     let (_unknown, unknown_log) = agent(&endpoint, "mi-0000000000000dead", wrong_secret);
     let (_right, right_log) = agent(&endpoint, &setup.agent_id, &setup.agent_secret);
 
-    wait_for(&right_log, "connected to the gateway", 1, Duration::from_secs(10)).await;
+    wait_for(
+        &right_log,
+        "connected to the gateway",
+        1,
+        Duration::from_secs(10),
+    )
+    .await;
     let refused = "the gateway refused this agent: ";
     wait_for(&wrong_log, refused, 1, Duration::from_secs(10)).await;
     wait_for(&unknown_log, refused, 1, Duration::from_secs(10)).await;
@@ -138,7 +144,11 @@ async fn a_refused_agent_logs_the_reason_and_backs_off() {
     }
     // The agent with the right secret stayed connected.
     let right = text(&right_log);
-    assert_eq!(right.matches("connected to the gateway").count(), 1, "{right}");
+    assert_eq!(
+        right.matches("connected to the gateway").count(),
+        1,
+        "{right}"
+    );
     assert!(!right.contains("refused"), "{right}");
     drop(gateway);
     let _ = std::fs::remove_dir_all(&state);
@@ -175,7 +185,11 @@ async fn a_dev_gateway_restarted_on_its_state_dir_is_the_same_gateway() {
     let (first, before, _) = dev_gateway(&state, &["--agents", "2"]);
     let secret_file = PathBuf::from(before["agent_secret_file"].as_str().unwrap());
     assert_eq!(secret_file, state.join("agent-secret"));
-    let mode = std::fs::metadata(&secret_file).unwrap().permissions().mode() & 0o777;
+    let mode = std::fs::metadata(&secret_file)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o600);
     assert_eq!(
         std::fs::read_to_string(&secret_file).unwrap().trim_end(),
@@ -208,7 +222,13 @@ async fn a_dev_gateway_restarted_on_its_state_dir_is_the_same_gateway() {
     wait_for(&agent_log, connected, 1, Duration::from_secs(10)).await;
 
     drop(first);
-    wait_for(&agent_log, "disconnected, reconnecting in", 1, Duration::from_secs(10)).await;
+    wait_for(
+        &agent_log,
+        "disconnected, reconnecting in",
+        1,
+        Duration::from_secs(10),
+    )
+    .await;
     let (_second, after, second_log) = dev_gateway(&state, &[]);
     for field in [
         "endpoint",
@@ -229,7 +249,11 @@ async fn a_dev_gateway_restarted_on_its_state_dir_is_the_same_gateway() {
     // The same agent reconnects to the second gateway with the same credentials.
     wait_for(&agent_log, connected, 2, Duration::from_secs(40)).await;
     wait_for(&second_log, "agent connected", 1, Duration::from_secs(10)).await;
-    assert!(!text(&agent_log).contains("refused"), "{}", text(&agent_log));
+    assert!(
+        !text(&agent_log).contains("refused"),
+        "{}",
+        text(&agent_log)
+    );
     let _ = std::fs::remove_dir_all(&state);
 }
 
@@ -247,7 +271,12 @@ async fn a_taken_saved_port_is_a_clear_error() {
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    let port = before["endpoint"].as_str().unwrap().rsplit(':').next().unwrap();
+    let port = before["endpoint"]
+        .as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap();
     assert!(
         stderr.contains("is in use") && stderr.contains(port) && stderr.contains("--listen"),
         "{stderr}"

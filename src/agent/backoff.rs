@@ -202,14 +202,20 @@ mod tests {
             backoff.next(Failure::Refused, &mut Fixed(0)),
             Duration::from_millis(500)
         );
-        assert_eq!(backoff.next(Failure::Refused, &mut Fixed(500)), secs(1) + secs(1) / 2);
+        assert_eq!(
+            backoff.next(Failure::Refused, &mut Fixed(500)),
+            secs(1) + secs(1) / 2
+        );
         // 65535 % 1001 = 470: 2 s + 2 s × 0.47.
         let delay = backoff.next(Failure::Refused, &mut Fixed(u16::MAX));
         assert_eq!(delay, secs(2) + Duration::from_millis(940));
         let mut system = crate::entropy::SystemEntropy::new();
         for _ in 0..100 {
             let delay = Backoff::default().next(Failure::Refused, &mut system);
-            assert!((Duration::from_millis(500)..=secs(1)).contains(&delay), "{delay:?}");
+            assert!(
+                (Duration::from_millis(500)..=secs(1)).contains(&delay),
+                "{delay:?}"
+            );
         }
     }
 

@@ -56,12 +56,12 @@ use crate::control::{
 };
 use crate::document::{AgentSessionRequest, SessionType};
 use crate::entropy::SystemEntropy;
-use backoff::{Backoff, Failure};
 use crate::kms::KeyProvider;
 use crate::net::runtime::{Liveness, jittered, lock, random_uuid, wall_ms};
 use crate::net::{self, Connection, Options, TlsConfig, TokenError};
 use crate::session::AgentConfig;
 use crate::sigv4::{self, Credentials};
+use backoff::{Backoff, Failure};
 
 /// The version this agent reports (above every gate of SPEC §12).
 pub const AGENT_VERSION: &str = "3.3.1957.0";
@@ -246,7 +246,10 @@ pub async fn run(
     let serve = async {
         let mut backoff = Backoff::new(
             (settings.initial_backoff, settings.max_backoff),
-            (settings.initial_refused_backoff, settings.max_refused_backoff),
+            (
+                settings.initial_refused_backoff,
+                settings.max_refused_backoff,
+            ),
         );
         let mut entropy = SystemEntropy::new();
         loop {
@@ -447,8 +450,8 @@ async fn control_channel(
         agent_version: AGENT_VERSION.into(),
         platform_type: "linux".into(),
     };
-    let opening = serde_json::to_string(&opening)
-        .map_err(|error| DialError::Network(error.to_string()))?;
+    let opening =
+        serde_json::to_string(&opening).map_err(|error| DialError::Network(error.to_string()))?;
     ws.send(Message::text(opening))
         .await
         .map_err(|error| DialError::Network(error.to_string()))?;
@@ -761,4 +764,59 @@ async fn create_data_channel(
         .and_then(|token| token.as_str())
         .map(str::to_owned)
         .ok_or_else(|| crate::aws::ApiCallError::Answer("no TokenValue".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_says_what_the_gateway_said() {
+        let body =
+            br#"{"__type":"InvalidSignatureException","message":"the signature does not match"}"#;
+        assert_eq!(
+            refusal_reason(403, body, None),
+            "the signature does not match (InvalidSignatureException, HTTP 403)"
+        );
+        assert_eq!(
+            refusal_reason(
+                403,
+                b"",
+                Some("UnrecognizedClientException:http://internal")
+            ),
+            "UnrecognizedClientException (HTTP 403)"
+        );
+        assert_eq!(
+            refusal_reason(403, b"<html>", None),
+            "HTTP 403 without a reason"
+        );
+        let hostile = format!(
+            r#"{{"message":"a\u001b[31mred\nline{}"}}"#,
+            "x".repeat(2000)
+        );
+        let told = refusal_reason(400, hostile.as_bytes(), None);
+        assert!(told.starts_with("a [31mred line"), "{told}");
+        assert_eq!(told.chars().count(), 512);
+    }
+
+    #[test]
+    fn a_policy_close_is_a_refusal_and_others_are_drops() {
+        use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+        let frame = |code, reason: &str| {
+            Some(CloseFrame {
+                code,
+                reason: reason.to_owned().into(),
+            })
+        };
+        assert!(matches!(
+            closed(frame(CloseCode::Policy, "agent mi-1 was removed")),
+            Err(DialError::Refused(reason)) if reason == "agent mi-1 was removed"
+        ));
+        assert!(matches!(
+            closed(frame(CloseCode::Away, "")),
+            Ok(why) if why == "closed by the gateway (1001)"
+        ));
+        assert!(matches!(closed(None), Ok(why) if why == "closed by the gateway"));
+    }
 }

@@ -128,7 +128,9 @@ impl Service {
         };
         let Some(opening) = opening else {
             tracing::info!(%agent_id, %peer, "control channel refused: no valid opening message");
-            let _ = ws.close(Some(policy_close("no valid opening message"))).await;
+            let _ = ws
+                .close(Some(policy_close("no valid opening message")))
+                .await;
             return;
         };
         let (sender, mut outgoing) = mpsc::channel(QUEUE);
@@ -141,7 +143,9 @@ impl Service {
                 drop(agents);
                 let why = "its key was removed from the configuration while its channel opened";
                 self.control_channel_refused(&agent_id, peer, why, true);
-                let told = format!("agent {agent_id} was removed from this gateway, or its secret changed");
+                let told = format!(
+                    "agent {agent_id} was removed from this gateway, or its secret changed"
+                );
                 let _ = ws.close(Some(policy_close(&told))).await;
                 return;
             }

@@ -444,15 +444,14 @@ impl Auth {
             digest = Some(key_digest(id, secret));
             Some(secret.clone())
         };
-        sigv4::verify(&request.signed(), &expected, lookup, now)
-            .map(|verified| {
-                let key = AgentKey {
-                    id: verified.access_key_id.clone(),
-                    // Set whenever the signature verified; all zeros would match no key.
-                    digest: digest.unwrap_or_default(),
-                };
-                Signed::new(key, &verified, true)
-            })
+        sigv4::verify(&request.signed(), &expected, lookup, now).map(|verified| {
+            let key = AgentKey {
+                id: verified.access_key_id.clone(),
+                // Set whenever the signature verified; all zeros would match no key.
+                digest: digest.unwrap_or_default(),
+            };
+            Signed::new(key, &verified, true)
+        })
     }
 
     /// Whether agent `id` is configured now with the key of `digest` (compared in constant
@@ -569,6 +568,43 @@ mod tests {
         for shown_part in ["TrentService.Decrypt", "AKIAEXAMPLE", "body_len: 32"] {
             assert!(shown.contains(shown_part), "no {shown_part} in {shown}");
         }
+    }
+
+    #[test]
+    fn a_refused_agent_is_told_what_to_fix() {
+        use sigv4::SigV4Error;
+        let unknown = agent_refusal(&SigV4Error::UnknownAccessKey("\"mi-1\"".into()));
+        assert_eq!(
+            (unknown.status, unknown.code),
+            (403, "UnrecognizedClientException")
+        );
+        assert!(
+            unknown
+                .message
+                .contains("the agent id \"mi-1\" is not registered with this gateway"),
+            "{unknown}"
+        );
+        let mismatch = agent_refusal(&SigV4Error::SignatureMismatch);
+        assert_eq!(mismatch.code, "InvalidSignatureException");
+        assert!(
+            mismatch.message.contains("check the agent's secret"),
+            "{mismatch}"
+        );
+        let late = agent_refusal(&SigV4Error::RequestExpired {
+            request_time: "20300101T000000Z".into(),
+            server_time: "20300101T002000Z".into(),
+        });
+        assert_eq!(late.code, "InvalidSignatureException");
+        assert!(
+            late.message
+                .contains("is 20 min behind the gateway's clock"),
+            "{late}"
+        );
+        let ahead = agent_refusal(&SigV4Error::RequestExpired {
+            request_time: "20300101T010630Z".into(),
+            server_time: "20300101T000000Z".into(),
+        });
+        assert!(ahead.message.contains("67 min ahead of"), "{ahead}");
     }
 
     #[test]

@@ -619,9 +619,8 @@ fn refused(path: &str, peer: SocketAddr, error: ApiError) -> Response<Full<Bytes
 /// in `x-amzn-ErrorType` (a websocket client may show only the head).
 fn upgrade_refusal(error: &ApiError) -> Response<Full<Bytes>> {
     let mut response = json_response(error.status, error_body(error.code, &error.message));
-    response.headers_mut().insert(
-        "x-amzn-errortype",
-        HeaderValue::from_static(error.code),
-    );
+    response
+        .headers_mut()
+        .insert("x-amzn-errortype", HeaderValue::from_static(error.code));
     response
 }

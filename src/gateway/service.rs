@@ -165,8 +165,7 @@ impl Service {
         // channel, one by one.
         // The audit record keeps the verifier's words; the agent is told what to fix (see
         // `agent_refusal`), with the error's type.
-        let (refusal, authenticated, told) = match auth.verify_agent(request, &self.region, now)
-        {
+        let (refusal, authenticated, told) = match auth.verify_agent(request, &self.region, now) {
             Ok(signed) if signed.signer.id == agent_id => match self.claim(&signed) {
                 Ok(()) => return Ok(signed.signer.digest),
                 Err(error) => {
@@ -179,7 +178,11 @@ impl Service {
                     "agent {} may not open the control channel of {agent_id}",
                     signed.signer.id
                 );
-                (why.clone(), true, ApiError::new(403, "AccessDeniedException", why))
+                (
+                    why.clone(),
+                    true,
+                    ApiError::new(403, "AccessDeniedException", why),
+                )
             }
             Err(error) => (
                 format!("{}: {error}", error.aws_code()),
