@@ -27,6 +27,12 @@ use crate::net::{Ending, Incoming, NetError, ReadHalf, WriteHalf};
 use crate::payload::Flag;
 use crate::smux::{Mux, MuxEvent, StreamId};
 
+/// What the client says when the agent could not connect to the destination port: where the
+/// reason is (the agent logs it, and the gateway's audit log has the stream report).
+const CONNECT_TO_PORT_FAILED: &str = "connection to the destination port failed: the agent \
+    logs why on its stderr (under systemd: `journalctl -u ssm-agent` on the target), and the \
+    gateway's audit log has the stream's report";
+
 /// Bytes waiting for TCP connections above which the session is not read.
 pub const MAX_TO_TCP: usize = 8 << 20;
 /// Writes queued for the session's writer task.
@@ -264,7 +270,7 @@ async fn mux_loop(
                 }
                 Some(Incoming::Flag(Flag::TerminateSession)) => return ForwardEnd::Terminated,
                 Some(Incoming::Flag(Flag::ConnectToPortError)) => {
-                    tracing::warn!("connection to the destination port failed: check the agent's logs");
+                    tracing::warn!("{CONNECT_TO_PORT_FAILED}");
                 }
                 Some(Incoming::Ended(ending)) => return ForwardEnd::Session(ending),
                 None => return session_over(&reader),
@@ -299,6 +305,9 @@ async fn mux_loop(
                     }
                 }
                 Some(FromTcp::Dialed(id, Err(error))) => {
+                    if let Some(state) = table.get(&id) {
+                        tracing::warn!(destination = %state.destination, %error, "connection to the destination port failed");
+                    }
                     mux.close(id);
                     unsent.push_back(Out::Flag(Flag::ConnectToPortError));
                     close_stream(table, id, format!("dial failed: {error}"), report, to_tcp);
@@ -583,6 +592,7 @@ pub async fn run_basic(
                                 report(StreamEvent { stream_id: count, destination: destination.clone(), closed: false, bytes_out: 0, bytes_in: 0, duration_ms: 0, detail: String::new() });
                             }
                             Err(error) => {
+                                tracing::warn!(%destination, %error, "connection to the destination port failed");
                                 let _ = out.send(Out::Flag(Flag::ConnectToPortError)).await;
                                 report(StreamEvent { stream_id: count, destination: destination.clone(), closed: true, bytes_out: 0, bytes_in: 0, duration_ms: 0, detail: format!("dial failed: {error}") });
                                 continue;
@@ -604,7 +614,7 @@ pub async fn run_basic(
                     }
                 }
                 Some(Incoming::Flag(Flag::ConnectToPortError)) => {
-                    tracing::warn!("connection to the destination port failed: check the agent's logs");
+                    tracing::warn!("{CONNECT_TO_PORT_FAILED}");
                     if let Some(connection) = tcp.take() {
                         report(closed(connection, &destination, "destination unreachable"));
                     }

@@ -926,7 +926,7 @@ fn format_timestamp(unix: i64) -> String {
 }
 
 /// `YYYYMMDDTHHMMSSZ` to Unix seconds; `None` unless exactly that form with valid fields.
-fn parse_timestamp(text: &str) -> Option<i64> {
+pub(crate) fn parse_timestamp(text: &str) -> Option<i64> {
     let bytes = text.as_bytes();
     if bytes.len() != 16 || bytes.get(8) != Some(&b'T') || bytes.get(15) != Some(&b'Z') {
         return None;

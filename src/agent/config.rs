@@ -51,6 +51,17 @@ pub enum AgentFileError {
         #[source]
         source: std::io::Error,
     },
+    /// The secret file can be read by others than its owner.
+    #[error(
+        "{path} is readable by its group or others (mode {mode:04o}): the agent's secret must \
+         be its owner's alone; run `chmod 600 {path}`"
+    )]
+    Exposed {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// The file is not a valid configuration.
     #[error("{path} is not a valid agent configuration: {source}")]
     Parse {
@@ -91,9 +102,33 @@ impl AgentFile {
         serde_json::from_str(text)
     }
 
-    /// The secret from [`AgentFile::agent_secret_file`], trailing newline removed.
+    /// The secret from [`AgentFile::agent_secret_file`], trailing newline removed. The file
+    /// must be mode 0600 or stricter: one its group or others may read is refused.
     pub fn read_secret(path: &Path) -> Result<String, AgentFileError> {
-        let secret = std::fs::read_to_string(path).map_err(|source| AgentFileError::Read {
+        let file = std::fs::File::open(path).map_err(|source| AgentFileError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = file
+                .metadata()
+                .map_err(|source| AgentFileError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?
+                .permissions()
+                .mode()
+                & 0o7777;
+            if mode & 0o077 != 0 {
+                return Err(AgentFileError::Exposed {
+                    path: path.to_owned(),
+                    mode,
+                });
+            }
+        }
+        let secret = std::io::read_to_string(file).map_err(|source| AgentFileError::Read {
             path: path.to_owned(),
             source,
         })?;
@@ -146,7 +181,33 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("secret");
         std::fs::write(&path, " s3cret \n").unwrap();
+        set_mode(&path, 0o600);
         assert_eq!(AgentFile::read_secret(&path).unwrap(), " s3cret ");
+        set_mode(&path, 0o400);
+        assert_eq!(AgentFile::read_secret(&path).unwrap(), " s3cret ");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn set_mode(path: &Path, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn a_secret_others_may_read_is_refused() {
+        let dir = std::env::temp_dir().join(format!("ssm-agent-exposed-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("secret");
+        std::fs::write(&path, "s3cret\n").unwrap();
+        for mode in [0o644, 0o640, 0o604, 0o660] {
+            set_mode(&path, mode);
+            let refused = AgentFile::read_secret(&path).unwrap_err().to_string();
+            assert!(
+                refused.contains(&format!("mode {mode:04o}")) && refused.contains("chmod 600"),
+                "{refused}"
+            );
+            assert!(!refused.contains("s3cret"), "{refused}");
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

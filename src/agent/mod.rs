@@ -28,6 +28,7 @@
 //! ```
 
 mod account;
+pub mod backoff;
 pub mod config;
 mod exec;
 mod port;
@@ -61,6 +62,7 @@ use crate::net::runtime::{Liveness, jittered, lock, random_uuid, wall_ms};
 use crate::net::{self, Connection, Options, TlsConfig, TokenError};
 use crate::session::AgentConfig;
 use crate::sigv4::{self, Credentials};
+use backoff::{Backoff, Failure};
 
 /// The version this agent reports (above every gate of PROTOCOL.md §14).
 pub const AGENT_VERSION: &str = "3.3.1957.0";
@@ -93,10 +95,16 @@ pub struct AgentSettings {
     /// IPv6 addresses). Either way a destination is resolved once, refused when that fails,
     /// and dialled only at the addresses checked.
     pub allow_link_local: bool,
-    /// First reconnection delay (doubles up to [`AgentSettings::max_backoff`], with jitter).
+    /// First reconnection delay after a network failure (doubles up to
+    /// [`AgentSettings::max_backoff`], with jitter; see [`backoff`]).
     pub initial_backoff: Duration,
-    /// Largest reconnection delay.
+    /// Largest reconnection delay after network failures.
     pub max_backoff: Duration,
+    /// First reconnection delay after the gateway refused the agent (4xx: unknown id, wrong
+    /// secret, clock skew, removed): doubles up to [`AgentSettings::max_refused_backoff`].
+    pub initial_refused_backoff: Duration,
+    /// Largest reconnection delay after refusals.
+    pub max_refused_backoff: Duration,
     /// Where data keys of encrypted sessions are decrypted; `None`: the gateway's KMS, signed
     /// with the agent's own identity.
     pub key_provider: Option<Arc<dyn KeyProvider>>,
@@ -138,8 +146,10 @@ impl AgentSettings {
             tls: TlsConfig::default(),
             shell: std::env::var("SHELL").unwrap_or_else(|_| "/bin/sh".into()),
             allow_link_local: false,
-            initial_backoff: Duration::from_millis(200),
-            max_backoff: Duration::from_secs(10),
+            initial_backoff: backoff::NETWORK_INITIAL,
+            max_backoff: backoff::NETWORK_MAX,
+            initial_refused_backoff: backoff::REFUSED_INITIAL,
+            max_refused_backoff: backoff::REFUSED_MAX,
             key_provider: None,
             default_run_as: Some(DEFAULT_RUN_AS.into()),
             recordings_dir: default_recordings_dir(),
@@ -235,14 +245,17 @@ pub async fn run(
     // connection, in order, so no report is lost or overtaken.
     let mut unsent = VecDeque::new();
     let serve = async {
-        let mut backoff = settings.initial_backoff;
+        let mut backoff = Backoff::new(
+            (settings.initial_backoff, settings.max_backoff),
+            (
+                settings.initial_refused_backoff,
+                settings.max_refused_backoff,
+            ),
+        );
+        let mut entropy = SystemEntropy::new();
         loop {
-            match control_channel(&context, &mut outbox, &mut unsent).await {
-                Ok(()) => backoff = settings.initial_backoff,
-                Err(error) => {
-                    tracing::warn!(endpoint = %settings.endpoint, %error, "control channel failed");
-                }
-            }
+            let started = std::time::Instant::now();
+            let outcome = control_channel(&context, &mut outbox, &mut unsent).await;
             let stopping = context.stop.is_cancelled();
             if stopping
                 && unsent.is_empty()
@@ -251,14 +264,49 @@ pub async fn run(
             {
                 return;
             }
-            // Stopping: the grace period is short, so redial at once rather than back off.
-            let delay = if stopping {
-                settings.initial_backoff
-            } else {
-                backoff
+            let failure = match &outcome {
+                Err(DialError::Refused(_)) => Failure::Refused,
+                Ok(_) | Err(DialError::Network(_)) => Failure::Network,
             };
-            tokio::time::sleep(jittered(delay, &mut SystemEntropy::new())).await;
-            backoff = backoff.saturating_mul(2).min(settings.max_backoff);
+            if outcome.is_ok() && started.elapsed() >= backoff::STABLE_AFTER {
+                backoff.reset();
+            }
+            // Stopping: the grace period is short, so redial at once rather than back off.
+            let delay = match stopping {
+                true => jittered(settings.initial_backoff, &mut entropy),
+                false => backoff.next(failure, &mut entropy),
+            };
+            let retry = format!("{:.1}s", delay.as_secs_f64());
+            match outcome {
+                Ok(why) => tracing::info!(
+                    endpoint = %settings.endpoint,
+                    agent_id = %settings.agent_id,
+                    reason = %why,
+                    "disconnected, reconnecting in {retry}"
+                ),
+                Err(DialError::Refused(reason)) => tracing::error!(
+                    endpoint = %settings.endpoint,
+                    agent_id = %settings.agent_id,
+                    "the gateway refused this agent: {reason}; retrying in {retry}"
+                ),
+                Err(DialError::Network(error)) => tracing::warn!(
+                    endpoint = %settings.endpoint,
+                    %error,
+                    "cannot reach the gateway; retrying in {retry}"
+                ),
+            }
+            // A stop during a long back-off (refusals wait up to minutes) is seen at once.
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = context.stop.cancelled(), if !stopping => {}
+            }
+            if context.stop.is_cancelled()
+                && unsent.is_empty()
+                && outbox.is_empty()
+                && lock(&context.running).is_empty()
+            {
+                return;
+            }
         }
     };
     tokio::pin!(serve, shutdown);
@@ -287,13 +335,76 @@ pub async fn run(
     Ok(())
 }
 
-/// One control-channel connection: Ok when it was up and then dropped, or when the agent is
-/// stopping and every session has ended and been reported.
+/// Why a control channel could not be opened.
+#[derive(Debug)]
+enum DialError {
+    /// The gateway refused this agent (HTTP 4xx, or a policy close): its reason.
+    Refused(String),
+    /// Anything else: no answer, a broken connection, a server error.
+    Network(String),
+}
+
+impl DialError {
+    /// Reads a refused websocket handshake: 4xx is a refusal whose reason the gateway puts in
+    /// its JSON body (`{"__type": …, "message": …}`) or `x-amzn-ErrorType` header.
+    fn of(error: tokio_tungstenite::tungstenite::Error) -> DialError {
+        use tokio_tungstenite::tungstenite::Error;
+        let Error::Http(response) = error else {
+            return DialError::Network(error.to_string());
+        };
+        let status = response.status();
+        let reason = refusal_reason(
+            status.as_u16(),
+            response.body().as_deref().unwrap_or_default(),
+            response
+                .headers()
+                .get("x-amzn-errortype")
+                .and_then(|value| value.to_str().ok()),
+        );
+        match status.is_client_error() {
+            true => DialError::Refused(reason),
+            false => DialError::Network(reason),
+        }
+    }
+}
+
+/// What the gateway said of a refused handshake: its JSON error's message and type, else its
+/// error-type header, else the status; cut to 512 characters, control characters replaced
+/// (it is the peer's text, going to this host's log).
+fn refusal_reason(status: u16, body: &[u8], error_type: Option<&str>) -> String {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        #[serde(rename = "__type")]
+        kind: Option<String>,
+        #[serde(alias = "Message")]
+        message: Option<String>,
+    }
+    let parsed = serde_json::from_slice::<Body>(body).ok();
+    let kind = parsed
+        .as_ref()
+        .and_then(|body| body.kind.clone())
+        .or_else(|| error_type.map(|kind| kind.split(':').next().unwrap_or(kind).to_owned()));
+    let message = parsed.and_then(|body| body.message);
+    let reason = match (message, kind) {
+        (Some(message), Some(kind)) => format!("{message} ({kind}, HTTP {status})"),
+        (Some(message), None) => format!("{message} (HTTP {status})"),
+        (None, Some(kind)) => format!("{kind} (HTTP {status})"),
+        (None, None) => format!("HTTP {status} without a reason"),
+    };
+    reason
+        .chars()
+        .take(512)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// One control-channel connection. `Ok(why it ended)` once it was open: it dropped, or the
+/// agent is stopping and every session has ended and been reported.
 async fn control_channel(
     context: &Arc<Context>,
     outbox: &mut mpsc::Receiver<ControlMessage>,
     unsent: &mut VecDeque<ControlMessage>,
-) -> Result<(), String> {
+) -> Result<String, DialError> {
     let settings = &context.settings;
     let endpoint = context.api.endpoint();
     let path = format!("{}{}", crate::control::PATH_PREFIX, settings.agent_id);
@@ -317,7 +428,9 @@ async fn control_channel(
         unix_seconds(),
     );
     let url = endpoint.websocket_url(&format!("{path}?{query}"));
-    let uri = url.parse().map_err(|error| format!("{url}: {error}"))?;
+    let uri = url
+        .parse()
+        .map_err(|error| DialError::Network(format!("{url}: {error}")))?;
     let mut builder = ClientRequestBuilder::new(uri);
     for (name, value) in std::iter::once(nonce).chain(signature) {
         builder = builder.with_header(name, value);
@@ -330,23 +443,24 @@ async fn control_channel(
     );
     let (mut ws, _) = tokio::time::timeout(Duration::from_secs(30), connect)
         .await
-        .map_err(|_| "no answer within 30 s".to_owned())?
-        .map_err(|error| error.to_string())?;
+        .map_err(|_| DialError::Network("no answer within 30 s".to_owned()))?
+        .map_err(DialError::of)?;
     let opening = OpenControlChannelInput {
         message_schema_version: "1.0".into(),
         request_id: random_uuid().to_string(),
         agent_version: AGENT_VERSION.into(),
         platform_type: "linux".into(),
     };
-    let opening = serde_json::to_string(&opening).map_err(|error| error.to_string())?;
+    let opening =
+        serde_json::to_string(&opening).map_err(|error| DialError::Network(error.to_string()))?;
     ws.send(Message::text(opening))
         .await
-        .map_err(|error| error.to_string())?;
-    tracing::info!(endpoint = %settings.endpoint, agent_id = %settings.agent_id, "control channel up");
+        .map_err(|error| DialError::Network(error.to_string()))?;
+    tracing::info!(endpoint = %settings.endpoint, agent_id = %settings.agent_id, "connected to the gateway");
     while let Some(message) = unsent.front() {
         let wire = message.encode(random_uuid(), wall_ms());
-        if ws.send(Message::Binary(wire)).await.is_err() {
-            return Ok(());
+        if let Err(error) = ws.send(Message::Binary(wire)).await {
+            return Ok(format!("send failed: {error}"));
         }
         unsent.pop_front();
     }
@@ -362,34 +476,36 @@ async fn control_channel(
                 while ws.next().await.is_some_and(|message| message.is_ok()) {}
             })
             .await;
-            return Ok(());
+            return Ok("the agent is stopping".into());
         }
         tokio::select! {
             _ = drained.tick(), if stopping => {}
             () = context.stop.cancelled(), if !stopping => {}
             message = outbox.recv() => {
-                let Some(message) = message else { return Ok(()) };
+                let Some(message) = message else { return Ok("the agent is stopping".into()) };
                 let wire = message.encode(random_uuid(), wall_ms());
-                if ws.send(Message::Binary(wire)).await.is_err() {
+                if let Err(error) = ws.send(Message::Binary(wire)).await {
                     // Kept for the next connection: reports must not be lost.
                     unsent.push_back(message);
-                    return Ok(());
+                    return Ok(format!("send failed: {error}"));
                 }
             }
             () = tokio::time::sleep_until(liveness.deadline().into()) => {
-                let due = liveness
-                    .poll(std::time::Instant::now(), true)
-                    .map_err(|unanswered| unanswered.to_string())?;
-                if due && ws.send(Message::Ping(Default::default())).await.is_err() {
-                    return Ok(());
+                let due = match liveness.poll(std::time::Instant::now(), true) {
+                    Ok(due) => due,
+                    Err(unanswered) => return Ok(unanswered.to_string()),
+                };
+                if due && let Err(error) = ws.send(Message::Ping(Default::default())).await {
+                    return Ok(format!("send failed: {error}"));
                 }
             }
             received = ws.next() => {
                 liveness.heard();
                 let message = match received {
                     Some(Ok(Message::Binary(message))) => message,
-                    Some(Ok(Message::Close(_))) | None => return Ok(()),
-                    Some(Err(error)) => return Err(error.to_string()),
+                    Some(Ok(Message::Close(frame))) => return closed(frame),
+                    None => return Ok("the connection ended".into()),
+                    Some(Err(error)) => return Ok(format!("connection lost: {error}")),
                     Some(Ok(_)) => continue,
                 };
                 match ControlMessage::decode(message) {
@@ -404,6 +520,28 @@ async fn control_channel(
                 }
             }
         }
+    }
+}
+
+/// What a Close from the gateway means: a policy close (1008) refuses this agent (e.g. it
+/// was removed from the configuration as its channel opened), with the gateway's reason.
+fn closed(
+    frame: Option<tokio_tungstenite::tungstenite::protocol::CloseFrame>,
+) -> Result<String, DialError> {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    let Some(frame) = frame else {
+        return Ok("closed by the gateway".into());
+    };
+    let reason: String = frame
+        .reason
+        .chars()
+        .take(512)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    match frame.code {
+        CloseCode::Policy => Err(DialError::Refused(reason)),
+        code if reason.is_empty() => Ok(format!("closed by the gateway ({code})")),
+        code => Ok(format!("closed by the gateway ({code}): {reason}")),
     }
 }
 
@@ -492,6 +630,7 @@ async fn run_session(
     cancel: CancellationToken,
 ) -> SessionReport {
     let settings = &context.settings;
+    let began = std::time::Instant::now();
     let span = tracing::info_span!(
         "session",
         session_id = %start.task_id,
@@ -507,7 +646,11 @@ async fn run_session(
         let span = tracing::Span::current();
         span.record("principal", request.session_owner.as_str());
         span.record("session_type", request.session.session_type.as_str());
-        tracing::info!(document = %request.document_name, "session starting");
+        tracing::info!(
+            document = %request.document_name,
+            run_as = ?request.run_as_user,
+            "session starting"
+        );
         let opened = tokio::select! {
             opened = open_data_channel(context, &start.task_id, &request) => opened,
             () = cancel.cancelled() => return Outcome::cancelled(),
@@ -523,11 +666,14 @@ async fn run_session(
         outcome.reason = EndReason::AgentShutdown;
         outcome.output = "the agent was stopped".into();
     }
+    let duration = format!("{:.1}s", began.elapsed().as_secs_f64());
     span.in_scope(|| match outcome.reason {
         EndReason::HandshakeFailed => {
-            tracing::warn!(reason = %outcome.reason, output = %outcome.output, "session failed");
+            tracing::warn!(reason = %outcome.reason, output = %outcome.output, %duration, "session failed");
         }
-        reason => tracing::info!(%reason, exit_code = ?outcome.exit_code, "session ended"),
+        reason => {
+            tracing::info!(%reason, exit_code = ?outcome.exit_code, %duration, "session ended")
+        }
     });
     let mut report = SessionReport::new(
         &start.task_id,
@@ -619,4 +765,59 @@ async fn create_data_channel(
         .and_then(|token| token.as_str())
         .map(str::to_owned)
         .ok_or_else(|| crate::aws::ApiCallError::Answer("no TokenValue".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_says_what_the_gateway_said() {
+        let body =
+            br#"{"__type":"InvalidSignatureException","message":"the signature does not match"}"#;
+        assert_eq!(
+            refusal_reason(403, body, None),
+            "the signature does not match (InvalidSignatureException, HTTP 403)"
+        );
+        assert_eq!(
+            refusal_reason(
+                403,
+                b"",
+                Some("UnrecognizedClientException:http://internal")
+            ),
+            "UnrecognizedClientException (HTTP 403)"
+        );
+        assert_eq!(
+            refusal_reason(403, b"<html>", None),
+            "HTTP 403 without a reason"
+        );
+        let hostile = format!(
+            r#"{{"message":"a\u001b[31mred\nline{}"}}"#,
+            "x".repeat(2000)
+        );
+        let told = refusal_reason(400, hostile.as_bytes(), None);
+        assert!(told.starts_with("a [31mred line"), "{told}");
+        assert_eq!(told.chars().count(), 512);
+    }
+
+    #[test]
+    fn a_policy_close_is_a_refusal_and_others_are_drops() {
+        use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+        let frame = |code, reason: &str| {
+            Some(CloseFrame {
+                code,
+                reason: reason.to_owned().into(),
+            })
+        };
+        assert!(matches!(
+            closed(frame(CloseCode::Policy, "agent mi-1 was removed")),
+            Err(DialError::Refused(reason)) if reason == "agent mi-1 was removed"
+        ));
+        assert!(matches!(
+            closed(frame(CloseCode::Away, "")),
+            Ok(why) if why == "closed by the gateway (1001)"
+        ));
+        assert!(matches!(closed(None), Ok(why) if why == "closed by the gateway"));
+    }
 }

@@ -7,7 +7,10 @@
 //! Settings come from the configuration file (JSON, see `dist/agent.example.json`), then the
 //! `SSM_AGENT_*` variables and flags, which override it (`SSM_AGENT_SECRET` carries the secret
 //! itself, for development). SIGTERM or Ctrl-C stops it gracefully: live sessions end,
-//! reported as `agent_shutdown`. Logs go to stderr (`RUST_LOG`, default `info`).
+//! reported as `agent_shutdown`. Logs go to stderr (`RUST_LOG`, default `info`; under systemd,
+//! `journalctl -u ssm-agent`): "connected to the gateway", "disconnected, reconnecting in Ns",
+//! each session's start and end, and "the gateway refused this agent: <reason>" (retried after
+//! 1 s doubling to 5 minutes; network failures after 200 ms doubling to 30 s).
 //!
 //! Data keys of encrypted sessions are decrypted by the gateway's KMS, by another KMS endpoint
 //! (`--kms-endpoint`, signed with the agent's identity), or — built with `--features aws-kms` —
@@ -41,7 +44,7 @@ struct Args {
     /// This host's id.
     #[arg(long, env = "SSM_AGENT_ID")]
     agent_id: Option<String>,
-    /// A file holding this host's secret.
+    /// A file holding this host's secret (mode 0600 or stricter: others may not read it).
     #[arg(long, env = "SSM_AGENT_SECRET_FILE")]
     agent_secret_file: Option<PathBuf>,
     /// This host's secret itself (development; prefer --agent-secret-file).

@@ -6,8 +6,11 @@
 //! ```text
 //! ssm-gateway --config /etc/ssm-gateway/config.json [--listen ADDR] [--state-dir DIR]
 //!             [--tls-cert PEM --tls-key PEM] [--log-format text|json]
-//! ssm-gateway --dev [--tls] [--listen ADDR] [--state-dir DIR]
+//! ssm-gateway --dev [--tls] [--listen ADDR] [--state-dir DIR] [--agents N]
 //! ```
+//! With `--dev --state-dir DIR`, the first start generates the set-up in DIR (a free port,
+//! saved) and later starts load it: the same endpoint, agent ids, keys and certificate. Each
+//! agent's secret is in `DIR/agent-secret` (`agent-secret-N` for the N-th), 0600.
 //! Each flag can also come from the environment (`SSM_GATEWAY_CONFIG`, `SSM_GATEWAY_LISTEN`,
 //! `SSM_GATEWAY_STATE_DIR`, `SSM_GATEWAY_TLS_CERT`, `SSM_GATEWAY_TLS_KEY`,
 //! `SSM_GATEWAY_LOG_FORMAT`); flags and variables override the file's fields. Log records go
@@ -37,13 +40,19 @@ struct Args {
     /// Serve https/wss with a generated self-signed certificate (with --dev).
     #[arg(long, requires = "dev", conflicts_with = "tls_cert")]
     tls: bool,
-    /// Address to listen on (default with --dev: 127.0.0.1 on any free port).
+    /// Address to listen on (default with --dev: 127.0.0.1 on any free port, the same one
+    /// again with the same --state-dir).
     #[arg(long, env = "SSM_GATEWAY_LISTEN")]
     listen: Option<SocketAddr>,
     /// Where the audit log, recordings and KMS master key live (with --dev also the
-    /// generated configuration; default: a new directory under the temporary directory).
+    /// generated configuration and credentials, reused by the next start; default: a new
+    /// directory under the temporary directory).
     #[arg(long, env = "SSM_GATEWAY_STATE_DIR")]
     state_dir: Option<PathBuf>,
+    /// How many agent identities the development set-up has (with --dev, default 1; more are
+    /// added to an existing --state-dir, none removed).
+    #[arg(long, requires = "dev", value_parser = clap::value_parser!(u16).range(1..=100))]
+    agents: Option<u16>,
     /// PEM certificate chain to serve https/wss with, leaf first.
     #[arg(long, env = "SSM_GATEWAY_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -85,6 +94,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let (mut config, config_path, dev) = match args.config {
         Some(path) => (GatewayConfig::load(&path)?, path, None),
         None => {
+            let agents = usize::from(args.agents.unwrap_or(1));
+            // With --state-dir, kept: the next start with it loads the same set-up; without,
+            // a new one in a new directory each time.
             let dir = match args.state_dir.clone() {
                 Some(dir) => dir,
                 None => std::env::temp_dir().join(format!(
@@ -95,11 +107,12 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                         .as_millis()
                 )),
             };
-            let listen = args.listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
-            let dev = gateway::prepare_dev(&dir, listen, args.tls)?;
+            let dev = gateway::open_dev(&dir, args.listen, args.tls, agents)?;
             (dev.config.clone(), dev.config_path.clone(), Some(dev))
         }
     };
+    // A --dev --state-dir set-up listens where it did before: say so when that is taken.
+    let saved_port = dev.is_some() && args.listen.is_none() && args.state_dir.is_some();
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
@@ -109,7 +122,20 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(files) = tls_files {
         config.tls = Some(files);
     }
-    let gateway = Gateway::start(config.clone(), Some(config_path.clone())).await?;
+    let gateway = match Gateway::start(config.clone(), Some(config_path.clone())).await {
+        Err(gateway::GatewayError::Io { source, .. })
+            if saved_port && source.kind() == std::io::ErrorKind::AddrInUse =>
+        {
+            return Err(format!(
+                "{} (saved in {} by the first start) is in use, by another gateway on this \
+                 --state-dir or another program: stop it, or pass --listen to serve elsewhere",
+                config.listen,
+                config_path.display()
+            )
+            .into());
+        }
+        started => started?,
+    };
     tracing::info!(
         listen = %gateway.local_addr(),
         endpoint = gateway.endpoint(),
@@ -134,6 +160,15 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             if let Some(ca) = dev.ca_cert {
                 line.insert("ca_cert".into(), serde_json::json!(ca));
             }
+            if let Some((_, file)) = dev.agents.first() {
+                line.insert("agent_secret_file".into(), serde_json::json!(file));
+            }
+            let agents: Vec<_> = dev
+                .agents
+                .iter()
+                .map(|(id, file)| serde_json::json!({"agent_id": id, "agent_secret_file": file}))
+                .collect();
+            line.insert("agents".into(), serde_json::json!(agents));
         }
     }
     println!("{line}");

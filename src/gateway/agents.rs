@@ -12,6 +12,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::service::Service;
 use super::{lock, wall_ms};
@@ -91,6 +93,19 @@ impl Registry {
     }
 }
 
+/// A Close that refuses the agent (1008, policy): the agent logs `reason` as a refusal and
+/// backs off as for one. A close reason is at most 123 bytes.
+fn policy_close(reason: &str) -> CloseFrame {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    CloseFrame {
+        code: CloseCode::Policy,
+        reason: reason[..end].to_owned().into(),
+    }
+}
+
 impl Service {
     /// Runs an authenticated agent's control channel until it drops, is replaced or the
     /// gateway stops. `key` is the digest of the key its upgrade was signed with: unless the
@@ -113,7 +128,9 @@ impl Service {
         };
         let Some(opening) = opening else {
             tracing::info!(%agent_id, %peer, "control channel refused: no valid opening message");
-            let _ = ws.close(None).await;
+            let _ = ws
+                .close(Some(policy_close("no valid opening message")))
+                .await;
             return;
         };
         let (sender, mut outgoing) = mpsc::channel(QUEUE);
@@ -126,7 +143,10 @@ impl Service {
                 drop(agents);
                 let why = "its key was removed from the configuration while its channel opened";
                 self.control_channel_refused(&agent_id, peer, why, true);
-                let _ = ws.close(None).await;
+                let told = format!(
+                    "agent {agent_id} was removed from this gateway, or its secret changed"
+                );
+                let _ = ws.close(Some(policy_close(&told))).await;
                 return;
             }
             let presence = agents.entry(agent_id.clone()).or_default();

@@ -95,14 +95,20 @@ impl Service {
             }
             Err(error) => {
                 let authenticated = call.record.principal.is_some();
-                tracing::info!(
-                    %peer,
-                    principal = call.record.principal.as_deref().unwrap_or("-"),
-                    action = call.record.action.as_deref().unwrap_or("-"),
-                    code = error.code,
-                    reason = %error.message,
-                    "API call refused"
-                );
+                let principal = call.record.principal.as_deref().unwrap_or("-");
+                let action = call.record.action.as_deref().unwrap_or("-");
+                // Unauthenticated refusals at debug only (SECURITY.md): anyone can cause them,
+                // and the audit log keeps them, rate-limited.
+                match authenticated {
+                    true => tracing::info!(
+                        %peer, principal, action, code = error.code, reason = %error.message,
+                        "API call refused"
+                    ),
+                    false => tracing::debug!(
+                        %peer, principal, action, code = error.code, reason = %error.message,
+                        "API call refused"
+                    ),
+                }
                 call.record.decision = Some("deny".into());
                 call.record.reason = Some(format!("{}: {}", error.code, error.message));
                 match authenticated {

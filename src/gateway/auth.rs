@@ -218,6 +218,52 @@ pub(super) fn served(path: &str) -> Result<(), ApiError> {
     ))
 }
 
+/// What an agent whose control-channel upgrade did not verify is told (403, the type as the
+/// JSON error's `__type` and the `x-amzn-ErrorType` header): what to fix on the agent's host,
+/// in its terms. Nothing in it comes from the configured secret — only from the request and
+/// the gateway's clock — so it tells a prober nothing a wrong guess would not.
+pub(super) fn agent_refusal(error: &sigv4::SigV4Error) -> ApiError {
+    use sigv4::SigV4Error;
+    let (code, message) = match error {
+        SigV4Error::UnknownAccessKey(id) => (
+            "UnrecognizedClientException",
+            format!(
+                "the agent id {id} is not registered with this gateway (never added, or \
+                 removed from its configuration): check the agent's --agent-id, or add it to \
+                 the gateway's \"agents\""
+            ),
+        ),
+        SigV4Error::SignatureMismatch => (
+            "InvalidSignatureException",
+            "the signature does not match: check the agent's secret (--agent-secret-file) \
+             and its region"
+                .to_owned(),
+        ),
+        SigV4Error::RequestExpired {
+            request_time,
+            server_time,
+        } => {
+            let skew = sigv4::parse_timestamp(request_time)
+                .zip(sigv4::parse_timestamp(server_time))
+                .map(|(request, server)| request - server);
+            let told = match skew {
+                Some(skew) => format!(
+                    "the request time ({request_time}) is {} min {} the gateway's clock \
+                     ({server_time}); at most {} min are allowed: correct this host's clock \
+                     (NTP)",
+                    skew.unsigned_abs().div_ceil(60),
+                    if skew > 0 { "ahead of" } else { "behind" },
+                    sigv4::MAX_CLOCK_SKEW_SECONDS / 60,
+                ),
+                None => error.to_string(),
+            };
+            ("InvalidSignatureException", told)
+        }
+        other => (other.aws_code(), other.to_string()),
+    };
+    ApiError::new(403, code, message)
+}
+
 /// An agent that signed a control-channel upgrade: its id, and the SHA-256 of its id and
 /// the secret it signed with (so that registration can tell the key is still configured
 /// without keeping the secret around).
@@ -390,7 +436,7 @@ impl Auth {
         request: &ApiRequest,
         region: &str,
         now: u64,
-    ) -> Result<Signed<AgentKey>, String> {
+    ) -> Result<Signed<AgentKey>, sigv4::SigV4Error> {
         let expected = CONTROL_CHANNEL.expected(region);
         let mut digest = None;
         let lookup = |id: &str| {
@@ -398,16 +444,14 @@ impl Auth {
             digest = Some(key_digest(id, secret));
             Some(secret.clone())
         };
-        sigv4::verify(&request.signed(), &expected, lookup, now)
-            .map(|verified| {
-                let key = AgentKey {
-                    id: verified.access_key_id.clone(),
-                    // Set whenever the signature verified; all zeros would match no key.
-                    digest: digest.unwrap_or_default(),
-                };
-                Signed::new(key, &verified, true)
-            })
-            .map_err(|error| format!("{}: {error}", error.aws_code()))
+        sigv4::verify(&request.signed(), &expected, lookup, now).map(|verified| {
+            let key = AgentKey {
+                id: verified.access_key_id.clone(),
+                // Set whenever the signature verified; all zeros would match no key.
+                digest: digest.unwrap_or_default(),
+            };
+            Signed::new(key, &verified, true)
+        })
     }
 
     /// Whether agent `id` is configured now with the key of `digest` (compared in constant
@@ -524,6 +568,43 @@ mod tests {
         for shown_part in ["TrentService.Decrypt", "AKIAEXAMPLE", "body_len: 32"] {
             assert!(shown.contains(shown_part), "no {shown_part} in {shown}");
         }
+    }
+
+    #[test]
+    fn a_refused_agent_is_told_what_to_fix() {
+        use sigv4::SigV4Error;
+        let unknown = agent_refusal(&SigV4Error::UnknownAccessKey("\"mi-1\"".into()));
+        assert_eq!(
+            (unknown.status, unknown.code),
+            (403, "UnrecognizedClientException")
+        );
+        assert!(
+            unknown
+                .message
+                .contains("the agent id \"mi-1\" is not registered with this gateway"),
+            "{unknown}"
+        );
+        let mismatch = agent_refusal(&SigV4Error::SignatureMismatch);
+        assert_eq!(mismatch.code, "InvalidSignatureException");
+        assert!(
+            mismatch.message.contains("check the agent's secret"),
+            "{mismatch}"
+        );
+        let late = agent_refusal(&SigV4Error::RequestExpired {
+            request_time: "20300101T000000Z".into(),
+            server_time: "20300101T002000Z".into(),
+        });
+        assert_eq!(late.code, "InvalidSignatureException");
+        assert!(
+            late.message
+                .contains("is 20 min behind the gateway's clock"),
+            "{late}"
+        );
+        let ahead = agent_refusal(&SigV4Error::RequestExpired {
+            request_time: "20300101T010630Z".into(),
+            server_time: "20300101T000000Z".into(),
+        });
+        assert!(ahead.message.contains("67 min ahead of"), "{ahead}");
     }
 
     #[test]

@@ -421,6 +421,19 @@ impl GatewayConfig {
         Ok(())
     }
 
+    /// Adds generated agent identities until there are `count` (development: `--agents N`);
+    /// returns whether any was added.
+    pub fn add_dev_agents(&mut self, count: usize) -> bool {
+        let before = self.agents.len();
+        while self.agents.len() < count {
+            self.agents.push(AgentIdentity {
+                id: format!("mi-{}", random_hex(17)),
+                secret: random_text(40),
+            });
+        }
+        self.agents.len() != before
+    }
+
     /// A development configuration in `state_dir` (see [`DevSetup`]).
     pub fn dev(listen: SocketAddr, state_dir: &Path) -> (GatewayConfig, DevSetup) {
         let setup = DevSetup {
@@ -538,8 +551,9 @@ pub const DEV_KEY_ALIAS: &str = "alias/ssm-session-dev";
 /// The encrypted shell document a `--dev` gateway adds.
 pub const DEV_ENCRYPTED_SHELL: &str = "Dev-EncryptedShell";
 
-/// The credentials of a generated development configuration, printed as one JSON line.
-#[derive(Clone, Serialize)]
+/// The credentials of a generated development configuration, printed as one JSON line (and
+/// kept, 0600, in `dev-setup.json` of a `--dev --state-dir`, for the next start).
+#[derive(Clone, Serialize, Deserialize)]
 pub struct DevSetup {
     /// Region to sign for.
     pub region: String,

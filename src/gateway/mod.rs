@@ -332,6 +332,104 @@ pub struct DevEnvironment {
     pub config_path: PathBuf,
     /// The CA certificate to trust, with TLS.
     pub ca_cert: Option<PathBuf>,
+    /// Each configured agent's id and the file (0600) holding its secret, for
+    /// `ssm-agent --agent-secret-file`: `agent-secret` for the first, `agent-secret-N` for
+    /// the N-th.
+    pub agents: Vec<(String, PathBuf)>,
+}
+
+/// Where a development set-up keeps its credentials (0600), next to `gateway.json`.
+const DEV_SETUP_FILE: &str = "dev-setup.json";
+
+/// Writes each configured agent's secret into `state_dir` (0600), as [`DevEnvironment::agents`]
+/// lists them.
+fn write_agent_secrets(
+    state_dir: &Path,
+    config: &GatewayConfig,
+) -> Result<Vec<(String, PathBuf)>, GatewayError> {
+    let mut written = Vec::new();
+    for (index, agent) in config.agents.iter().enumerate() {
+        let path = match index {
+            0 => state_dir.join("agent-secret"),
+            n => state_dir.join(format!("agent-secret-{}", n + 1)),
+        };
+        config::write_private(&path, format!("{}\n", agent.secret).as_bytes())
+            .map_err(io_error(format!("writing {}", path.display())))?;
+        written.push((agent.id.clone(), path));
+    }
+    Ok(written)
+}
+
+/// A development environment that survives restarts: the first call on an empty
+/// `state_dir` generates one as [`prepare_dev`] does — on a free port of `listen`'s address
+/// (default 127.0.0.1) unless `listen` names a port — and keeps its credentials in
+/// `state_dir/dev-setup.json` (0600); later calls load `gateway.json` and those credentials
+/// instead, so the endpoint, agent ids and secrets, keys, KMS master key and certificate
+/// stay the same (the saved port must be free when the gateway starts).
+/// `agents` (at least 1) agent identities are configured, generated as needed; `tls` adds a
+/// certificate to a set-up that had none.
+pub fn open_dev(
+    state_dir: &Path,
+    listen: Option<SocketAddr>,
+    tls: bool,
+    agents: usize,
+) -> Result<DevEnvironment, GatewayError> {
+    let config_path = state_dir.join("gateway.json");
+    let setup_path = state_dir.join(DEV_SETUP_FILE);
+    if !config_path.exists() {
+        let mut listen = listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
+        if listen.port() == 0 {
+            // Chosen now, and saved, so that the next start listens on the same port.
+            let probe = std::net::TcpListener::bind(listen)
+                .map_err(io_error(format!("finding a free port on {}", listen.ip())))?;
+            listen = probe
+                .local_addr()
+                .map_err(io_error("reading the local address"))?;
+        }
+        let mut dev = prepare_dev(state_dir, listen, tls)?;
+        if dev.config.add_dev_agents(agents) {
+            dev.config.save(&config_path)?;
+            dev.agents = write_agent_secrets(state_dir, &dev.config)?;
+        }
+        let setup = serde_json::to_vec_pretty(&dev.setup).unwrap_or_default();
+        config::write_private(&setup_path, &setup)
+            .map_err(io_error(format!("writing {}", setup_path.display())))?;
+        return Ok(dev);
+    }
+    let text = std::fs::read(&setup_path).map_err(|error| GatewayError::Io {
+        what: format!(
+            "{} exists but {} cannot be read, so this is not a --dev state directory (run \
+             --config {} instead, or use a new --state-dir)",
+            config_path.display(),
+            setup_path.display(),
+            config_path.display()
+        ),
+        source: error,
+    })?;
+    let setup: DevSetup = serde_json::from_slice(&text).map_err(|error| GatewayError::Io {
+        what: format!("{} is not a development set-up", setup_path.display()),
+        source: io::Error::new(io::ErrorKind::InvalidData, error),
+    })?;
+    let mut config = GatewayConfig::load(&config_path)?;
+    let mut changed = config.add_dev_agents(agents);
+    if tls && config.tls.is_none() {
+        config.tls = Some(generate_dev_certificate(state_dir)?);
+        changed = true;
+    }
+    if changed {
+        config.save(&config_path)?;
+    }
+    if let Some(listen) = listen {
+        config.listen = listen;
+    }
+    let agents = write_agent_secrets(state_dir, &config)?;
+    Ok(DevEnvironment {
+        ca_cert: config.tls.as_ref().map(|files| files.cert.clone()),
+        config,
+        setup,
+        config_path,
+        agents,
+    })
 }
 
 /// Writes a development configuration into `state_dir`: an all-targets principal, a
@@ -375,11 +473,13 @@ pub fn prepare_dev(
     };
     let config_path = state_dir.join("gateway.json");
     config.save(&config_path)?;
+    let agents = write_agent_secrets(state_dir, &config)?;
     Ok(DevEnvironment {
         config,
         setup,
         config_path,
         ca_cert,
+        agents,
     })
 }
 

@@ -514,10 +514,8 @@ fn upgrade(exchange: &Exchange, mut request: Request<Incoming>) -> (Response<Ful
         };
         let digest = match service.authenticate_agent(&head, id, peer) {
             Ok(digest) => digest,
-            Err(error) => {
-                let response = json_response(error.status, error_body(error.code, &error.message));
-                return (response, false);
-            }
+            // Logged and audited by `authenticate_agent`; the agent reads the reason.
+            Err(error) => return (upgrade_refusal(&error), false),
         };
         request = Request::from_parts(parts, body);
         Route::Control(id.to_owned(), digest)
@@ -614,5 +612,15 @@ fn upgrade(exchange: &Exchange, mut request: Request<Incoming>) -> (Response<Ful
 
 fn refused(path: &str, peer: SocketAddr, error: ApiError) -> Response<Full<Bytes>> {
     tracing::debug!(%peer, path, code = error.code, reason = %error.message, "upgrade refused");
-    json_response(error.status, error_body(error.code, &error.message))
+    upgrade_refusal(&error)
+}
+
+/// The answer to a refused websocket upgrade: the AWS JSON error in the body, its type also
+/// in `x-amzn-ErrorType` (a websocket client may show only the head).
+fn upgrade_refusal(error: &ApiError) -> Response<Full<Bytes>> {
+    let mut response = json_response(error.status, error_body(error.code, &error.message));
+    response
+        .headers_mut()
+        .insert("x-amzn-errortype", HeaderValue::from_static(error.code));
+    response
 }

@@ -163,22 +163,35 @@ impl Service {
         // Refusals of a signature that did not verify, or was replayed (which proves nothing
         // about the sender), are audited rate-limited; an agent that signed for another's
         // channel, one by one.
-        let (refusal, authenticated) = match auth.verify_agent(request, &self.region, now) {
+        // The audit record keeps the verifier's words; the agent is told what to fix (see
+        // `agent_refusal`), with the error's type.
+        let (refusal, authenticated, told) = match auth.verify_agent(request, &self.region, now) {
             Ok(signed) if signed.signer.id == agent_id => match self.claim(&signed) {
                 Ok(()) => return Ok(signed.signer.digest),
-                Err(error) => (error.to_string(), false),
+                Err(error) => {
+                    let told = ApiError::new(403, error.code, error.message.clone());
+                    (error.to_string(), false, told)
+                }
             },
-            Ok(signed) => (
-                format!(
+            Ok(signed) => {
+                let why = format!(
                     "agent {} may not open the control channel of {agent_id}",
                     signed.signer.id
-                ),
-                true,
+                );
+                (
+                    why.clone(),
+                    true,
+                    ApiError::new(403, "AccessDeniedException", why),
+                )
+            }
+            Err(error) => (
+                format!("{}: {error}", error.aws_code()),
+                false,
+                super::auth::agent_refusal(&error),
             ),
-            Err(why) => (why, false),
         };
         self.control_channel_refused(agent_id, peer, &refusal, authenticated);
-        Err(ApiError::new(403, "AccessDeniedException", refusal))
+        Err(told)
     }
 
     /// Logs and audits a refused control channel: one by one when the agent proved who it is,
