@@ -17,6 +17,10 @@ use ssm_session::sigv4::Credentials;
 
 #[path = "support/online.rs"]
 mod online;
+#[path = "support/process.rs"]
+mod process;
+
+use process::free_port;
 
 const PLUGIN: &str = env!("CARGO_BIN_EXE_session-manager-plugin");
 const AGENT: &str = env!("CARGO_BIN_EXE_ssm-agent");
@@ -142,14 +146,6 @@ fn output(mut child: std::process::Child, timeout: Duration) -> Output {
         std::thread::sleep(Duration::from_millis(20));
     }
     child.wait_with_output().unwrap()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]

@@ -2,12 +2,16 @@
 //! and backs off instead of retrying once a second; a `--dev --state-dir` gateway restarted
 //! on the same directory is the same gateway to its agents.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+#[path = "support/process.rs"]
+mod process;
+
+use process::collect;
 use serde_json::Value;
 use ssm_session::gateway::{self, Gateway};
 
@@ -28,22 +32,6 @@ fn temp_dir(name: &str) -> PathBuf {
     ));
     let _ = std::fs::remove_dir_all(&dir);
     dir
-}
-
-/// Everything `stream` produces, gathered by a thread.
-fn collect(mut stream: impl Read + Send + 'static) -> Arc<Mutex<Vec<u8>>> {
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let sink = seen.clone();
-    std::thread::spawn(move || {
-        let mut buffer = [0; 4096];
-        while let Ok(n) = stream.read(&mut buffer) {
-            if n == 0 {
-                break;
-            }
-            sink.lock().unwrap().extend_from_slice(&buffer[..n]);
-        }
-    });
-    seen
 }
 
 fn text(seen: &Mutex<Vec<u8>>) -> String {

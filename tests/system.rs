@@ -19,6 +19,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 mod external;
 #[path = "support/online.rs"]
 mod online;
+#[path = "support/process.rs"]
+mod process;
+
+use process::{collect, free_port};
 
 /// The programs of `src/bin/`, which cargo builds for integration tests.
 fn program(name: &str) -> PathBuf {
@@ -259,22 +263,6 @@ fn wait_with_timeout(mut child: Child, timeout: Duration) -> Output {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// Everything `stream` produces, gathered by a thread.
-fn collect(mut stream: impl Read + Send + 'static) -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let sink = seen.clone();
-    std::thread::spawn(move || {
-        let mut buffer = [0; 4096];
-        while let Ok(n) = stream.read(&mut buffer) {
-            if n == 0 {
-                break;
-            }
-            sink.lock().unwrap().extend_from_slice(&buffer[..n]);
-        }
-    });
-    seen
 }
 
 fn wait_for(seen: &std::sync::Mutex<Vec<u8>>, needle: &str) {
@@ -816,6 +804,7 @@ fn audit_chain_detects_an_edited_record() {
 struct CutProxy {
     port: u16,
     open: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+    severed: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl CutProxy {
@@ -824,9 +813,14 @@ impl CutProxy {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let sockets = open.clone();
+        let severed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (sockets, down) = (open.clone(), severed.clone());
         std::thread::spawn(move || {
             for downstream in listener.incoming().flatten() {
+                // Severed: new connections are dropped, as by a network that is down.
+                if down.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue;
+                }
                 let Ok(upstream) = std::net::TcpStream::connect(&target) else {
                     continue;
                 };
@@ -848,7 +842,11 @@ impl CutProxy {
                 }
             }
         });
-        CutProxy { port, open }
+        CutProxy {
+            port,
+            open,
+            severed,
+        }
     }
 
     fn endpoint(&self) -> String {
@@ -861,15 +859,13 @@ impl CutProxy {
             let _ = socket.shutdown(std::net::Shutdown::Both);
         }
     }
-}
 
-/// A free loopback port (bound and released).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    /// Cuts every connection and lets no new one through: the network is gone.
+    fn sever(&self) {
+        self.severed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.cut();
+    }
 }
 
 /// `aws ssm start-session` with our client installed as `session-manager-plugin`: the CLI
@@ -1462,69 +1458,6 @@ fn oversized_bodies_and_slow_requests_are_refused_in_bounded_time() {
     });
 }
 
-/// A proxy in front of the gateway for one client, whose network can be cut for good.
-struct Link {
-    port: u16,
-    open: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
-    severed: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Link {
-    fn start(target: &str) -> Link {
-        use std::sync::atomic::Ordering;
-        let target = target.to_owned();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let severed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (sockets, cut) = (open.clone(), severed.clone());
-        std::thread::spawn(move || {
-            for downstream in listener.incoming().flatten() {
-                // Cut: new connections are dropped, as by a network that is down.
-                if cut.load(Ordering::SeqCst) {
-                    continue;
-                }
-                let Ok(upstream) = std::net::TcpStream::connect(&target) else {
-                    continue;
-                };
-                sockets.lock().unwrap().extend([
-                    downstream.try_clone().unwrap(),
-                    upstream.try_clone().unwrap(),
-                ]);
-                for (mut from, mut to) in [
-                    (
-                        downstream.try_clone().unwrap(),
-                        upstream.try_clone().unwrap(),
-                    ),
-                    (upstream, downstream),
-                ] {
-                    std::thread::spawn(move || {
-                        let _ = std::io::copy(&mut from, &mut to);
-                        let _ = to.shutdown(std::net::Shutdown::Both);
-                    });
-                }
-            }
-        });
-        Link {
-            port,
-            open,
-            severed,
-        }
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn sever(&self) {
-        self.severed
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-        for socket in self.open.lock().unwrap().drain(..) {
-            let _ = socket.shutdown(std::net::Shutdown::Both);
-        }
-    }
-}
-
 /// A TCP echo service that counts the connections it saw end.
 fn counting_echo_server() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -1571,6 +1504,17 @@ fn alive(pid: u32) -> bool {
         .is_some_and(|state| state != 'Z')
 }
 
+/// The local port a forwarding client announced on `stdout` ("Port N opened…"), once it did.
+fn forwarded_port(stdout: &std::sync::Mutex<Vec<u8>>) -> u16 {
+    wait_for(stdout, "Waiting for connections");
+    text(&stdout.lock().unwrap())
+        .split("Port ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|port| port.parse().ok())
+        .expect("a port number")
+}
+
 /// The number after `PID:` in `output`, once the remote side printed one.
 fn remote_pid(output: &str) -> Option<u32> {
     output.split("PID:").skip(1).find_map(|rest| {
@@ -1595,7 +1539,7 @@ struct Victim {
     stdin: Option<std::process::ChildStdin>,
     stdout: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
     stderr: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
-    link: Option<Link>,
+    link: Option<CutProxy>,
     session_id: String,
     /// What the session runs on the host: a shell's or command's background job.
     remote: Option<u32>,
@@ -1650,7 +1594,7 @@ fn killed_clients_leave_no_session_channel_or_process_behind() {
     for (kind, args) in &kinds {
         for how in [Kill::Sigkill, Kill::Sigterm, Kill::Sighup, Kill::NetworkCut] {
             let link = (how == Kill::NetworkCut)
-                .then(|| Link::start(system.field("endpoint").trim_start_matches("http://")));
+                .then(|| CutProxy::start(system.field("endpoint").trim_start_matches("http://")));
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             let mut command = Command::new(program("client"));
             command
@@ -1658,7 +1602,7 @@ fn killed_clients_leave_no_session_channel_or_process_behind() {
                 .args(["--target", system.field("agent_id"), "--endpoint-url"])
                 .arg(
                     link.as_ref()
-                        .map_or(system.field("endpoint").to_owned(), Link::endpoint),
+                        .map_or(system.field("endpoint").to_owned(), CutProxy::endpoint),
                 )
                 .args(&args)
                 .env("AWS_ACCESS_KEY_ID", system.field("access_key_id"))
@@ -1703,15 +1647,7 @@ fn killed_clients_leave_no_session_channel_or_process_behind() {
                 stdin.flush().unwrap();
             }
             "port" => {
-                wait_for(&victim.stdout, "Waiting for connections");
-                let stdout = text(&victim.stdout.lock().unwrap());
-                let port: u16 = stdout
-                    .split("Port ")
-                    .nth(1)
-                    .and_then(|rest| rest.split_whitespace().next())
-                    .unwrap()
-                    .parse()
-                    .unwrap();
+                let port = forwarded_port(&victim.stdout);
                 let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
                 tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
                 tcp.write_all(b"ping").unwrap();
@@ -1874,14 +1810,7 @@ fn an_idle_port_session_ends_at_the_idle_timeout() {
         Stdio::piped(),
     );
     let stdout = collect(client.stdout.take().unwrap());
-    wait_for(&stdout, "Waiting for connections");
-    let port: u16 = text(&stdout.lock().unwrap())
-        .split("Port ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap()
-        .parse()
-        .unwrap();
+    let port = forwarded_port(&stdout);
     let started = Instant::now();
     let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     tcp.write_all(b"once").unwrap();
