@@ -29,7 +29,7 @@
 //!
 //! The remote exit code becomes this process's exit code (0 to 255) when the target reported
 //! one. Otherwise, and for every local failure, a code of
-//! [`ExitCode`](ssm_session::client::exit::ExitCode), after a line `Error: …` (or, for a
+//! `ssm_session::client::exit::ExitCode`, after a line `Error: …` (or, for a
 //! session the gateway ended, `The session was ended before …`) on stderr that tells it from a
 //! remote exit with the same number:
 //!

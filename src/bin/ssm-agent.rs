@@ -9,7 +9,7 @@
 //! itself, for development). SIGTERM or Ctrl-C stops it gracefully: live sessions end,
 //! reported as `agent_shutdown`. Logs go to stderr (`RUST_LOG`, default `info`; under systemd,
 //! `journalctl -u ssm-agent`): "connected to the gateway", "disconnected, reconnecting in Ns",
-//! each session's start and end, and "the gateway refused this agent: <reason>" (retried after
+//! each session's start and end, and "the gateway refused this agent: REASON" (retried after
 //! 1 s doubling to 5 minutes; network failures after 200 ms doubling to 30 s).
 //!
 //! Data keys of encrypted sessions are decrypted by the gateway's KMS, by another KMS endpoint
