@@ -1848,3 +1848,30 @@ fn an_idle_port_session_ends_at_the_idle_timeout() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// What a session runs starts with a login's environment, not the agent's: here the agent
+/// process has its `SSM_AGENT_*` settings in its environment, and a command's `env` has none.
+#[test]
+fn a_session_does_not_inherit_the_agents_environment() {
+    let system = System::start("session-env", false);
+    let output = system.client(
+        &[
+            "--document-name",
+            "AWS-StartNonInteractiveCommand",
+            "--parameters",
+            r#"{"command":["env"]}"#,
+        ],
+        "",
+    );
+    let seen = text(&output.stdout);
+    assert!(output.status.success(), "{seen} {}", text(&output.stderr));
+    for expected in ["HOME=", "PATH=", "SHELL=/bin/sh"] {
+        assert!(seen.contains(expected), "{expected} missing from {seen:?}");
+    }
+    assert!(
+        !seen.contains("SSM_AGENT_"),
+        "the agent's settings leaked: {seen:?}"
+    );
+    // Cargo's variables reach the agent through this test's environment; not the session.
+    assert!(!seen.contains("CARGO_"), "{seen:?}");
+}

@@ -18,16 +18,46 @@ pub(crate) struct Account {
     pub(crate) home: String,
 }
 
-impl Account {
-    /// `HOME`, `USER` and `LOGNAME` for its processes.
-    pub(crate) fn environment(&self) -> [(&'static str, &str); 3] {
-        [
-            ("HOME", &self.home),
-            ("USER", &self.name),
-            ("LOGNAME", &self.name),
-        ]
-    }
+/// `PATH` of a session run as another account (the agent's own may name its private tools).
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// What a session keeps of the agent's environment: the locale and time zone, nothing else.
+const PASSED_THROUGH: [&str; 4] = ["LANG", "LC_ALL", "LC_CTYPE", "TZ"];
 
+/// The whole environment a session's process starts with — what a login would set — so that
+/// nothing of the agent's own (its settings, credentials, proxies, `SSM_AGENT_*`) reaches what
+/// users run. As `account`, or as the agent's own account when `None`; `agent` is the agent's
+/// environment (`std::env::var`).
+pub(crate) fn session_environment(
+    account: Option<&Account>,
+    shell: &str,
+    agent: impl Fn(&str) -> Option<String>,
+) -> Vec<(&'static str, String)> {
+    let mut environment = match account {
+        Some(account) => vec![
+            ("HOME", account.home.clone()),
+            ("USER", account.name.clone()),
+            ("LOGNAME", account.name.clone()),
+            ("PATH", DEFAULT_PATH.to_owned()),
+        ],
+        None => ["HOME", "USER", "LOGNAME"]
+            .into_iter()
+            .filter_map(|name| Some((name, agent(name)?)))
+            .chain([(
+                "PATH",
+                agent("PATH").unwrap_or_else(|| DEFAULT_PATH.to_owned()),
+            )])
+            .collect(),
+    };
+    environment.push(("SHELL", shell.to_owned()));
+    environment.extend(
+        PASSED_THROUGH
+            .into_iter()
+            .filter_map(|name| Some((name, agent(name)?))),
+    );
+    environment
+}
+
+impl Account {
     /// Its home when that exists (system accounts such as `nobody` have none), else `/`.
     pub(crate) fn working_directory(&self) -> &str {
         match std::path::Path::new(&self.home).is_dir() {
@@ -156,6 +186,49 @@ async fn create_user(name: &str) -> Result<Account, String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_session_gets_a_login_environment_not_the_agents() {
+        let agent = |name: &str| match name {
+            "HOME" => Some("/var/lib/agent".to_owned()),
+            "USER" | "LOGNAME" => Some("agent".to_owned()),
+            "PATH" => Some("/opt/agent/bin:/usr/bin".to_owned()),
+            "LANG" => Some("C.UTF-8".to_owned()),
+            "LC_ALL" | "LC_CTYPE" | "TZ" => None,
+            // Whatever else the agent has stays with it.
+            _ => Some("secret".to_owned()),
+        };
+        let account = super::Account {
+            name: "ssm-user".into(),
+            uid: 1001,
+            gid: 1001,
+            home: "/home/ssm-user".into(),
+        };
+        let as_user = super::session_environment(Some(&account), "/bin/bash", agent);
+        assert_eq!(
+            as_user,
+            [
+                ("HOME", "/home/ssm-user".to_owned()),
+                ("USER", "ssm-user".to_owned()),
+                ("LOGNAME", "ssm-user".to_owned()),
+                ("PATH", super::DEFAULT_PATH.to_owned()),
+                ("SHELL", "/bin/bash".to_owned()),
+                ("LANG", "C.UTF-8".to_owned()),
+            ]
+        );
+        let as_agent = super::session_environment(None, "/bin/sh", agent);
+        assert_eq!(
+            as_agent,
+            [
+                ("HOME", "/var/lib/agent".to_owned()),
+                ("USER", "agent".to_owned()),
+                ("LOGNAME", "agent".to_owned()),
+                ("PATH", "/opt/agent/bin:/usr/bin".to_owned()),
+                ("SHELL", "/bin/sh".to_owned()),
+                ("LANG", "C.UTF-8".to_owned()),
+            ]
+        );
+    }
+
     use super::*;
     use crate::document::Document;
 

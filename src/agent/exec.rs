@@ -48,11 +48,15 @@ pub(crate) async fn run(
         // Its own process group, so that what it starts is reaped with it.
         .process_group(0)
         .kill_on_drop(true);
+    let environment =
+        account::session_environment(account.as_ref(), &context.settings.shell, |name| {
+            std::env::var(name).ok()
+        });
+    process.env_clear().envs(environment);
     if let Some(account) = &account {
         process
             .uid(account.uid)
             .gid(account.gid)
-            .envs(account.environment())
             .current_dir(account.working_directory());
     }
     let spawned = process.spawn();

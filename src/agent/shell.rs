@@ -41,12 +41,18 @@ pub(crate) async fn run(
         }
         _ => pty_process::Command::new(&context.settings.shell),
     };
-    command = command.env("TERM", "xterm-256color");
+    let environment =
+        account::session_environment(account.as_ref(), &context.settings.shell, |name| {
+            std::env::var(name).ok()
+        });
+    command = command
+        .env_clear()
+        .envs(environment)
+        .env("TERM", "xterm-256color");
     if let Some(account) = &account {
         command = command
             .uid(account.uid)
             .gid(account.gid)
-            .envs(account.environment())
             .current_dir(account.working_directory());
     }
     let mut child = match command.kill_on_drop(true).spawn(pts) {
