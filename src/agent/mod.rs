@@ -91,8 +91,8 @@ pub struct AgentSettings {
     /// Shell for `Standard_Stream` sessions.
     pub shell: String,
     /// Allow port sessions to link-local and metadata addresses (169.254.0.0/16, fe80::/10,
-    /// fd00:ec2::254, and 169.254.0.0/16 inside IPv4-mapped, IPv4-compatible, NAT64 and 6to4
-    /// IPv6 addresses). Either way a destination is resolved once, refused when that fails,
+    /// fd00:ec2::254, and 169.254.0.0/16 inside IPv4-mapped, IPv4-compatible, SIIT, NAT64,
+    /// 6to4 and Teredo IPv6 addresses). Either way a destination is resolved once, refused when that fails,
     /// and dialled only at the addresses checked.
     pub allow_link_local: bool,
     /// First reconnection delay after a network failure (doubles up to

@@ -16,7 +16,8 @@ use crate::smux::{Mux, MuxConfig};
 use crate::version;
 
 /// Whether `ip` is link-local or an instance-metadata address, refused by default: also in
-/// the IPv6 forms that reach an IPv4 address (mapped, IPv4-compatible, NAT64, 6to4).
+/// the IPv6 forms that reach an IPv4 address (mapped, IPv4-compatible, SIIT, NAT64, 6to4,
+/// Teredo).
 pub(crate) fn is_link_local_or_metadata(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_link_local(),
@@ -29,15 +30,16 @@ pub(crate) fn is_link_local_or_metadata(ip: IpAddr) -> bool {
 }
 
 /// The IPv4 addresses an IPv6 address may stand for: `::ffff:0:0/96` (mapped), `::/96`
-/// (IPv4-compatible), `64:ff9b::/96` (NAT64), `64:ff9b:1::/48` (local NAT64, every RFC 6052
-/// prefix length it allows) and `2002::/16` (6to4).
+/// (IPv4-compatible), `::ffff:0:0:0/96` (SIIT, RFC 2765), `64:ff9b::/96` (NAT64),
+/// `64:ff9b:1::/48` (local NAT64, every RFC 6052 prefix length it allows), `2002::/16` (6to4)
+/// and `2001::/32` (Teredo: the server's address, and the client's, stored inverted).
 fn embedded_ipv4(v6: Ipv6Addr) -> Vec<Ipv4Addr> {
     let b = v6.octets();
     let v4 = |octets: [u8; 4]| Ipv4Addr::from(octets);
     let last = v4([b[12], b[13], b[14], b[15]]);
     let s = v6.segments();
     let mut found = Vec::new();
-    if v6.to_ipv4_mapped().is_some() || s[..6] == [0; 6] {
+    if v6.to_ipv4_mapped().is_some() || s[..6] == [0; 6] || s[..6] == [0, 0, 0, 0, 0xffff, 0] {
         found.push(last);
     }
     if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
@@ -54,6 +56,10 @@ fn embedded_ipv4(v6: Ipv6Addr) -> Vec<Ipv4Addr> {
     }
     if s[0] == 0x2002 {
         found.push(v4([b[2], b[3], b[4], b[5]]));
+    }
+    if s[..2] == [0x2001, 0] {
+        found.push(v4([b[4], b[5], b[6], b[7]]));
+        found.push(v4([!b[12], !b[13], !b[14], !b[15]]));
     }
     found
 }
@@ -212,6 +218,10 @@ mod tests {
             "64:ff9b:1::a9fe:a9fe",
             "64:ff9b:1:a9fe:a9:fe00::",
             "2002:a9fe:a9fe::1",
+            // SIIT; Teredo with the metadata address as server, and as (inverted) client.
+            "::ffff:0:a9fe:a9fe",
+            "2001:0:a9fe:a9fe::1",
+            "2001:0:4136:e378:8000:63bf:5601:5601",
         ] {
             assert!(
                 is_link_local_or_metadata(refused.parse().unwrap()),
@@ -226,6 +236,9 @@ mod tests {
             "2001:db8::1",
             "64:ff9b::a00:1",
             "2002:a00:1::1",
+            "::ffff:0:a00:1",
+            // RFC 4380's example: server 65.54.227.120, client 192.0.2.45.
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
         ] {
             assert!(
                 !is_link_local_or_metadata(allowed.parse().unwrap()),
