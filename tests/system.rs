@@ -1877,3 +1877,43 @@ fn a_session_does_not_inherit_the_agents_environment() {
     // Cargo's variables reach the agent through this test's environment; not the session.
     assert!(!seen.contains("CARGO_"), "{seen:?}");
 }
+
+/// A principal named by e-mail address (`@`, `+`, `.`): its encrypted shell is recorded on
+/// the agent, under the same file name the gateway's audit log gives it.
+#[test]
+fn an_encrypted_shell_of_a_punctuated_principal_is_recorded_on_the_agent() {
+    const NAME: &str = "ops+alice@example.com";
+    let system = System::start_with("punctuated", |config| {
+        let admin = config
+            .principals
+            .iter_mut()
+            .find(|principal| principal.name == "dev-admin")
+            .expect("the dev configuration's admin");
+        admin.name = NAME.into();
+    });
+    let output = system.client(
+        &["--document-name", DEV_ENCRYPTED_SHELL],
+        "echo kept-$((20+22))\nexit\n",
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    assert!(text(&output.stdout).contains("kept-42"));
+    let audit = system.audit();
+    let end = audit
+        .iter()
+        .find(|record| record["event"] == "session.end")
+        .expect("a session.end");
+    let session_id = end["session_id"].as_str().unwrap();
+    assert!(session_id.starts_with(NAME), "{end}");
+    let kept = audit
+        .iter()
+        .find(|record| record["event"] == "recording.chunk" && record["session_id"] == session_id)
+        .and_then(|record| record["recording"].as_str())
+        .expect("the agent's recording in the audit log");
+    let file = PathBuf::from(kept.strip_prefix("agent:").unwrap());
+    assert_eq!(
+        file.file_name().unwrap().to_str(),
+        Some(ssm_session::audit::cast::recording_file_name(session_id).as_str())
+    );
+    assert!(std::fs::read_to_string(&file).unwrap().contains("kept-42"));
+    let _ = std::fs::remove_file(file);
+}

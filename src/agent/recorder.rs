@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 
 use super::Context;
 use super::account::Account;
-use crate::audit::cast::CastWriter;
+use crate::audit::cast::{CastWriter, recording_file_name};
 use crate::control::{ControlMessage, RecordingChunk, RecordingSummary};
 use crate::document::AgentSessionRequest;
 
@@ -75,18 +75,11 @@ fn identity(
     })
 }
 
-/// Creates `dir` (0700) and, in it, the new file `<session_id>.cast` (0600).
+/// Creates `dir` (0700) and, in it, the new file named for the session
+/// ([`recording_file_name`], as the gateway names its recordings; 0600).
 fn create_local(dir: &Path, session_id: &str) -> Result<Local, String> {
-    // The id comes from the gateway: it must not name a path outside `dir`.
-    let plain = !session_id.is_empty()
-        && !session_id.starts_with('.')
-        && session_id
-            .bytes()
-            .all(|byte| byte.is_ascii_alphanumeric() || b"-_.".contains(&byte));
-    if !plain {
-        return Err(format!(
-            "session id {session_id:?} cannot name a recording file"
-        ));
+    if session_id.is_empty() {
+        return Err("a session without an id cannot be recorded".into());
     }
     let cannot = |what: &str, error: std::io::Error| {
         format!(
@@ -101,7 +94,8 @@ fn create_local(dir: &Path, session_id: &str) -> Result<Local, String> {
         .map_err(|error| cannot("create the directory", error))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .map_err(|error| cannot("restrict the directory", error))?;
-    let path = dir.join(format!("{session_id}.cast"));
+    // The id comes from the gateway: its file name cannot point outside `dir`.
+    let path = dir.join(recording_file_name(session_id));
     let file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -348,18 +342,27 @@ mod tests {
             std::fs::metadata(&summary.path).unwrap().len(),
             summary.bytes
         );
-        // A session id is never a path.
+        // A session id is never a path: any id is recorded in `dir`, under the gateway's name.
         let (outbox, _) = mpsc::channel(1);
-        for id in ["../escape", ".hidden", "a/b", ""] {
-            let refused = Recorder::start(
+        for id in ["../escape", ".hidden", "a/b", "a@b.c+d-0f1e"] {
+            let recorder = Recorder::start(
                 id,
                 (80, 24),
                 serde_json::Value::Null,
                 outbox.clone(),
                 Some(&dir),
+            )
+            .unwrap();
+            let summary = recorder.finish(None).await.unwrap();
+            let path = std::path::PathBuf::from(&summary.path);
+            assert_eq!(path.parent(), Some(dir.as_path()), "{id:?}");
+            assert_eq!(
+                path.file_name().unwrap().to_str(),
+                Some(crate::audit::cast::recording_file_name(id).as_str())
             );
-            assert!(refused.is_err(), "{id:?}");
         }
+        let refused = Recorder::start("", (80, 24), serde_json::Value::Null, outbox, Some(&dir));
+        assert!(refused.is_err());
         std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
     }
 }

@@ -13,6 +13,32 @@ use sha2::{Digest, Sha256};
 /// The terminal type the agent gives its shells, and what [`CastWriter::new`] records.
 pub const DEFAULT_TERM: &str = "xterm-256color";
 
+/// The file name, `<id>.cast`, of session `session_id`'s recording, the same on the gateway
+/// and on the agent. Bytes other than ASCII letters, digits and `-_.=+,@` (principals are
+/// often e-mail addresses), and a leading dot, are written `%XX` (`%` itself too), so that any
+/// id names one file inside the recordings directory, and different ids different files.
+///
+/// # Examples
+///
+/// ```
+/// use ssm_session::audit::cast::recording_file_name;
+///
+/// assert_eq!(recording_file_name("a@b.c+d-0f1e"), "a@b.c+d-0f1e.cast");
+/// assert_eq!(recording_file_name("../x"), "%2E.%2Fx.cast");
+/// ```
+pub fn recording_file_name(session_id: &str) -> String {
+    let mut name = String::with_capacity(session_id.len() + 5);
+    for (at, byte) in session_id.bytes().enumerate() {
+        let plain = byte.is_ascii_alphanumeric() || b"-_.=+,@".contains(&byte);
+        match plain && !(at == 0 && byte == b'.') {
+            true => name.push(char::from(byte)),
+            false => name.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    name.push_str(".cast");
+    name
+}
+
 /// Turns terminal output and events into asciicast v2 lines.
 ///
 /// Output must be valid UTF-8 in the file, but reads split characters anywhere: an

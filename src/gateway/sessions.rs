@@ -203,16 +203,10 @@ impl Sessions {
 /// so that no id can name a path outside the recordings directory, and two ids never share a
 /// file. Session ids the gateway makes are unchanged by it.
 pub(super) fn recording_name(session_id: &str) -> String {
-    let mut name = String::from("recordings/");
-    for (at, byte) in session_id.bytes().enumerate() {
-        let plain = byte.is_ascii_alphanumeric() || b"-_.=+,@".contains(&byte);
-        match plain && !(at == 0 && byte == b'.') {
-            true => name.push(char::from(byte)),
-            false => name.push_str(&format!("%{byte:02X}")),
-        }
-    }
-    name.push_str(".cast");
-    name
+    format!(
+        "recordings/{}",
+        crate::audit::cast::recording_file_name(session_id)
+    )
 }
 
 fn summary(
