@@ -31,6 +31,7 @@
 use std::time::Duration;
 
 use crate::entropy::Entropy;
+use crate::net::runtime::jittered;
 
 /// Default first delay after a network failure.
 pub const NETWORK_INITIAL: Duration = Duration::from_millis(200);
@@ -118,7 +119,7 @@ impl Backoff {
             Failure::Refused => self.refused.take(),
             Failure::Network => self.network.take(),
         };
-        jitter(delay, entropy)
+        jittered(delay, entropy)
     }
 
     /// The delay `next(kind, …)` would jitter, without advancing (for log messages and tests).
@@ -134,21 +135,6 @@ impl Backoff {
         self.refused.reset();
         self.network.reset();
     }
-}
-
-/// Between half and all of `delay`, uniformly in steps of a thousandth.
-fn jitter(delay: Duration, entropy: &mut dyn Entropy) -> Duration {
-    let mut bytes = [0; 2];
-    entropy.fill(&mut bytes);
-    let fraction = u128::from(u16::from_le_bytes(bytes) % 1001);
-    let half = delay / 2;
-    // In nanoseconds, so that no delay overflows (`Duration * u32` would panic).
-    let extra = half.as_nanos() * fraction / 1000;
-    let extra = Duration::new(
-        u64::try_from(extra / 1_000_000_000).unwrap_or(u64::MAX),
-        (extra % 1_000_000_000) as u32,
-    );
-    half.saturating_add(extra)
 }
 
 #[cfg(test)]

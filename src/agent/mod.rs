@@ -92,8 +92,8 @@ pub struct AgentSettings {
     pub shell: String,
     /// Allow port sessions to link-local and metadata addresses (169.254.0.0/16, fe80::/10,
     /// fd00:ec2::254, and 169.254.0.0/16 inside IPv4-mapped, IPv4-compatible, SIIT, NAT64,
-    /// 6to4 and Teredo IPv6 addresses). Either way a destination is resolved once, refused when that fails,
-    /// and dialled only at the addresses checked.
+    /// 6to4 and Teredo IPv6 addresses). Either way a destination is resolved once, refused
+    /// when that fails, and dialled only at the addresses checked.
     pub allow_link_local: bool,
     /// First reconnection delay after a network failure (doubles up to
     /// [`AgentSettings::max_backoff`], with jitter; see [`backoff`]).
@@ -369,8 +369,7 @@ impl DialError {
 }
 
 /// What the gateway said of a refused handshake: its JSON error's message and type, else its
-/// error-type header, else the status; cut to 512 characters, control characters replaced
-/// (it is the peer's text, going to this host's log).
+/// error-type header, else the status ([`peer_text`]).
 fn refusal_reason(status: u16, body: &[u8], error_type: Option<&str>) -> String {
     #[derive(serde::Deserialize)]
     struct Body {
@@ -391,8 +390,13 @@ fn refusal_reason(status: u16, body: &[u8], error_type: Option<&str>) -> String 
         (None, Some(kind)) => format!("{kind} (HTTP {status})"),
         (None, None) => format!("HTTP {status} without a reason"),
     };
-    reason
-        .chars()
+    peer_text(&reason)
+}
+
+/// The gateway's `text`, fit for this host's log: cut to 512 characters, control characters
+/// replaced.
+fn peer_text(text: &str) -> String {
+    text.chars()
         .take(512)
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect()
@@ -532,12 +536,7 @@ fn closed(
     let Some(frame) = frame else {
         return Ok("closed by the gateway".into());
     };
-    let reason: String = frame
-        .reason
-        .chars()
-        .take(512)
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
+    let reason = peer_text(&frame.reason);
     match frame.code {
         CloseCode::Policy => Err(DialError::Refused(reason)),
         code if reason.is_empty() => Ok(format!("closed by the gateway ({code})")),

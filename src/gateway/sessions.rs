@@ -525,17 +525,19 @@ impl Service {
                 session.relayed = relayed;
                 session.still_since = now;
             }
-            let window_text = format!("{} s", window.as_secs());
+            let window_secs = window.as_secs();
             let ended = if agent_gone.is_some_and(|gone| gone >= window) {
                 Some((
                     EndReason::AgentLost,
-                    format!("the agent did not reconnect within the resume window ({window_text})"),
+                    format!(
+                        "the agent did not reconnect within the resume window ({window_secs} s)"
+                    ),
                 ))
             } else if client_gone.is_some_and(|gone| gone >= window) {
                 Some((
                     EndReason::NetworkLost,
                     format!(
-                        "the client did not reconnect within the resume window ({window_text})"
+                        "the client did not reconnect within the resume window ({window_secs} s)"
                     ),
                 ))
             } else if now.duration_since(session.still_since) >= session.idle_timeout {

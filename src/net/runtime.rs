@@ -45,8 +45,15 @@ pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 pub fn jittered(delay: Duration, entropy: &mut dyn Entropy) -> Duration {
     let mut bytes = [0; 2];
     entropy.fill(&mut bytes);
-    let fraction = u32::from(u16::from_le_bytes(bytes)) % 1001;
-    delay / 2 + delay / 2 * fraction / 1000
+    let fraction = u128::from(u16::from_le_bytes(bytes) % 1001);
+    let half = delay / 2;
+    // In nanoseconds, so that no delay overflows (`Duration * u32` would panic).
+    let extra = half.as_nanos() * fraction / 1000;
+    let extra = Duration::new(
+        u64::try_from(extra / 1_000_000_000).unwrap_or(u64::MAX),
+        (extra % 1_000_000_000) as u32,
+    );
+    half.saturating_add(extra)
 }
 
 /// When to ping a peer, and when it is gone: a ping that nothing at all answers (anything
