@@ -46,7 +46,9 @@ pub enum ControlError {
     Unexpected(String),
 }
 
-/// The agent's first text message (PROTOCOL.md §11.1), minus the token: the upgrade is signed.
+/// The agent's first text message (PROTOCOL.md §11.1). The stock Go agent also sends
+/// `TokenValue` (from `CreateControlChannel`) and `Cookie`; the upgrade is signed, so neither
+/// is needed here.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct OpenControlChannelInput {
@@ -58,7 +60,17 @@ pub struct OpenControlChannelInput {
     pub agent_version: String,
     /// `linux`, `windows` or `macos`.
     pub platform_type: String,
+    /// What this agent does beyond the reference wire ([`EXTENSIONS`] for ours); empty for
+    /// the stock Go agent, which sends no recordings, stream records or exit codes, so the
+    /// gateway records what it relays for it instead.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extensions: Vec<String>,
 }
+
+/// What this crate's agent announces in [`OpenControlChannelInput::extensions`]: it reports
+/// exit codes and end reasons, streams or keeps its sessions' recordings
+/// (`agent_session_recording`) and reports each forwarded stream (`agent_port_stream`).
+pub const EXTENSIONS: &str = "ssm-session/1";
 
 /// Gateway → agent: run a session.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

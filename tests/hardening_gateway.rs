@@ -639,6 +639,7 @@ async fn an_agent_removed_while_its_channel_opens_is_not_registered() {
             request_id: "00000000-0000-4000-8000-000000000000".into(),
             agent_version: "3.3.0.0".into(),
             platform_type: "linux".into(),
+            extensions: Vec::new(),
         };
         ws.send(Message::text(serde_json::to_string(&opening).unwrap()))
             .await
@@ -911,6 +912,7 @@ async fn plaintext_recordings_of_encrypted_sessions_from_an_old_agent_are_refuse
         request_id: "00000000-0000-4000-8000-000000000001".into(),
         agent_version: "3.3.0.0".into(),
         platform_type: "linux".into(),
+        extensions: Vec::new(),
     };
     let opening = serde_json::to_string(&opening).unwrap();
     ws.send(Message::Text(opening.into())).await.unwrap();

@@ -454,6 +454,7 @@ async fn control_channel(
         request_id: random_uuid().to_string(),
         agent_version: AGENT_VERSION.into(),
         platform_type: "linux".into(),
+        extensions: vec![crate::control::EXTENSIONS.into()],
     };
     let opening =
         serde_json::to_string(&opening).map_err(|error| DialError::Network(error.to_string()))?;

@@ -36,6 +36,9 @@ pub(super) struct Presence {
     pub(super) version: String,
     pub(super) platform: String,
     pub(super) address: Option<SocketAddr>,
+    /// It announced this crate's extensions ([`crate::control::EXTENSIONS`]): it reports
+    /// exit codes, recordings and streams itself. The stock Go agent does not.
+    pub(super) extended: bool,
 }
 
 impl Presence {
@@ -157,6 +160,10 @@ impl Service {
             presence.version = opening.agent_version.clone();
             presence.platform = opening.platform_type.clone();
             presence.address = Some(peer);
+            presence.extended = opening
+                .extensions
+                .iter()
+                .any(|extension| extension == crate::control::EXTENSIONS);
             presence.generation
         };
         tracing::info!(
